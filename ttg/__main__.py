@@ -1,0 +1,3 @@
+from ttg.cli import main
+
+main()

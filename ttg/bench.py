@@ -1,0 +1,83 @@
+"""``ttg bench``: TTG against ``multiprocessing.Pool`` over the same chunks and algorithm, interleaved.
+
+Both sides are timed with their workers already running: TTG from publishing
+the plan to the last result (``wall_s`` of the run record), Pool from the first
+``imap_unordered`` submission to the last result written into the output array.
+Rounds alternate (TTG, Pool, TTG, Pool ...) so machine noise hits both alike;
+medians are compared. Verification is off in the timed runs (it is reported
+apart from the sweep's time anyway).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from ttg import algorithms
+from ttg.config import RunConfig
+from ttg.plan import ChunkPlan
+from ttg.run import broker_url_for, execute
+
+# Commands a client sends on its own (never from inside a Lua script), so their counts are round trips.
+_CLIENT_COMMANDS = ("evalsha", "xreadgroup", "xread", "hgetall", "hmget", "xinfo|groups", "xpending")
+
+
+def _pool_chunk(job: tuple[str, float, int, int]) -> tuple[int, np.ndarray]:
+    algorithm, cost_us, start, stop = job
+    return start, algorithms.evaluate(algorithms.load(algorithm), start, stop, cost_us)
+
+
+def _pool_round(pool: Any, cfg: RunConfig, plan: ChunkPlan) -> float:
+    out = np.empty(cfg.params, dtype="<f8")
+    jobs = [(cfg.sweep.algorithm, cfg.sweep.cost_us, c.start, c.stop) for c in plan]
+    t0 = time.perf_counter()
+    for start, values in pool.imap_unordered(_pool_chunk, jobs, chunksize=1):
+        out[start:start + len(values)] = values
+    return time.perf_counter() - t0
+
+
+def _round_trips(url: str) -> int:
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in _CLIENT_COMMANDS)
+
+
+def run_bench(cfg: RunConfig, *, repeat: int = 3, on_round: Callable[[str], None] | None = None) -> dict[str, Any]:
+    plan = ChunkPlan(cfg.params, cfg.chunk)
+    ttg_s: list[float] = []
+    pool_s: list[float] = []
+    records = []
+    with tempfile.TemporaryDirectory(prefix="ttg-bench-") as tmp, broker_url_for(cfg) as (url, broker_startup_s):
+        run_cfg = dataclasses.replace(cfg, out=Path(tmp), sweep=dataclasses.replace(cfg.sweep, broker_url=url))
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(cfg.workers) as pool:
+            pool.map(abs, range(cfg.workers))  # warm: Pool's workers are started, as TTG's are
+            rt_before = _round_trips(url) if url.startswith("redis") else 0
+            for i in range(repeat):
+                rec = execute(run_cfg)
+                records.append(rec)
+                ttg_s.append(rec.wall_s)
+                pool_s.append(_pool_round(pool, cfg, plan))
+                if on_round:
+                    on_round(f"round {i + 1}/{repeat}: TTG {ttg_s[-1]:.3f} s, Pool {pool_s[-1]:.3f} s, ratio {pool_s[-1] / ttg_s[-1]:.3f}")
+            rt_after = _round_trips(url) if url.startswith("redis") else 0
+        for r in records:
+            if not r.verdict["ok"]:
+                raise RuntimeError(f"benchmark run {r.run_id} failed its verdict: {r.verdict}")
+    t_ttg, t_pool = statistics.median(ttg_s), statistics.median(pool_s)
+    return {
+        "backend": cfg.sweep.backend, "params": cfg.params, "chunk": cfg.chunk, "workers": cfg.workers, "cost_us": cfg.sweep.cost_us,
+        "repeat": repeat, "ttg_s": t_ttg, "pool_s": t_pool, "ttg_rounds_s": ttg_s, "pool_rounds_s": pool_s,
+        "ttg_params_per_s": cfg.params / t_ttg, "pool_params_per_s": cfg.params / t_pool, "ratio": t_pool / t_ttg,
+        "ttg_total_s": statistics.median(r.total_s for r in records), "broker_startup_s": broker_startup_s,
+        "round_trips_per_chunk": (rt_after - rt_before) / (plan.chunks * repeat) + 1 / 1000,  # + the producer's batched XADDs
+        "coordinator_peak_rss_mb": max(r.coordinator_peak_rss_mb for r in records),
+    }

@@ -1,0 +1,173 @@
+"""The one broker interface every backend implements, and the backend registry.
+
+The worker sees only :meth:`Broker.receive`, :meth:`Broker.complete` and
+:meth:`Broker.fail`. Redelivery of a crashed worker's chunk, claim heartbeats,
+retry delays and dead-lettering live *inside* each adapter, so no caller ever
+asks which backend it has.
+
+Every key, stream or queue a backend creates is scoped by run id: one broker can
+host several sweeps at once, and :meth:`Broker.delete_run` removes one run's
+state only. Nothing ever flushes a broker.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from ttg.errors import UnknownBackend
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One task message handed to a worker.
+
+    ``deliveries`` counts how often the broker has handed this message out,
+    this time included (1 on the first delivery). ``token`` is the backend's
+    own handle (a stream entry id, a delivery tag); callers pass it back untouched.
+    """
+
+    body: bytes
+    deliveries: int
+    token: Any
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message the broker gave up on, with the reason. ``chunk_id`` is None when the message was unreadable."""
+
+    chunk_id: int | None
+    reason: str
+    deliveries: int
+
+
+@dataclass(frozen=True)
+class BrokerStats:
+    """A snapshot of one run's queues, for progress views and readiness checks."""
+
+    published: int
+    completed: int
+    queued: int
+    inflight: int
+    consumers: int
+    dead_lettered: int
+    rejected: int
+    duplicates: int
+
+
+class Broker(ABC):
+    """A run-scoped task queue with a results channel and a dead-letter channel.
+
+    Guarantees every backend must give (the shared contract suite checks them):
+
+    * A published task is delivered until it is completed or dead-lettered; a
+      worker that dies holding it does not lose it (it is redelivered to another
+      worker within the backend's reclaim bound).
+    * :meth:`complete` records the result and acknowledges the task so that a
+      crash between the two gives at worst a duplicate, never a loss; results
+      for a chunk id already recorded are dropped and counted as duplicates.
+    * A task delivered ``max_deliveries`` times without completing, or failed
+      with ``retry=False``, goes to the dead-letter channel with its reason.
+    """
+
+    run_id: str
+
+    # -- coordinator side ---------------------------------------------------
+    @abstractmethod
+    def declare(self, chunks: int) -> None:
+        """Create this run's topology idempotently and record the planned chunk count."""
+
+    @abstractmethod
+    def publish_tasks(self, tasks: Iterable[tuple[int, bytes]]) -> int:
+        """Publish ``(chunk_id, encoded task)`` pairs durably; returns how many were published."""
+
+    @abstractmethod
+    def read_results(self, max_count: int, timeout_s: float) -> list[bytes]:
+        """Take up to ``max_count`` encoded results, in arrival order.
+
+        Blocks for at most ``timeout_s``; returns an empty list when nothing came.
+        Each result is returned once; what is returned is removed from the broker.
+        """
+
+    @abstractmethod
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every message of this run that was dead-lettered, oldest first."""
+
+    @abstractmethod
+    def stats(self) -> BrokerStats:
+        """Counters for this run."""
+
+    @abstractmethod
+    def delete_run(self) -> None:
+        """Remove every key, stream or queue of this run, and nothing else."""
+
+    # -- worker side --------------------------------------------------------
+    @abstractmethod
+    def receive(self, timeout_s: float) -> Delivery | None:
+        """Block for at most ``timeout_s`` for the next task; returns None when nothing came."""
+
+    @abstractmethod
+    def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> bool:
+        """Record ``result`` for ``chunk_id`` and acknowledge ``delivery`` atomically.
+
+        ``delivery`` is None in static mode, where no task was queued. Returns
+        True when this was the chunk's first result, False for a duplicate.
+        """
+
+    @abstractmethod
+    def fail(self, delivery: Delivery, reason: str, *, retry: bool) -> None:
+        """Give a task back after an error.
+
+        With ``retry`` the task is delivered again after a delay, unless it has
+        used up its deliveries, in which case it is dead-lettered; without
+        ``retry`` (the message is unreadable) it is dead-lettered at once.
+        """
+
+    @abstractmethod
+    def drained(self) -> bool:
+        """True once every planned chunk is completed or dead-lettered (a worker in burst mode then exits)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release held deliveries and connections. Safe to call twice."""
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# Lazy registry: a backend's driver is imported only when its scheme is used.
+_BACKENDS: dict[str, str] = {
+    "redis": "ttg.brokers.redis_streams:RedisStreamsBroker",
+    "rediss": "ttg.brokers.redis_streams:RedisStreamsBroker",
+}
+BACKEND_SCHEMES = {"redis": "redis", "rabbitmq": "amqp"}
+
+
+def open_broker(url: str, run_id: str, *, consumer: str | None = None, max_deliveries: int = 3, reclaim_after_s: float = 3.0) -> Broker:
+    """Open the backend that handles ``url``'s scheme for run ``run_id``.
+
+    ``consumer`` names the worker (None for the coordinator).
+    """
+    scheme = urlsplit(url).scheme
+    target = _BACKENDS.get(scheme)
+    if target is None:
+        raise UnknownBackend(f"no broker backend handles {scheme or '(no scheme)'}:// URLs; known schemes: {', '.join(sorted(_BACKENDS))}")
+    module_name, _, cls_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    broker: Broker = cls(url, run_id, consumer=consumer, max_deliveries=max_deliveries, reclaim_after_s=reclaim_after_s)
+    return broker
+
+
+def check_backend_available(backend: str) -> None:
+    """Fail early, with the list of what exists, when a backend name has no implementation yet."""
+    scheme = BACKEND_SCHEMES.get(backend)
+    if scheme is None or scheme not in _BACKENDS:
+        known = sorted(b for b, s in BACKEND_SCHEMES.items() if s in _BACKENDS)
+        raise UnknownBackend(f"backend {backend!r} is not available in this version; available: {', '.join(known)}")

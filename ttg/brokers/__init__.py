@@ -1,0 +1,1 @@
+"""Broker backends, one module each; load them through :func:`ttg.broker.open_broker`."""

@@ -1,0 +1,109 @@
+"""Lua scripts of the Redis Streams backend.
+
+Each runs atomically on the server, so a worker's result, its ack and its
+counters change together or not at all; each is idempotent, so the client may
+safely retry one whose reply was lost.
+
+Keys (all share the hash tag ``{run_id}`` so they live in one cluster slot):
+KEYS[1] tasks stream, KEYS[2] results stream, KEYS[3] dead-letter stream,
+KEYS[4] set of completed chunk ids, KEYS[5] set of dead chunk ids, KEYS[6] meta hash.
+"""
+
+# Dead-letter one task entry: record it once, ack it, delete it, count it.
+_DEAD = """
+local function dead(group, id, fields, reason, n)
+  local chunk, body = '', ''
+  for i = 1, #fields, 2 do
+    if fields[i] == 'c' then chunk = fields[i + 1] elseif fields[i] == 'm' then body = fields[i + 1] end
+  end
+  local fresh = 1
+  if tonumber(chunk) then
+    fresh = redis.call('SADD', KEYS[5], chunk)
+    if fresh == 1 then redis.call('HINCRBY', KEYS[6], 'dead', 1) end
+  else
+    redis.call('HINCRBY', KEYS[6], 'rejected', 1)
+  end
+  if fresh == 1 then
+    redis.call('XADD', KEYS[3], '*', 'c', chunk, 'reason', reason, 'n', n, 'm', body)
+  end
+  redis.call('XACK', KEYS[1], group, id)
+  redis.call('XDEL', KEYS[1], id)
+end
+"""
+
+# ARGV: group, entry id ('' in static mode), chunk id, result payload. Returns 1 first result, 0 duplicate.
+COMPLETE = """
+local first = redis.call('SADD', KEYS[4], ARGV[3])
+if first == 1 then
+  redis.call('XADD', KEYS[2], '*', 'r', ARGV[4])
+  redis.call('HINCRBY', KEYS[6], 'completed', 1)
+else
+  redis.call('HINCRBY', KEYS[6], 'duplicates', 1)
+end
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+end
+return first
+"""
+
+# ARGV: group, consumer, min idle ms, max deliveries.
+# Claims idle entries one at a time (so nothing is claimed and left unprocessed),
+# dead-letters those past max deliveries, returns {id, fields, deliveries} or false.
+RECLAIM = _DEAD + """
+local cursor = '0-0'
+for _ = 1, 16 do
+  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', 1)
+  cursor = r[1]
+  local e = r[2][1]
+  if e then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    local n = p[1][4]
+    if n > tonumber(ARGV[4]) then
+      dead(ARGV[1], e[1], e[2], 'delivered ' .. n .. ' times without completing (max ' .. ARGV[4] .. '): the workers holding it crashed or stalled', n)
+    else
+      return {e[1], e[2], n}
+    end
+  end
+  if cursor == '0-0' then return false end
+end
+return false
+"""
+
+# ARGV: group, consumer, entry id, reason, deliveries, max deliveries, retry (1/0), idle ms to set.
+# Retry = make the entry look idle so a reclaim picks it up after the retry delay.
+FAIL = _DEAD + """
+if ARGV[7] == '1' and tonumber(ARGV[5]) < tonumber(ARGV[6]) then
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[8], 'JUSTID')
+  return 0
+end
+local e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+local fields = {}
+if e[1] then fields = e[1][2] end
+dead(ARGV[1], ARGV[3], fields, ARGV[4], ARGV[5])
+return 1
+"""
+
+# ARGV: group, consumer, entry ids... Refreshes the idle time of entries this consumer still owns,
+# never taking back one that another worker has already reclaimed.
+HEARTBEAT = """
+local n = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if p[1] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    n = n + 1
+  end
+end
+return n
+"""
+
+# ARGV: group, consumer, entry ids..., idle ms. Gives held entries back for immediate reclaim.
+RELEASE = """
+local idle = ARGV[#ARGV]
+for i = 3, #ARGV - 1 do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if p[1] then redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', idle, 'JUSTID') end
+end
+return 1
+"""

@@ -1,0 +1,195 @@
+"""The ``ttg`` command line. The only module that prints.
+
+Exit status: 0 the verdict is ok; 1 it is not; 2 a usage or configuration error
+(one line, no traceback); 3 the broker or workers could not be run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ttg import __version__, logs
+from ttg.config import load_run_config, load_sweep_settings
+from ttg.errors import ConfigError, TTGError
+from ttg.record import RunRecord
+
+err = Console(stderr=True)
+EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3
+
+
+def _given(**kwargs: Any) -> dict[str, Any]:
+    """Only the options the user actually passed: the rest falls through to TTG_* env, then defaults."""
+    return {k: v for k, v in kwargs.items() if v is not None and v != ()}
+
+
+def _sweep_options(fn: Any) -> Any:
+    for opt in reversed([
+        click.option("--backend", help="Broker backend: redis or rabbitmq. [env TTG_BACKEND; default redis]"),
+        click.option("--broker-url", help="Use this broker instead of starting a private one (redis://HOST:PORT/DB). [env TTG_BROKER_URL]"),
+        click.option("--algorithm", help="'demo' or package.module:function. [env TTG_ALGORITHM; default demo]"),
+        click.option("--cost-us", help="Simulated CPU work per parameter, in microseconds. [env TTG_COST_US; default 0]"),
+        click.option("--max-deliveries", help="Deliveries before a chunk is dead-lettered. [env TTG_MAX_DELIVERIES; default 3]"),
+        click.option("--reclaim-after", "reclaim_after_s", help="Seconds within which a crashed worker's chunk is taken over. [env TTG_RECLAIM_AFTER_S; default 3]"),
+        click.option("--log-format", help="Worker log format: text or json. [env TTG_LOG_FORMAT; default text]"),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="ttg")
+def cli() -> None:
+    """Run parameter sweeps across workers through a broker, and prove nothing was lost."""
+
+
+@cli.command()
+@_sweep_options
+@click.option("--params", help="Number of parameters N (indices 0..N-1). [env TTG_PARAMS; default 1,000,000]")
+@click.option("--chunk", help="Parameters per chunk. [env TTG_CHUNK; default 10,000]")
+@click.option("--workers", help="Worker processes. [env TTG_WORKERS; default 2]")
+@click.option("--mode", help="queue (default) or static (fixed ranges, no queue: shows what a crash loses). [env TTG_MODE]")
+@click.option("--fault", "faults", multiple=True, help="Fault to inject, e.g. kill-worker@30% or terminate-worker@50%. Repeatable.")
+@click.option("--out", help="Directory for run directories. [env TTG_OUT; default runs]")
+@click.option("--verify", help="full, sample:N or off. [env TTG_VERIFY; default full]")
+@click.option("--persistence/--no-persistence", default=None, help="Private Redis with AOF (fsync always). [env TTG_PERSISTENCE]")
+@click.option("--timeout", "timeout_s", help="Give up collecting after this many seconds. [env TTG_TIMEOUT_S; default 3600]")
+@click.option("--seed", help="Seed of the verification sample. [env TTG_SEED; default 0]")
+@click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help="Log the coordinator's steps to stderr.")
+def run(as_json: bool, verbose: bool, **options: Any) -> int:
+    """Run one sweep and end with a verdict."""
+    from ttg.run import Progress as RunProgress
+    from ttg.run import execute
+
+    cfg = load_run_config(_given(**options))
+    logs.setup("text", logging.INFO if verbose else logging.WARNING)
+    columns = [TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
+               TextColumn("{task.fields[rate]:>14} params/s"), TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal and as_json) as bar:
+        task = bar.add_task("sweep", total=None, rate="-")
+
+        def on_progress(p: RunProgress) -> None:
+            rate = f"{p.params_done / p.elapsed_s:,.0f}" if p.elapsed_s > 0 else "-"
+            bar.update(task, total=p.chunks_total, completed=p.chunks_done, rate=rate)
+
+        record = execute(cfg, on_progress=on_progress)
+    err.print(summary_table(record))
+    if as_json:
+        click.echo(json.dumps(record.to_dict(), indent=2))
+    else:
+        err.print(f"run record: {record.run_dir}/record.json")
+    return 0 if record.verdict["ok"] else 1
+
+
+def summary_table(record: RunRecord) -> Table:
+    v = record.verdict
+    table = Table(title=f"TTG run {record.run_id} — {'[green]OK' if v['ok'] else '[red]FAILED'}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("backend / mode", f"{record.backend} / {record.mode}, {record.workers} workers ({record.runtime})"),
+        ("parameters", f"{record.params:,} in {record.chunks:,} chunks of {record.chunk_size:,}"),
+        ("chunks completed", f"{v['chunks_completed']:,} / {v['chunks_expected']:,}"),
+        ("lost", f"{v['lost']}" + (f"  (first ids: {v['lost_chunk_ids'][:10]})" if v["lost"] else "")),
+        ("duplicates", str(v["duplicates"])),
+        ("dead-lettered", str(v["dead_lettered"]) + (f"  ({v['dead_letter_reasons'][0][:80]})" if v["dead_letter_reasons"] else "")),
+        ("checksum", f"{v['checksum_actual']} ({'ok' if v['checksum_ok'] else 'MISMATCH' if v['checksum_ok'] is False else 'not checked'}, verify {v['verify']})"),
+        ("sweep time", f"{record.wall_s:.2f} s  ({record.params_per_s:,.0f} params/s)"),
+        ("start-up / verify", f"{record.startup_s:.2f} s / {record.verify_s:.2f} s"),
+    ]
+    rows += [(f"fault {f['kind']}", f"{f['target']} at {f['at_s']:.2f} s, recovered in " + (f"{f['recovered_s']:.2f} s" if f["recovered_s"] is not None else f"- ({f['note']})")) for f in record.faults]
+    for k, val in rows:
+        table.add_row(k, val)
+    return table
+
+
+@cli.command()
+@_sweep_options
+@click.option("--run-id", required=True, help="The run this worker serves.")
+@click.option("--worker-id", default=None, help="This worker's name (consumer name). [default HOST-PID]")
+@click.option("--static", "static", default=None, metavar="I/W", help="Static mode: evaluate block I of W blocks of chunks, no queue.")
+@click.option("--params", type=int, default=None, help="Static mode: the sweep's parameter count.")
+@click.option("--chunk", type=int, default=None, help="Static mode: the sweep's chunk size.")
+@click.option("--broker-wait", type=float, default=60.0, show_default=True, help="Seconds to keep retrying an unreachable broker.")
+def worker(run_id: str, worker_id: str | None, static: str | None, params: int | None, chunk: int | None, broker_wait: float, **options: Any) -> int:
+    """Serve one run until its sweep is drained (burst mode). SIGTERM: finish the chunk, exit 0."""
+    from ttg.broker import open_broker
+    from ttg.plan import ChunkPlan
+    from ttg.worker import Worker, WorkerSpec
+
+    settings = load_sweep_settings(_given(**options))
+    if not settings.broker_url:
+        raise ConfigError("ttg worker needs a broker; pass --broker-url or set TTG_BROKER_URL")
+    worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    logs.setup(settings.log_format, run_id=run_id, worker_id=worker_id)
+    static_plan, index, of = None, 0, 1
+    if static is not None:
+        try:
+            index, of = (int(x) for x in static.split("/"))
+        except ValueError:
+            raise ConfigError(f"--static must look like I/W, for example 0/4 (got {static!r})") from None
+        if params is None or chunk is None:
+            raise ConfigError("static mode needs --params and --chunk")
+        static_plan = ChunkPlan(params, chunk)
+    broker = open_broker(settings.broker_url, run_id, consumer=worker_id, max_deliveries=settings.max_deliveries, reclaim_after_s=settings.reclaim_after_s)
+    w = Worker(broker, WorkerSpec(run_id, worker_id, settings.algorithm, settings.cost_us, broker_wait, static_plan, index, of))
+    w.install_signal_handlers()
+    return w.run()
+
+
+@cli.command()
+@_sweep_options
+@click.option("--params", help="Parameters per sweep. [default 10,000,000]")
+@click.option("--chunk", help="Parameters per chunk. [default 10,000]")
+@click.option("--workers", help="Workers (and Pool processes). [default 2]")
+@click.option("--repeat", type=click.IntRange(1, 50), default=3, show_default=True, help="Interleaved rounds of TTG and Pool.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
+def bench(repeat: int, as_json: bool, **options: Any) -> int:
+    """Throughput of TTG against multiprocessing.Pool over the same chunks, measured side by side."""
+    from ttg.bench import run_bench
+
+    given = _given(**options)
+    given.setdefault("params", 10_000_000)
+    cfg = load_run_config({**given, "verify": "off", "out": given.get("out")})
+    logs.setup("text", logging.WARNING)
+    result = run_bench(cfg, repeat=repeat, on_round=lambda line: err.print(line))
+    table = Table(title=f"ttg bench: {cfg.params:,} params, chunk {cfg.chunk:,}, {cfg.workers} workers, cost {cfg.sweep.cost_us:g} µs, {cfg.sweep.backend}")
+    for col in ("", "median s", "params/s", "ratio"):
+        table.add_column(col)
+    table.add_row("multiprocessing.Pool", f"{result['pool_s']:.3f}", f"{result['pool_params_per_s']:,.0f}", "1.00")
+    table.add_row("TTG", f"{result['ttg_s']:.3f}", f"{result['ttg_params_per_s']:,.0f}", f"{result['ratio']:.3f}")
+    err.print(table)
+    err.print(f"broker round trips per chunk: {result['round_trips_per_chunk']:.2f}; TTG end-to-end with start-up: {result['ttg_total_s']:.2f} s; "
+              f"coordinator peak RSS {result['coordinator_peak_rss_mb']:.0f} MB")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    return 0
+
+
+def main() -> None:
+    try:
+        rv = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(EXIT_USAGE)
+    except TTGError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(EXIT_ENVIRONMENT)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,229 @@
+"""Configuration, parsed once into frozen dataclasses.
+
+Precedence: explicit argument / CLI flag > ``TTG_*`` environment variable > default.
+This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from ttg.errors import ConfigError
+from ttg.faults import FaultSpec, parse_fault
+
+BACKENDS = ("redis", "rabbitmq")
+MODES = ("queue", "static")
+LOG_FORMATS = ("text", "json")
+
+T = TypeVar("T")
+
+
+def redact_url(url: str | None) -> str | None:
+    """Hide the password of a broker URL, for logs, reprs and run records."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class Verify:
+    """How the coordinator checks results: ``full``, ``sample:N`` or ``off``."""
+
+    kind: str
+    sample: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Verify:
+        if text in ("full", "off"):
+            return cls(text)
+        m = re.fullmatch(r"sample:(\d+)", text)
+        if m and int(m.group(1)) > 0:
+            return cls("sample", int(m.group(1)))
+        raise ConfigError(f"verify must be full, off or sample:N with N > 0 (got {text!r}); pass --verify or set TTG_VERIFY")
+
+    def __str__(self) -> str:
+        return f"sample:{self.sample}" if self.kind == "sample" else self.kind
+
+
+def _int_in(name: str, flag: str, lo: int, hi: int) -> Callable[[Any], int]:
+    def conv(value: Any) -> int:
+        try:
+            n = int(str(value).replace("_", "").replace(",", ""))
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number (got {value!r}); pass {flag} or set TTG_{name.upper()}") from None
+        if not lo <= n <= hi:
+            raise ConfigError(f"{name} must be in {lo:,}..{hi:,} (got {n:,}); pass {flag} or set TTG_{name.upper()}")
+        return n
+
+    return conv
+
+
+def _float_in(name: str, flag: str, lo: float, hi: float) -> Callable[[Any], float]:
+    def conv(value: Any) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number (got {value!r}); pass {flag} or set TTG_{name.upper()}") from None
+        if not lo <= x <= hi:
+            raise ConfigError(f"{name} must be in {lo:g}..{hi:g} (got {x:g}); pass {flag} or set TTG_{name.upper()}")
+        return x
+
+    return conv
+
+
+def _choice(name: str, flag: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def conv(value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)} (got {value!r}); pass {flag} or set TTG_{name.upper()}")
+        return str(value)
+
+    return conv
+
+
+def _bool(name: str) -> Callable[[Any], bool]:
+    def conv(value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name} must be true or false (got {value!r}); set TTG_{name.upper()}")
+
+    return conv
+
+
+def _faults(value: Any) -> tuple[FaultSpec, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    return tuple(v if isinstance(v, FaultSpec) else parse_fault(str(v)) for v in value)
+
+
+def _broker_url(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    scheme = urlsplit(str(value)).scheme
+    if scheme not in ("redis", "rediss", "amqp", "amqps"):
+        raise ConfigError(f"broker URL must start with redis://, rediss://, amqp:// or amqps:// (got {redact_url(str(value))!r}); pass --broker-url or set TTG_BROKER_URL")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Settings shared by the coordinator and every worker of a run."""
+
+    backend: str = "redis"
+    broker_url: str | None = field(default=None, repr=False)
+    algorithm: str = "demo"
+    cost_us: float = 0.0
+    max_deliveries: int = 3
+    reclaim_after_s: float = 3.0
+    log_format: str = "text"
+
+    def __repr__(self) -> str:  # the URL may hold a password
+        return (
+            f"SweepSettings(backend={self.backend!r}, broker_url={redact_url(self.broker_url)!r}, "
+            f"algorithm={self.algorithm!r}, cost_us={self.cost_us}, max_deliveries={self.max_deliveries}, "
+            f"reclaim_after_s={self.reclaim_after_s}, log_format={self.log_format!r})"
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``ttg run`` needs, validated."""
+
+    sweep: SweepSettings
+    params: int = 1_000_000
+    chunk: int = 10_000
+    workers: int = 2
+    mode: str = "queue"
+    faults: tuple[FaultSpec, ...] = ()
+    out: Path = Path("runs")
+    verify: Verify = Verify("full")
+    persistence: bool = False
+    timeout_s: float = 3600.0
+    seed: int = 0
+
+
+# name -> (converter, default); the name is also the TTG_<NAME> environment variable.
+_SWEEP_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "backend": (_choice("backend", "--backend", BACKENDS), "redis"),
+    "broker_url": (_broker_url, None),
+    "algorithm": (str, "demo"),
+    "cost_us": (_float_in("cost_us", "--cost-us", 0.0, 1e7), 0.0),
+    "max_deliveries": (_int_in("max_deliveries", "--max-deliveries", 1, 1000), 3),
+    "reclaim_after_s": (_float_in("reclaim_after_s", "--reclaim-after", 0.1, 3600.0), 3.0),
+    "log_format": (_choice("log_format", "--log-format", LOG_FORMATS), "text"),
+}
+_RUN_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "params": (_int_in("params", "--params", 1, 10**12), 1_000_000),
+    "chunk": (_int_in("chunk", "--chunk", 1, 1_000_000), 10_000),
+    "workers": (_int_in("workers", "--workers", 1, 1024), 2),
+    "mode": (_choice("mode", "--mode", MODES), "queue"),
+    "faults": (_faults, ()),
+    "out": (Path, Path("runs")),
+    "verify": (lambda v: v if isinstance(v, Verify) else Verify.parse(str(v)), Verify("full")),
+    "persistence": (_bool("persistence"), False),
+    "timeout_s": (_float_in("timeout_s", "--timeout", 1.0, 10**7), 3600.0),
+    "seed": (_int_in("seed", "--seed", 0, 2**32 - 1), 0),
+}
+
+
+def _resolve(table: Mapping[str, tuple[Callable[[Any], Any], Any]], given: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, (conv, default) in table.items():
+        value = given.get(name)
+        if value is None or value == ():
+            value = env.get(f"TTG_{name.upper()}")
+        out[name] = default if value is None else conv(value)
+    return out
+
+
+def _check_known(given: Mapping[str, Any], *tables: Mapping[str, Any]) -> None:
+    unknown = set(given) - {k for t in tables for k in t}
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+
+
+def load_sweep_settings(given: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> SweepSettings:
+    given = dict(given or {})
+    _check_known(given, _SWEEP_FIELDS)
+    return SweepSettings(**_resolve(_SWEEP_FIELDS, given, os.environ if env is None else env))
+
+
+def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> RunConfig:
+    """Build a RunConfig from explicit values (None = not given), the environment and defaults."""
+    given = dict(given or {})
+    _check_known(given, _SWEEP_FIELDS, _RUN_FIELDS)
+    env = os.environ if env is None else env
+    sweep = load_sweep_settings({k: v for k, v in given.items() if k in _SWEEP_FIELDS}, env)
+    cfg = RunConfig(sweep=sweep, **_resolve(_RUN_FIELDS, {k: v for k, v in given.items() if k in _RUN_FIELDS}, env))
+    if cfg.chunk > cfg.params:
+        raise ConfigError(f"chunk ({cfg.chunk:,}) must not exceed params ({cfg.params:,}); lower --chunk")
+    if cfg.sweep.broker_url:
+        scheme = urlsplit(cfg.sweep.broker_url).scheme.rstrip("s")
+        want = "redis" if cfg.sweep.backend == "redis" else "amqp"
+        if scheme != want:
+            raise ConfigError(f"--broker-url scheme {scheme}:// does not match --backend {cfg.sweep.backend}; use a {want}:// URL or change --backend")
+    for f in cfg.faults:
+        if f.kind == "kill-worker" and cfg.workers < 2 and cfg.mode == "queue":
+            raise ConfigError("kill-worker needs at least 2 workers so a survivor can take over; pass --workers 2 or more")
+    return cfg
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]

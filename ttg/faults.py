@@ -1,0 +1,42 @@
+"""Fault specifications: what to inject and when, as written on the command line.
+
+``kill-worker@30%`` means: SIGKILL one worker once 30 % of the chunks are done.
+``terminate-worker@50%`` sends SIGTERM instead (a graceful stop).
+The grammar ``KIND@P%[:DURATIONs]`` leaves room for timed faults (pause, partition).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ttg.errors import ConfigError
+
+KNOWN_FAULTS = ("kill-worker", "terminate-worker")
+
+_FAULT_RE = re.compile(r"(?P<kind>[a-z][a-z-]*)@(?P<pct>\d+(?:\.\d+)?)%(?::(?P<dur>\d+(?:\.\d+)?)s)?")
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    kind: str
+    at_fraction: float
+    duration_s: float | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.kind}@{self.at_fraction * 100:g}%"
+        return text + (f":{self.duration_s:g}s" if self.duration_s is not None else "")
+
+
+def parse_fault(text: str) -> FaultSpec:
+    m = _FAULT_RE.fullmatch(text.strip())
+    if not m:
+        raise ConfigError(f"fault must look like KIND@P% (for example kill-worker@30%) (got {text!r}); pass --fault")
+    kind = m.group("kind")
+    if kind not in KNOWN_FAULTS:
+        raise ConfigError(f"unknown fault kind {kind!r}; known kinds: {', '.join(KNOWN_FAULTS)}")
+    pct = float(m.group("pct"))
+    if not 0 <= pct < 100:
+        raise ConfigError(f"fault progress point must be in 0..99% (got {pct:g}%) in {text!r}")
+    dur = m.group("dur")
+    return FaultSpec(kind, pct / 100.0, float(dur) if dur else None)

@@ -1,0 +1,96 @@
+"""Wire messages: versioned, frozen, msgpack-encoded. Never pickle.
+
+Every message is a msgpack map with ``v`` (schema version) and ``k`` (kind).
+``decode_*`` raise :class:`MessageError` naming the field, what was expected and
+what came; the worker dead-letters such a message and carries on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ttg.errors import MessageError
+
+VERSION = 1
+_F64 = np.dtype("<f8")
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    run_id: str
+    chunk_id: int
+    start: int
+    stop: int
+
+    def encode(self) -> bytes:
+        return msgpack.packb({"v": VERSION, "k": "task", "run": self.run_id, "c": self.chunk_id, "a": self.start, "b": self.stop})
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    run_id: str
+    chunk_id: int
+    start: int
+    stop: int
+    worker_id: str
+    deliveries: int
+    values: bytes  # float64 little-endian, one per parameter in [start, stop)
+    compute_s: float
+
+    def array(self) -> np.ndarray:
+        return np.frombuffer(self.values, dtype=_F64)
+
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            {
+                "v": VERSION, "k": "result", "run": self.run_id, "c": self.chunk_id, "a": self.start, "b": self.stop,
+                "w": self.worker_id, "d": self.deliveries, "x": self.values, "t": self.compute_s,
+            },
+            use_bin_type=True,
+        )
+
+
+def _unpack(raw: bytes, kind: str) -> dict[str, Any]:
+    try:
+        obj = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types for garbage input
+        raise MessageError(f"{kind} message is not valid msgpack ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise MessageError(f"{kind} message must be a map (got {type(obj).__name__})")
+    if obj.get("v") != VERSION:
+        raise MessageError(f"{kind} message has schema version {obj.get('v')!r}; this worker understands version {VERSION}")
+    if obj.get("k") != kind:
+        raise MessageError(f"expected a {kind} message (got kind {obj.get('k')!r})")
+    return obj
+
+
+def _field(obj: dict[str, Any], key: str, typ: type | tuple[type, ...], kind: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, typ) or isinstance(value, bool):
+        want = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+        raise MessageError(f"{kind} message field {key!r} must be {want} (got {value!r:.40})")
+    return value
+
+
+def decode_task(raw: bytes) -> TaskMessage:
+    obj = _unpack(raw, "task")
+    msg = TaskMessage(_field(obj, "run", str, "task"), _field(obj, "c", int, "task"), _field(obj, "a", int, "task"), _field(obj, "b", int, "task"))
+    if msg.chunk_id < 0 or not 0 <= msg.start < msg.stop:
+        raise MessageError(f"task message has an invalid range: chunk {msg.chunk_id}, params [{msg.start}, {msg.stop})")
+    return msg
+
+
+def decode_result(raw: bytes) -> ResultMessage:
+    obj = _unpack(raw, "result")
+    msg = ResultMessage(
+        _field(obj, "run", str, "result"), _field(obj, "c", int, "result"), _field(obj, "a", int, "result"),
+        _field(obj, "b", int, "result"), _field(obj, "w", str, "result"), _field(obj, "d", int, "result"),
+        _field(obj, "x", bytes, "result"), float(_field(obj, "t", (int, float), "result")),
+    )
+    if len(msg.values) != (msg.stop - msg.start) * _F64.itemsize:
+        raise MessageError(f"result for chunk {msg.chunk_id} holds {len(msg.values) // 8} values for {msg.stop - msg.start} parameters")
+    return msg

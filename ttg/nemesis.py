@@ -1,0 +1,117 @@
+"""Nemeses: faults injected into a running sweep, all with one interface (inject / heal).
+
+The same classes serve ``ttg run --fault``, pytest fixtures and (later) Chaos
+Toolkit actions. :class:`FaultSchedule` fires each fault at its progress point
+and records when it happened and how long the sweep took to recover.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from ttg.faults import FaultSpec
+from ttg.runtimes import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class Nemesis(ABC):
+    kind: str
+    target: str = ""
+
+    @abstractmethod
+    def inject(self) -> None: ...
+
+    def heal(self) -> None:
+        """Undo the fault. A kill cannot be undone: the run's survivors take over."""
+
+    def __enter__(self) -> Nemesis:
+        self.inject()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.heal()
+
+
+class SignalWorker(Nemesis):
+    """Send a signal to one live worker (the first alive, in start order)."""
+
+    def __init__(self, runtime: Runtime, sig: int, kind: str) -> None:
+        self.runtime = runtime
+        self.sig = sig
+        self.kind = kind
+
+    def inject(self) -> None:
+        alive = self.runtime.alive()
+        if not alive:
+            raise RuntimeError("no live worker to signal")
+        self.target = alive[0]
+        log.info("injecting %s", self.kind, extra={"worker_id": self.target})
+        self.runtime.kill(self.target, self.sig)
+
+
+def nemesis_for(spec: FaultSpec, runtime: Runtime) -> Nemesis:
+    if spec.kind == "kill-worker":
+        return SignalWorker(runtime, signal.SIGKILL, spec.kind)
+    if spec.kind == "terminate-worker":
+        return SignalWorker(runtime, signal.SIGTERM, spec.kind)
+    raise ValueError(f"no nemesis for fault kind {spec.kind!r}")  # parse_fault admits only known kinds
+
+
+@dataclass
+class FaultRecord:
+    kind: str
+    target: str
+    at_s: float
+    at_chunks: int
+    recovered_s: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "target": self.target, "at_s": round(self.at_s, 3), "at_chunks": self.at_chunks,
+                "recovered_s": None if self.recovered_s is None else round(self.recovered_s, 3), "note": self.note}
+
+
+class FaultSchedule:
+    """Fires faults at progress points and measures recovery.
+
+    Recovery of a worker fault = time from the fault to the first result that
+    needed another delivery (the orphaned chunk, completed by a survivor).
+    """
+
+    def __init__(self, specs: tuple[FaultSpec, ...], runtime: Runtime, chunks: int, started: float) -> None:
+        self.pending = sorted(specs, key=lambda s: s.at_fraction)
+        self.runtime = runtime
+        self.chunks = chunks
+        self.started = started
+        self.records: list[FaultRecord] = []
+        self._fired_at: list[float] = []
+
+    def poll(self, chunks_done: int, redelivered_at: list[float]) -> None:
+        while self.pending and chunks_done >= self.pending[0].at_fraction * self.chunks:
+            spec = self.pending.pop(0)
+            nemesis = nemesis_for(spec, self.runtime)
+            now = time.monotonic()
+            try:
+                nemesis.inject()
+            except RuntimeError as e:
+                self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}"))
+                self._fired_at.append(float("inf"))
+                continue
+            self.records.append(FaultRecord(spec.kind, nemesis.target, now - self.started, chunks_done))
+            self._fired_at.append(now)
+        for rec, fired in zip(self.records, self._fired_at, strict=True):
+            if rec.recovered_s is None and not rec.note:
+                later = [t for t in redelivered_at if t >= fired]
+                if later:
+                    rec.recovered_s = min(later) - fired
+
+    def finish(self) -> None:
+        for rec in self.records:
+            if rec.recovered_s is None and not rec.note:
+                rec.note = "no redelivered chunk seen after the fault (the worker held none, or its chunks were never recovered)"

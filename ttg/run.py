@@ -1,0 +1,185 @@
+"""One sweep, end to end: broker, workers, plan, results, faults, verdict, record.
+
+The phases, in order: start (or reach) the broker and declare the run; start
+the workers and wait until each is connected; publish the plan (the clock
+starts); collect results while firing faults at their progress points; stop
+the workers; judge; write ``results.npy`` and ``record.json``; remove the run's
+broker state. Whatever happens, workers and any private broker are stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+from ttg import __version__
+from ttg.broker import Broker, check_backend_available, open_broker
+from ttg.config import RunConfig, redact_url
+from ttg.errors import RuntimeStartError
+from ttg.ledger import Ledger
+from ttg.messages import TaskMessage
+from ttg.nemesis import FaultSchedule
+from ttg.plan import ChunkPlan
+from ttg.record import RunRecord
+from ttg.runtimes import Runtime, WorkerLaunch
+from ttg.runtimes.local import LocalRuntime
+from ttg.servers.redis_server import PrivateRedis
+from ttg.verdict import judge
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    chunks_done: int
+    chunks_total: int
+    params_done: int
+    elapsed_s: float
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@contextmanager
+def broker_url_for(cfg: RunConfig) -> Iterator[tuple[str, float | None]]:
+    """The configured broker URL, or a private broker started for this run and stopped after it."""
+    check_backend_available(cfg.sweep.backend)
+    if cfg.sweep.broker_url:
+        yield cfg.sweep.broker_url, None
+        return
+    with PrivateRedis(appendonly=cfg.persistence) as server:
+        yield server.url, server.startup_s
+
+
+def worker_launches(cfg: RunConfig, url: str, run_id: str) -> list[WorkerLaunch]:
+    s = cfg.sweep
+    common = ["--broker-url", url, "--run-id", run_id, "--algorithm", s.algorithm, "--cost-us", repr(s.cost_us),
+              "--max-deliveries", str(s.max_deliveries), "--reclaim-after", repr(s.reclaim_after_s), "--log-format", s.log_format]
+    launches = []
+    for i in range(cfg.workers):
+        wid = f"w{i}"
+        extra = ["--static", f"{i}/{cfg.workers}", "--params", str(cfg.params), "--chunk", str(cfg.chunk)] if cfg.mode == "static" else []
+        launches.append(WorkerLaunch(wid, tuple([*common, "--worker-id", wid, *extra])))
+    return launches
+
+
+def _wait_connected(broker: Broker, runtime: Runtime, want: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while broker.stats().consumers < want:
+        dead = [w for w, rc in runtime.exit_codes().items() if rc is not None]
+        if dead:
+            raise RuntimeStartError(f"worker {dead[0]} exited with status {runtime.exit_codes()[dead[0]]} before connecting: {runtime.describe_failure(dead[0])}")
+        if time.monotonic() > deadline:
+            raise RuntimeStartError(f"only {broker.stats().consumers} of {want} workers connected within {timeout_s:.0f}s")
+        time.sleep(0.05)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _Collector:
+    """The result loop: read, record, report progress, fire faults, decide when the sweep is over."""
+
+    def __init__(self, cfg: RunConfig, broker: Broker, runtime: Runtime, ledger: Ledger, on_progress: ProgressFn | None) -> None:
+        self.cfg, self.broker, self.runtime, self.ledger, self.on_progress = cfg, broker, runtime, ledger, on_progress
+        self.timeline: list[list[float]] = [[0.0, 0]]
+        self.t0 = time.monotonic()
+        self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0)
+
+    def run(self) -> None:
+        chunks = self.ledger.plan.chunks
+        dead = 0
+        next_stats = 0.0
+        workers_gone_at: float | None = None
+        while True:
+            raws = self.broker.read_results(max_count=512, timeout_s=0.1)
+            for raw in raws:
+                self.ledger.add(raw)
+            now = time.monotonic()
+            self._progress(now)
+            self.faults.poll(self.ledger.completed, self.ledger.redelivered_at)
+            if now >= next_stats:  # dead letters end a chunk too; ask the broker a few times a second
+                dead = self.broker.stats().dead_lettered
+                next_stats = now + 0.25
+            if self.ledger.completed + dead >= chunks:
+                return
+            if not self.runtime.alive():
+                # Every worker is gone: take what is still in flight to the coordinator, then stop.
+                workers_gone_at = workers_gone_at or now
+                if not raws and now - workers_gone_at > 0.5:
+                    log.warning("all workers exited with %d chunk(s) outstanding", chunks - self.ledger.completed - dead)
+                    return
+            if now - self.t0 > self.cfg.timeout_s:
+                log.error("run timed out after %.0fs with %d chunk(s) outstanding", self.cfg.timeout_s, chunks - self.ledger.completed - dead)
+                return
+
+    def _progress(self, now: float) -> None:
+        elapsed = now - self.t0
+        done = self.ledger.completed
+        if done != self.timeline[-1][1] and (elapsed - self.timeline[-1][0] >= 0.1 or done == self.ledger.plan.chunks):
+            self.timeline.append([round(elapsed, 3), done])
+        if self.on_progress:
+            params_done = min(done * self.ledger.plan.chunk_size, self.ledger.plan.params)
+            self.on_progress(Progress(done, self.ledger.plan.chunks, params_done, elapsed))
+
+
+def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: str | None = None, keep_broker_state: bool = False) -> RunRecord:
+    """Run one sweep and return its record (also written to ``<out>/<run_id>/record.json``)."""
+    run_id = run_id or new_run_id()
+    plan = ChunkPlan(cfg.params, cfg.chunk)
+    run_dir = cfg.out / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started_at = datetime.now(timezone.utc)
+    t_start = time.monotonic()
+    with broker_url_for(cfg) as (url, broker_startup_s):
+        broker = open_broker(url, run_id, max_deliveries=cfg.sweep.max_deliveries, reclaim_after_s=cfg.sweep.reclaim_after_s)
+        runtime = LocalRuntime(run_dir / "logs")
+        try:
+            broker.declare(plan.chunks)
+            runtime.start(worker_launches(cfg, url, run_id))
+            if cfg.mode == "queue":
+                _wait_connected(broker, runtime, cfg.workers)
+            startup_s = time.monotonic() - t_start
+            ledger = Ledger(plan, run_id, run_dir / "results.npy")
+            collector = _Collector(cfg, broker, runtime, ledger, on_progress)
+            if cfg.mode == "queue":
+                broker.publish_tasks((c.id, TaskMessage(run_id, c.id, c.start, c.stop).encode()) for c in plan)
+            collector.run()
+            wall_s = time.monotonic() - collector.t0
+            runtime.stop(grace_s=10.0)
+            collector.faults.finish()
+            for raw in broker.read_results(max_count=1_000_000, timeout_s=0.01):
+                ledger.add(raw)  # a result that landed while workers stopped still counts
+            stats = broker.stats()
+            verdict = judge(ledger, broker.dead_letters(), broker_duplicates=stats.duplicates, verify=cfg.verify, algorithm=cfg.sweep.algorithm, seed=cfg.seed)
+            ledger.flush()
+        finally:
+            runtime.stop(grace_s=5.0)
+            try:
+                if not keep_broker_state:
+                    broker.delete_run()
+            finally:
+                broker.close()
+    record = RunRecord(
+        run_id=run_id, ttg_version=__version__, backend=cfg.sweep.backend, runtime=runtime.name, mode=cfg.mode, params=cfg.params,
+        chunk_size=cfg.chunk, chunks=plan.chunks, workers=cfg.workers, algorithm=cfg.sweep.algorithm, cost_us=cfg.sweep.cost_us,
+        started_at=started_at.isoformat(timespec="seconds"), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        wall_s=round(wall_s, 4), params_per_s=round(cfg.params / wall_s, 1) if wall_s > 0 else 0.0, verdict=verdict.to_dict(),
+        faults=[f.to_dict() for f in collector.faults.records], timeline=collector.timeline, startup_s=round(startup_s, 3),
+        broker_startup_s=None if broker_startup_s is None else round(broker_startup_s, 3), verify_s=verdict.verify_s,
+        total_s=round(time.monotonic() - t_start, 3), broker_url=redact_url(url), run_dir=str(run_dir),
+        worker_exit_codes=runtime.exit_codes(), broker_stats=asdict(stats), coordinator_peak_rss_mb=round(_peak_rss_mb(), 1),
+    )
+    record.write(run_dir / "record.json")
+    return record

@@ -1,0 +1,124 @@
+"""A private ``redis-server`` on a free port with its own data directory."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import port_for
+import redis
+from mirakuru import TCPExecutor
+from mirakuru.exceptions import ProcessExitedWithError, TimeoutExpired
+
+from ttg.errors import ServerStartError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install redis-server) or pass --broker-url redis://HOST:PORT"
+
+
+class PrivateRedis:
+    """Start, kill, pause and restart a private Redis; usable as a context manager.
+
+    With ``appendonly`` every write is logged (``appendfsync always``) so a
+    SIGKILL of the server followed by :meth:`restart` on the same directory
+    loses nothing.
+    """
+
+    def __init__(self, *, port: int | None = None, data_dir: Path | None = None, appendonly: bool = False, binary: str = "redis-server", start_timeout_s: float = 15.0) -> None:
+        self.binary = binary
+        self.port = port or port_for.select_random()
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="ttg-redis-"))
+        self.appendonly = appendonly
+        self.start_timeout_s = start_timeout_s
+        self._exec: TCPExecutor | None = None
+        self.startup_s: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._exec.process.pid if self._exec and self._exec.process else None
+
+    def _command(self) -> list[str]:
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+               "--save", "", "--daemonize", "no", "--protected-mode", "yes", "--logfile", str(self.data_dir / "redis.log")]
+        if self.appendonly:
+            cmd += ["--appendonly", "yes", "--appendfsync", "always"]
+        return cmd
+
+    def start(self) -> PrivateRedis:
+        if shutil.which(self.binary) is None:
+            raise ServerStartError(f"{self.binary} not found on PATH; {INSTALL_HINT}")
+        t0 = time.monotonic()
+        self._exec = TCPExecutor(self._command(), host="127.0.0.1", port=self.port, timeout=self.start_timeout_s, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self._exec.start()
+        except (TimeoutExpired, ProcessExitedWithError) as e:
+            tail = self._log_tail()
+            self.stop()
+            raise ServerStartError(f"private redis-server on port {self.port} did not become ready: {e}; its log says: {tail}") from None
+        self._wait_loaded()
+        self.startup_s = time.monotonic() - t0
+        log.info("private redis-server ready", extra={"port": self.port, "startup_s": round(self.startup_s, 3)})
+        return self
+
+    def _wait_loaded(self) -> None:
+        """Redis accepts connections while it replays its AOF; wait until it answers PING."""
+        client = redis.Redis(port=self.port, socket_timeout=2)
+        deadline = time.monotonic() + self.start_timeout_s
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except (redis.BusyLoadingError, redis.ConnectionError):
+                    if time.monotonic() > deadline:
+                        raise ServerStartError(f"private redis-server on port {self.port} still loading after {self.start_timeout_s:g}s") from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def _log_tail(self) -> str:
+        path = self.data_dir / "redis.log"
+        return path.read_text(errors="replace").strip().splitlines()[-1] if path.exists() and path.stat().st_size else "(empty)"
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the server (SIGKILL, SIGSTOP, SIGCONT ...)."""
+        if self._exec is not None and self._exec.process is not None:
+            self._exec.process.send_signal(sig)
+            if sig == signal.SIGKILL:
+                self._exec.process.wait()
+
+    def restart(self) -> None:
+        """Start again on the same port and data directory (after a kill)."""
+        if self._exec is not None and self._exec.running():
+            self._exec.stop()
+        self._exec = None
+        self.start()
+
+    def stop(self) -> None:
+        if self._exec is not None:
+            try:
+                if self._exec.process is not None:
+                    self._exec.process.send_signal(signal.SIGCONT)  # a paused server cannot stop
+                self._exec.stop()
+            except ProcessExitedWithError:
+                pass  # killed earlier on purpose
+            self._exec = None
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> PrivateRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

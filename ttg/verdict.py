@@ -1,0 +1,117 @@
+"""The verdict: did every parameter come back exactly once, and correct?
+
+A value, not a print: :func:`judge` returns a :class:`Verdict`, and
+:meth:`Verdict.raise_for_failure` raises with the first missing chunk ids.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ttg import algorithms, checksum
+from ttg.broker import DeadLetter
+from ttg.config import Verify
+from ttg.errors import VerdictFailed
+from ttg.ledger import Ledger
+
+_BLOCK = 1 << 20  # verify in blocks so memory stays flat on a 10M sweep
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    chunks_expected: int
+    chunks_completed: int
+    lost: int
+    lost_chunk_ids: list[int]
+    duplicates: int
+    dead_lettered: int
+    dead_letter_ids: list[int]
+    checksum_expected: str | None
+    checksum_actual: str | None
+    checksum_ok: bool | None
+    verify: str
+    mismatches: int | None
+    rejected_messages: int
+    verify_s: float
+    dead_letter_reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.lost:
+            ids = ", ".join(map(str, self.lost_chunk_ids[:10])) + (" ..." if self.lost > 10 else "")
+            out.append(f"{self.lost} chunk(s) lost: {ids}")
+        if self.dead_lettered:
+            out.append(f"{self.dead_lettered} chunk(s) dead-lettered: {', '.join(map(str, self.dead_letter_ids[:10]))}")
+        if self.checksum_ok is False:
+            out.append(f"checksum {self.checksum_actual} != expected {self.checksum_expected} ({self.mismatches} mismatching values)")
+        return out
+
+    def raise_for_failure(self) -> None:
+        if not self.ok:
+            raise VerdictFailed("sweep failed: " + "; ".join(self.problems()))
+
+
+def _reference(algorithm: str, indices: np.ndarray) -> np.ndarray:
+    if algorithm == "demo":
+        return algorithms.demo_reference(indices)
+    return np.asarray(algorithms.load(algorithm)(indices), dtype="<f8")
+
+
+def _differs(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.count_nonzero(~((a == b) | (np.isnan(a) & np.isnan(b)))))
+
+
+def _verify_full(ledger: Ledger, algorithm: str) -> tuple[int, int, int]:
+    expected, actual, mismatches = 0, 0, 0
+    n = ledger.plan.params
+    for lo in range(0, n, _BLOCK):
+        idx = np.arange(lo, min(lo + _BLOCK, n))
+        ref = _reference(algorithm, idx)
+        got = np.asarray(ledger.values[lo:lo + len(idx)])
+        expected = (expected + checksum.pair_sum(idx, ref)) & checksum.MASK
+        done = ledger.seen[idx // ledger.plan.chunk_size]
+        mismatches += _differs(got[done], ref[done])
+    return expected, ledger.checksum, mismatches
+
+
+def _verify_sample(ledger: Ledger, algorithm: str, size: int, seed: int) -> tuple[int, int, int]:
+    rng = np.random.default_rng(seed)
+    idx = np.unique(rng.integers(0, ledger.plan.params, size=min(size, ledger.plan.params)))
+    ref = _reference(algorithm, idx)
+    got = np.asarray(ledger.values[idx])
+    return checksum.pair_sum(idx, ref), checksum.pair_sum(idx, got), _differs(got, ref)
+
+
+def judge(ledger: Ledger, dead: list[DeadLetter], *, broker_duplicates: int, verify: Verify, algorithm: str, seed: int = 0) -> Verdict:
+    """Compare what came back with the plan and, as asked, with a reference."""
+    t0 = time.perf_counter()
+    dead_ids = sorted({d.chunk_id for d in dead if d.chunk_id is not None and 0 <= d.chunk_id < ledger.plan.chunks and not ledger.seen[d.chunk_id]})
+    dead_mask = np.zeros(ledger.plan.chunks, dtype=bool)
+    dead_mask[dead_ids] = True
+    lost_ids = [int(i) for i in np.flatnonzero(~ledger.seen & ~dead_mask)]
+    exp: int | None
+    act: int | None
+    mism: int | None
+    if verify.kind == "full":
+        exp, act, mism = _verify_full(ledger, algorithm)
+    elif verify.kind == "sample":
+        exp, act, mism = _verify_sample(ledger, algorithm, verify.sample, seed)
+    else:
+        exp, act, mism = None, ledger.checksum, None
+    checksum_ok = None if exp is None else (exp == act and mism == 0)
+    ok = not lost_ids and not dead_ids and checksum_ok is not False
+    return Verdict(
+        ok=ok, chunks_expected=ledger.plan.chunks, chunks_completed=ledger.completed, lost=len(lost_ids), lost_chunk_ids=lost_ids,
+        duplicates=ledger.duplicates + broker_duplicates, dead_lettered=len(dead_ids), dead_letter_ids=dead_ids,
+        checksum_expected=checksum.fmt(exp), checksum_actual=checksum.fmt(act), checksum_ok=checksum_ok, verify=str(verify),
+        mismatches=mism, rejected_messages=ledger.rejected + sum(1 for d in dead if d.chunk_id is None),
+        verify_s=round(time.perf_counter() - t0, 4), dead_letter_reasons=[d.reason for d in dead][:20],
+    )

@@ -1,0 +1,137 @@
+"""The worker: take a chunk, evaluate it, hand the result back; repeat until the sweep is drained.
+
+Queue mode reads tasks from the broker. Static mode (the earlier system's
+Milestone 1, kept to show what the queue fixes) evaluates a fixed block of
+chunks and publishes their results with no task queue, so a killed static
+worker's remaining chunks are simply lost.
+
+SIGTERM or SIGINT: finish the current chunk, give back any prefetched one, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import TypeVar
+
+from ttg import algorithms
+from ttg.broker import Broker, Delivery
+from ttg.errors import BrokerUnavailable, MessageError
+from ttg.messages import ResultMessage, decode_task
+from ttg.plan import ChunkPlan
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_BROKER_LOST = 3
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    run_id: str
+    worker_id: str
+    algorithm: str = "demo"
+    cost_us: float = 0.0
+    broker_wait_s: float = 60.0  # how long to keep retrying an unreachable broker before giving up
+    static_plan: ChunkPlan | None = None
+    static_index: int = 0
+    static_of: int = 1
+
+
+class Worker:
+    def __init__(self, broker: Broker, spec: WorkerSpec) -> None:
+        self.broker = broker
+        self.spec = spec
+        self.fn = algorithms.load(spec.algorithm)
+        self.stopping = threading.Event()
+        self.chunks_done = 0
+
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            if not self.stopping.is_set():
+                log.info("draining", extra={"event": "draining", "signal": signal.Signals(signum).name})
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def run(self) -> int:
+        log.info("worker started", extra={"event": "started", "mode": "static" if self.spec.static_plan else "queue"})
+        try:
+            if self.spec.static_plan is not None:
+                self._run_static(self.spec.static_plan)
+            else:
+                self._run_queue()
+        except BrokerUnavailable as e:
+            log.error("giving up: %s", e, extra={"event": "exited"})
+            return EXIT_BROKER_LOST
+        finally:
+            self.broker.close()
+        log.info("worker exited", extra={"event": "exited", "chunks_done": self.chunks_done})
+        return EXIT_OK
+
+    def _run_queue(self) -> None:
+        while not self.stopping.is_set():
+            delivery = self._patiently(lambda: self.broker.receive(timeout_s=1.0))
+            if delivery is None:
+                if self._patiently(self.broker.drained):
+                    log.info("sweep drained", extra={"event": "draining"})
+                    return
+                continue
+            self._process(delivery)
+
+    def _run_static(self, plan: ChunkPlan) -> None:
+        for chunk_id in plan.static_assignment(self.spec.static_of, self.spec.static_index):
+            if self.stopping.is_set():
+                return
+            chunk = plan.chunk(chunk_id)
+            values = algorithms.evaluate(self.fn, chunk.start, chunk.stop, self.spec.cost_us)
+            result = ResultMessage(self.spec.run_id, chunk.id, chunk.start, chunk.stop, self.spec.worker_id, 1, values.tobytes(), 0.0)
+            self._patiently(lambda: self.broker.complete(None, chunk.id, result.encode()))
+            self.chunks_done += 1
+
+    def _process(self, delivery: Delivery) -> None:
+        try:
+            task = decode_task(delivery.body)
+            if task.run_id != self.spec.run_id:
+                raise MessageError(f"task belongs to run {task.run_id!r}, this worker serves run {self.spec.run_id!r}")
+        except MessageError as e:
+            log.warning("malformed task dead-lettered: %s", e, extra={"event": "rejected"})
+            self._patiently(lambda: self.broker.fail(delivery, f"malformed: {e}", retry=False))
+            return
+        ctx = {"chunk_id": task.chunk_id, "deliveries": delivery.deliveries}
+        log.info("chunk taken", extra={"event": "taken", **ctx})
+        t0 = time.perf_counter()
+        try:
+            values = algorithms.evaluate(self.fn, task.start, task.stop, self.spec.cost_us)
+        except Exception as e:  # the user's algorithm may raise anything; the chunk is retried or dead-lettered
+            log.warning("chunk failed: %s: %s", type(e).__name__, e, extra={"event": "failed", **ctx}, exc_info=True)
+            self._patiently(lambda: self.broker.fail(delivery, f"{type(e).__name__}: {e}", retry=True))
+            return
+        result = ResultMessage(task.run_id, task.chunk_id, task.start, task.stop, self.spec.worker_id, delivery.deliveries, values.tobytes(), time.perf_counter() - t0)
+        first = self._patiently(lambda: self.broker.complete(delivery, task.chunk_id, result.encode()))
+        self.chunks_done += 1
+        log.info("chunk finished", extra={"event": "finished", "duplicate": not first, **ctx})
+
+    def _patiently(self, op: Callable[[], T]) -> T:
+        """Retry a broker operation while the broker is unreachable, up to ``broker_wait_s``.
+
+        Safe because every broker operation a worker calls is idempotent.
+        """
+        deadline = time.monotonic() + self.spec.broker_wait_s
+        delay = 0.1
+        while True:
+            try:
+                return op()
+            except BrokerUnavailable as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("broker unreachable, retrying in %.1fs: %s", delay, e)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
