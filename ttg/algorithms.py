@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ttg.errors import AlgorithmError
+from ttg.errors import AlgorithmError, AlgorithmNotFound
 
 Algorithm = Callable[[np.ndarray], np.ndarray]
 
@@ -61,14 +61,14 @@ def load(spec: str) -> Algorithm:
         return demo
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise AlgorithmError(f"algorithm must be 'demo' or 'package.module:function' (got {spec!r}); pass --algorithm")
+        raise AlgorithmNotFound(f"algorithm must be 'demo' or 'package.module:function' (got {spec!r}); pass --algorithm")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise AlgorithmError(f"cannot import algorithm module {module_name!r}: {e}; check --algorithm and PYTHONPATH") from None
+        raise AlgorithmNotFound(f"cannot import algorithm module {module_name!r}: {e}; check --algorithm and PYTHONPATH") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise AlgorithmError(f"{module_name} has no callable {attr!r}; check --algorithm")
+        raise AlgorithmNotFound(f"{module_name} has no callable {attr!r}; check --algorithm")
     return fn  # type: ignore[no-any-return]
 
 

@@ -187,9 +187,9 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except ConfigError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
     except TTGError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_ENVIRONMENT)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +20,7 @@ from ttg.faults import FaultSpec, parse_fault
 BACKENDS = ("redis", "rabbitmq")
 MODES = ("queue", "static")
 LOG_FORMATS = ("text", "json")
+_SCHEME_BACKEND = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq"}
 
 T = TypeVar("T")
 
@@ -117,7 +118,7 @@ def _broker_url(value: Any) -> str | None:
     if value in (None, ""):
         return None
     scheme = urlsplit(str(value)).scheme
-    if scheme not in ("redis", "rediss", "amqp", "amqps"):
+    if scheme not in _SCHEME_BACKEND:
         raise ConfigError(f"broker URL must start with redis://, rediss://, amqp:// or amqps:// (got {redact_url(str(value))!r}); pass --broker-url or set TTG_BROKER_URL")
     return str(value)
 
@@ -215,15 +216,12 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
     if cfg.chunk > cfg.params:
         raise ConfigError(f"chunk ({cfg.chunk:,}) must not exceed params ({cfg.params:,}); lower --chunk")
     if cfg.sweep.broker_url:
-        scheme = urlsplit(cfg.sweep.broker_url).scheme.rstrip("s")
-        want = "redis" if cfg.sweep.backend == "redis" else "amqp"
-        if scheme != want:
-            raise ConfigError(f"--broker-url scheme {scheme}:// does not match --backend {cfg.sweep.backend}; use a {want}:// URL or change --backend")
+        scheme = urlsplit(cfg.sweep.broker_url).scheme
+        if _SCHEME_BACKEND[scheme] != cfg.sweep.backend:
+            want = "redis://" if cfg.sweep.backend == "redis" else "amqp://"
+            raise ConfigError(f"--broker-url scheme {scheme}:// does not match --backend {cfg.sweep.backend}; use a {want} URL or change --backend")
     for f in cfg.faults:
         if f.kind == "kill-worker" and cfg.workers < 2 and cfg.mode == "queue":
             raise ConfigError("kill-worker needs at least 2 workers so a survivor can take over; pass --workers 2 or more")
     return cfg
 
-
-def field_names(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]

@@ -42,6 +42,10 @@ class AlgorithmError(TTGError):
     """The algorithm could not be loaded, or returned something of the wrong shape."""
 
 
+class AlgorithmNotFound(AlgorithmError, ConfigError):
+    """``--algorithm`` names nothing importable and callable (a configuration error: exit 2)."""
+
+
 class ServerStartError(TTGError):
     """A private broker process could not be started or did not become ready."""
 

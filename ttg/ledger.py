@@ -1,8 +1,8 @@
 """The coordinator's ledger: every result received, de-duplicated by chunk id.
 
 Per-parameter results go straight into a float64 ``.npy`` file mapped in memory,
-so a 10M sweep never holds its results as Python objects, and the running
-checksum is updated chunk by chunk.
+so a 10M sweep never holds its results as Python objects. Checksums are the
+verdict's business: they are computed after the sweep, timed apart from it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ttg import checksum
 from ttg.errors import MessageError
 from ttg.messages import ResultMessage, decode_result
 from ttg.plan import ChunkPlan
@@ -35,7 +34,6 @@ class Ledger:
         self.completed = 0
         self.duplicates = 0
         self.rejected = 0
-        self.checksum = 0
         self.redelivered_at: list[float] = []  # monotonic times of first results that needed more than one delivery
 
     def add(self, raw: bytes) -> ResultMessage | None:
@@ -55,7 +53,6 @@ class Ledger:
         self.values[msg.start:msg.stop] = values
         self.seen[msg.chunk_id] = True
         self.completed += 1
-        self.checksum = (self.checksum + checksum.pair_sum(np.arange(msg.start, msg.stop), values)) & checksum.MASK
         if msg.deliveries > 1:
             self.redelivered_at.append(time.monotonic())
         return msg

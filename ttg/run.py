@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from ttg import __version__
+from ttg import __version__, algorithms
 from ttg.broker import Broker, check_backend_available, open_broker
 from ttg.config import RunConfig, redact_url
 from ttg.errors import RuntimeStartError
@@ -136,6 +136,7 @@ class _Collector:
 
 def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: str | None = None, keep_broker_state: bool = False) -> RunRecord:
     """Run one sweep and return its record (also written to ``<out>/<run_id>/record.json``)."""
+    algorithms.load(cfg.sweep.algorithm)  # a typo in --algorithm is a usage error, before any worker starts
     run_id = run_id or new_run_id()
     plan = ChunkPlan(cfg.params, cfg.chunk)
     run_dir = cfg.out / run_id

@@ -7,6 +7,7 @@ A value, not a print: :func:`judge` returns a :class:`Verdict`, and
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ class Verdict:
     rejected_messages: int
     verify_s: float
     dead_letter_reasons: list[str] = field(default_factory=list)
+    unverifiable_chunk_ids: list[int] = field(default_factory=list)  # the reference itself raised for these
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,22 +71,45 @@ def _differs(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.count_nonzero(~((a == b) | (np.isnan(a) & np.isnan(b)))))
 
 
-def _verify_full(ledger: Ledger, algorithm: str) -> tuple[int, int, int]:
+def _reference_blocks(ledger: Ledger, algorithm: str, unverifiable: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(indices, reference) in blocks; where the reference raises, chunk by chunk, skipping the chunks that raise."""
+    plan = ledger.plan
+    per_block = max(1, _BLOCK // plan.chunk_size)
+    for first in range(0, plan.chunks, per_block):
+        ids = range(first, min(first + per_block, plan.chunks))
+        lo, hi = plan.chunk(ids[0]).start, plan.chunk(ids[-1]).stop
+        try:
+            idx = np.arange(lo, hi)
+            yield idx, _reference(algorithm, idx)
+            continue
+        except Exception:  # the user's algorithm may raise (a poison chunk); narrow down to the chunks that do
+            pass
+        for c in ids:
+            chunk = plan.chunk(c)
+            idx = np.arange(chunk.start, chunk.stop)
+            try:
+                ref = _reference(algorithm, idx)
+            except Exception:
+                unverifiable.append(c)
+                continue
+            yield idx, ref
+
+
+def _verify_full(ledger: Ledger, algorithm: str, unverifiable: list[int]) -> tuple[int, int, int]:
     expected, actual, mismatches = 0, 0, 0
-    n = ledger.plan.params
-    for lo in range(0, n, _BLOCK):
-        idx = np.arange(lo, min(lo + _BLOCK, n))
-        ref = _reference(algorithm, idx)
-        got = np.asarray(ledger.values[lo:lo + len(idx)])
-        expected = (expected + checksum.pair_sum(idx, ref)) & checksum.MASK
+    for idx, ref in _reference_blocks(ledger, algorithm, unverifiable):
+        got = np.asarray(ledger.values[idx[0]:idx[-1] + 1])
         done = ledger.seen[idx // ledger.plan.chunk_size]
+        expected = (expected + checksum.pair_sum(idx, ref)) & checksum.MASK
+        actual = (actual + checksum.pair_sum(idx[done], got[done])) & checksum.MASK
         mismatches += _differs(got[done], ref[done])
-    return expected, ledger.checksum, mismatches
+    return expected, actual, mismatches
 
 
 def _verify_sample(ledger: Ledger, algorithm: str, size: int, seed: int) -> tuple[int, int, int]:
     rng = np.random.default_rng(seed)
     idx = np.unique(rng.integers(0, ledger.plan.params, size=min(size, ledger.plan.params)))
+    idx = idx[ledger.seen[idx // ledger.plan.chunk_size]]  # what never came back is lost or dead, not a mismatch
     ref = _reference(algorithm, idx)
     got = np.asarray(ledger.values[idx])
     return checksum.pair_sum(idx, ref), checksum.pair_sum(idx, got), _differs(got, ref)
@@ -100,12 +125,13 @@ def judge(ledger: Ledger, dead: list[DeadLetter], *, broker_duplicates: int, ver
     exp: int | None
     act: int | None
     mism: int | None
+    unverifiable: list[int] = []
     if verify.kind == "full":
-        exp, act, mism = _verify_full(ledger, algorithm)
+        exp, act, mism = _verify_full(ledger, algorithm, unverifiable)
     elif verify.kind == "sample":
         exp, act, mism = _verify_sample(ledger, algorithm, verify.sample, seed)
     else:
-        exp, act, mism = None, ledger.checksum, None
+        exp, act, mism = None, None, None
     checksum_ok = None if exp is None else (exp == act and mism == 0)
     ok = not lost_ids and not dead_ids and checksum_ok is not False
     return Verdict(
@@ -113,5 +139,5 @@ def judge(ledger: Ledger, dead: list[DeadLetter], *, broker_duplicates: int, ver
         duplicates=ledger.duplicates + broker_duplicates, dead_lettered=len(dead_ids), dead_letter_ids=dead_ids,
         checksum_expected=checksum.fmt(exp), checksum_actual=checksum.fmt(act), checksum_ok=checksum_ok, verify=str(verify),
         mismatches=mism, rejected_messages=ledger.rejected + sum(1 for d in dead if d.chunk_id is None),
-        verify_s=round(time.perf_counter() - t0, 4), dead_letter_reasons=[d.reason for d in dead][:20],
+        verify_s=round(time.perf_counter() - t0, 4), dead_letter_reasons=[d.reason for d in dead][:20], unverifiable_chunk_ids=unverifiable,
     )

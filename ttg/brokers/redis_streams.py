@@ -176,25 +176,24 @@ class RedisStreamsBroker(Broker):
     @_translate
     def receive(self, timeout_s: float) -> Delivery | None:
         assert self.consumer, "receive() needs a consumer name"
-        if self._prefetched is not None:
-            d, self._prefetched = self._prefetched, None
-            return d
         deadline = time.monotonic() + timeout_s
         while True:
             now = time.monotonic()
-            if not self._registered:
-                if not self._register():
-                    time.sleep(min(0.2, max(0.0, deadline - now)))  # the producer has not declared the run yet
-                    if time.monotonic() >= deadline:
-                        return None
-                    continue
+            if not self._registered and not self._register():
+                time.sleep(min(0.2, max(0.0, deadline - now)))  # the producer has not declared the run yet
+                if time.monotonic() >= deadline:
+                    return None
+                continue
+            # Orphans first, on their own clock: a busy worker always has a prefetched chunk,
+            # and a crashed peer's chunk must not wait for the queue to run dry.
             if now >= self._next_reclaim:
                 self._next_reclaim = now + self.reclaim_every_s
-                got = self._reclaim(keys=self._keys, args=[GROUP, self.consumer, self.min_idle_ms, self.max_deliveries])
-                if got:
-                    entry_id, flat, n = got
-                    log.info("chunk reclaimed", extra={"entry": entry_id.decode(), "deliveries": n})
-                    return self._delivery(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), int(n))
+                reclaimed = self._reclaim_one()
+                if reclaimed is not None:
+                    return reclaimed
+            if self._prefetched is not None:
+                d, self._prefetched = self._prefetched, None
+                return d
             wait_s = min(deadline, self._next_reclaim) - time.monotonic()
             reply = self.r.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=1, block=max(1, min(_MAX_BLOCK_MS, int(wait_s * 1000))))
             if reply and reply[0][1]:
@@ -202,6 +201,14 @@ class RedisStreamsBroker(Broker):
                 return self._delivery(entry_id, fields, 1)
             if time.monotonic() >= deadline:
                 return None
+
+    def _reclaim_one(self) -> Delivery | None:
+        got = self._reclaim(keys=self._keys, args=[GROUP, self.consumer, self.min_idle_ms, self.max_deliveries])
+        if not got:
+            return None
+        entry_id, flat, n = got
+        log.info("chunk reclaimed", extra={"event": "reclaimed", "entry": entry_id.decode(), "deliveries": n})
+        return self._delivery(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), int(n))
 
     def _register(self) -> bool:
         """Join the group by name, so the coordinator can see this worker before any task exists."""
@@ -218,7 +225,7 @@ class RedisStreamsBroker(Broker):
     @_translate
     def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> bool:
         entry = delivery.token if delivery is not None else b""
-        if delivery is None or self.consumer is None:
+        if delivery is None or self.consumer is None or self._prefetched is not None:
             first = self._complete(keys=self._keys, args=[GROUP, entry, chunk_id, result])
         else:
             # Ack this chunk and fetch the next in one round trip; the next is held locally.
@@ -260,6 +267,9 @@ class RedisStreamsBroker(Broker):
             elif self.consumer and not self.r.xpending_range(self.k_tasks, GROUP, "-", "+", 1, consumername=self.consumer):
                 # Only a consumer that owns nothing may go: deleting one drops its pending entries.
                 self.r.xgroup_delconsumer(self.k_tasks, GROUP, self.consumer)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):  # NOGROUP: the run was deleted, nothing left to release
+                log.warning("could not release held chunks on close: %s", e)
         except redis.RedisError as e:
             log.warning("could not release held chunks on close: %s", e)
         finally:

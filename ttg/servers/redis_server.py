@@ -58,6 +58,7 @@ class PrivateRedis:
     def start(self) -> PrivateRedis:
         if shutil.which(self.binary) is None:
             raise ServerStartError(f"{self.binary} not found on PATH; {INSTALL_HINT}")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         self._exec = TCPExecutor(self._command(), host="127.0.0.1", port=self.port, timeout=self.start_timeout_s, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -1,0 +1,23 @@
+"""Algorithms used by tests; worker processes import them as ``algos:NAME``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ttg.algorithms import demo, vectorize
+
+POISON = 1234
+
+
+def poison(params: np.ndarray) -> np.ndarray:
+    """The demo function, except that it raises for parameter 1234: its chunk can never complete."""
+    if (params == POISON).any():
+        raise ValueError(f"cannot evaluate parameter {POISON}")
+    return demo(params)
+
+
+square_root = vectorize(lambda p: float(p) ** 0.5)
+
+
+def wrong_length(params: np.ndarray) -> np.ndarray:
+    return np.zeros(len(params) + 1)

@@ -1,0 +1,68 @@
+"""The command line contract: exit codes, one-line errors, the JSON record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def ttg(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ttg", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["run", "--chunk", "0"], "chunk must be in 1..1,000,000 (got 0)"),
+        (["run", "--backend", "kafka"], "backend must be one of redis, rabbitmq"),
+        (["run", "--fault", "explode@30%"], "unknown fault kind 'explode'"),
+        (["run", "--broker-url", "http://localhost"], "broker URL must start with redis://"),
+        (["run", "--params", "10", "--chunk", "100"], "must not exceed params"),
+        (["run", "--no-such-flag"], "No such option"),
+        (["worker", "--run-id", "x"], "needs a broker"),
+        (["run", "--algorithm", "nocolon", "--params", "100", "--chunk", "10"], "package.module:function"),
+    ],
+)
+def test_usage_and_config_errors_exit_2_with_one_clear_line(args: list[str], message: str) -> None:
+    proc = ttg(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_environment_variables_configure_a_run(tmp_path: Path, redis_url: str) -> None:
+    import os
+
+    env = {**os.environ, "TTG_PARAMS": "5000", "TTG_CHUNK": "500", "TTG_BROKER_URL": redis_url, "TTG_OUT": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "ttg", "run", "--workers", "1", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(proc.stdout)
+    assert (rec["params"], rec["chunk_size"], rec["workers"]) == (5000, 500, 1)
+
+
+def test_run_prints_the_record_and_exits_1_when_the_verdict_fails(tmp_path: Path, redis_url: str) -> None:
+    proc = ttg("run", "--broker-url", redis_url, "--mode", "static", "--params", "20000", "--chunk", "500", "--workers", "2",
+               "--cost-us", "50", "--fault", "kill-worker@20%", "--out", str(tmp_path), "--json")
+    assert proc.returncode == 1, proc.stderr
+    rec = json.loads(proc.stdout)
+    for key in ("run_id", "ttg_version", "backend", "runtime", "mode", "params", "chunk_size", "chunks", "workers", "algorithm", "cost_us",
+                "started_at", "finished_at", "wall_s", "params_per_s", "verdict", "faults", "timeline"):
+        assert key in rec
+    for key in ("ok", "chunks_expected", "chunks_completed", "lost", "lost_chunk_ids", "duplicates", "dead_lettered",
+                "checksum_expected", "checksum_actual", "checksum_ok"):
+        assert key in rec["verdict"]
+    assert rec["verdict"]["lost"] == len(rec["verdict"]["lost_chunk_ids"]) > 0
+    assert rec["faults"][0]["kind"] == "kill-worker" and {"target", "at_s", "recovered_s"} <= set(rec["faults"][0])
+    assert "FAILED" in proc.stderr
+
+
+def test_a_private_broker_is_started_when_no_url_is_given(tmp_path: Path) -> None:
+    proc = ttg("run", "--params", "10000", "--chunk", "1000", "--workers", "2", "--out", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(proc.stdout)
+    assert rec["verdict"]["ok"] and rec["broker_startup_s"] is not None
+    assert rec["broker_url"].startswith("redis://127.0.0.1:") and not rec["broker_url"].endswith(":6379/0")

@@ -1,0 +1,142 @@
+"""Whole sweeps: real private redis-server, real `ttg worker` processes, real SIGKILLs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from ttg.broker import open_broker
+from ttg.config import Verify
+from ttg.ledger import Ledger
+from ttg.messages import TaskMessage
+from ttg.plan import ChunkPlan
+from ttg.verdict import judge
+
+
+def explain(record: Any) -> str:
+    """On failure show the verdict and faults, not a bare assert."""
+    return json.dumps({"verdict": record.verdict, "faults": record.faults, "exit_codes": record.worker_exit_codes}, indent=1)
+
+
+def test_a_sweep_completes_and_matches_the_reference(run_sweep: Any) -> None:
+    rec = run_sweep(params=20_000, chunk=700, workers=3)
+    v = rec.verdict
+    assert v["ok"] and v["lost"] == 0 and v["duplicates"] == 0 and v["checksum_ok"], explain(rec)
+    assert v["chunks_completed"] == v["chunks_expected"] == 29
+    values = np.load(Path(rec.run_dir) / "results.npy")
+    from ttg.algorithms import demo
+
+    assert np.array_equal(values, demo(np.arange(20_000)))
+    on_disk = json.loads((Path(rec.run_dir) / "record.json").read_text())
+    assert on_disk["run_id"] == rec.run_id and on_disk["timeline"][-1][1] == 29
+    assert set(rec.worker_exit_codes.values()) == {0}
+
+
+def test_sigkill_of_a_worker_mid_chunk_loses_nothing_and_recovers_within_the_reclaim_bound(run_sweep: Any) -> None:
+    # 40 chunks of 2,000 params at 100 µs each: every chunk takes ~0.2 s, so the kill lands mid-chunk.
+    rec = run_sweep(params=80_000, chunk=2_000, workers=2, cost_us=100, reclaim_after_s=1.5, faults=["kill-worker@30%"])
+    v = rec.verdict
+    assert v["ok"] and v["lost"] == 0 and v["chunks_completed"] == 40, explain(rec)
+    (fault,) = rec.faults
+    assert fault["kind"] == "kill-worker" and rec.worker_exit_codes[fault["target"]] == -9, explain(rec)
+    # Bound: reclaim (1.5 s) + recomputing the chunk (0.2 s) + the survivor finishing its own chunk; generous for a noisy host.
+    assert fault["recovered_s"] is not None and fault["recovered_s"] < 1.5 + 2.0, explain(rec)
+
+
+def test_a_chunk_slower_than_the_reclaim_bound_is_not_duplicated(run_sweep: Any) -> None:
+    # Each chunk takes ~2.5 s, the reclaim bound is 1 s: only the heartbeat keeps the chunks with their workers.
+    rec = run_sweep(params=4, chunk=1, workers=2, cost_us=2_500_000, reclaim_after_s=1.0)
+    v = rec.verdict
+    assert v["ok"] and v["duplicates"] == 0 and v["chunks_completed"] == 4, explain(rec)
+
+
+def test_a_poison_chunk_is_dead_lettered_after_max_deliveries_and_reported(run_sweep: Any) -> None:
+    rec = run_sweep(params=5_000, chunk=500, workers=2, algorithm="algos:poison", max_deliveries=2, reclaim_after_s=1.0)
+    v = rec.verdict
+    assert not v["ok"] and v["lost"] == 0 and v["dead_lettered"] == 1 and v["dead_letter_ids"] == [2], explain(rec)
+    assert "cannot evaluate parameter 1234" in v["dead_letter_reasons"][0]
+    assert v["chunks_completed"] == 9
+
+
+def test_static_mode_with_a_kill_reports_exactly_the_lost_chunks(run_sweep: Any) -> None:
+    rec = run_sweep(params=40_000, chunk=1_000, workers=2, cost_us=50, mode="static", faults=["kill-worker@30%"])
+    v = rec.verdict
+    killed = rec.faults[0]["target"]
+    assert not v["ok"] and v["lost"] > 0, explain(rec)
+    values = np.load(Path(rec.run_dir) / "results.npy")
+    missing = [c for c in range(40) if np.isnan(values[c * 1000])]
+    assert v["lost_chunk_ids"] == missing, explain(rec)
+    block = set(ChunkPlan(40_000, 1_000).static_assignment(2, int(killed[1:])))
+    assert set(missing) <= block
+
+
+def test_a_terminated_worker_finishes_its_chunk_and_exits_cleanly(run_sweep: Any) -> None:
+    rec = run_sweep(params=40_000, chunk=1_000, workers=2, cost_us=100, faults=["terminate-worker@20%"])
+    v = rec.verdict
+    assert v["ok"] and v["lost"] == 0, explain(rec)
+    assert rec.worker_exit_codes[rec.faults[0]["target"]] == 0, explain(rec)
+
+
+def test_a_user_algorithm_is_verified_on_a_seeded_sample(run_sweep: Any) -> None:
+    rec = run_sweep(params=3_000, chunk=100, workers=2, algorithm="algos:square_root", verify="sample:200")
+    v = rec.verdict
+    assert v["ok"] and v["verify"] == "sample:200" and v["checksum_ok"] and v["mismatches"] == 0, explain(rec)
+
+
+def test_a_malformed_stream_entry_is_dead_lettered_and_the_sweep_still_completes(redis_url: str, tmp_path: Path) -> None:
+    run_id = "mal" + uuid.uuid4().hex[:6]
+    plan = ChunkPlan(3_000, 300)
+    coord = open_broker(redis_url, run_id)
+    coord.declare(plan.chunks)
+    tasks = [(c.id, TaskMessage(run_id, c.id, c.start, c.stop).encode()) for c in plan]
+    coord.publish_tasks(tasks[:5])
+    client = redis.Redis.from_url(redis_url)
+    client.xadd(f"ttg:{{{run_id}}}:tasks", {"c": "x", "m": b"\x93not a task"})
+    client.xadd(f"ttg:{{{run_id}}}:tasks", {"m": TaskMessage("another-run", 0, 0, 1).encode()})
+    coord.publish_tasks(tasks[5:])
+    logs = tmp_path / "w.log"
+    with logs.open("wb") as fh:
+        proc = subprocess.run([sys.executable, "-m", "ttg", "worker", "--broker-url", redis_url, "--run-id", run_id, "--worker-id", "solo", "--log-format", "json"],
+                              stdout=fh, stderr=fh, timeout=60)
+    assert proc.returncode == 0, logs.read_text()
+    ledger = Ledger(plan, run_id)
+    for raw in coord.read_results(1000, 0.5):
+        ledger.add(raw)
+    dead = coord.dead_letters()
+    verdict = judge(ledger, dead, broker_duplicates=coord.stats().duplicates, verify=Verify("full"), algorithm="demo")
+    assert verdict.ok and verdict.chunks_completed == 10 and verdict.rejected_messages == 2, verdict
+    assert any("not valid msgpack" in d.reason for d in dead) and any("belongs to run 'another-run'" in d.reason for d in dead)
+    events = [json.loads(line) for line in logs.read_text().splitlines()]
+    assert {"started", "taken", "finished", "rejected", "exited"} <= {e.get("event") for e in events}
+    taken = next(e for e in events if e.get("event") == "taken")
+    assert taken["run_id"] == run_id and taken["worker_id"] == "solo" and "chunk_id" in taken
+    coord.delete_run()
+    coord.close()
+    client.close()
+
+
+def test_two_sweeps_share_one_broker_without_interfering(run_sweep: Any) -> None:
+    import threading
+
+    records: list[Any] = []
+    threads = [threading.Thread(target=lambda: records.append(run_sweep(params=10_000, chunk=250, workers=1))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(records) == 2 and all(r.verdict["ok"] for r in records), [explain(r) for r in records]
+    assert records[0].run_id != records[1].run_id
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_worker_count_does_not_change_the_result(run_sweep: Any, workers: int) -> None:
+    rec = run_sweep(params=12_345, chunk=1_000, workers=workers)
+    assert rec.verdict["ok"] and rec.verdict["checksum_actual"] == rec.verdict["checksum_expected"], explain(rec)

@@ -1,0 +1,148 @@
+"""Pure logic: plan, sweep grid, messages, checksum, config, faults, algorithms."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from ttg import algorithms, checksum
+from ttg.config import Verify, load_run_config, redact_url
+from ttg.errors import AlgorithmError, ConfigError, MessageError
+from ttg.faults import parse_fault
+from ttg.messages import ResultMessage, TaskMessage, decode_result, decode_task
+from ttg.plan import ChunkPlan
+from ttg.sweep import SweepSpec
+
+
+def test_plan_covers_every_parameter_exactly_once_with_stable_ids() -> None:
+    plan = ChunkPlan(1003, 10)
+    assert plan.chunks == 101
+    covered = np.concatenate([np.arange(c.start, c.stop) for c in plan])
+    assert np.array_equal(covered, np.arange(1003))
+    assert plan.chunk(100).size == 3
+    assert [c.id for c in plan] == list(range(101))
+
+
+@pytest.mark.parametrize("chunks,workers", [(100, 2), (101, 3), (5, 7), (1, 1)])
+def test_static_assignment_partitions_the_chunks(chunks: int, workers: int) -> None:
+    plan = ChunkPlan(chunks * 10, 10)
+    blocks = [list(plan.static_assignment(workers, i)) for i in range(workers)]
+    assert sorted(c for b in blocks for c in b) == list(range(chunks))
+    assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+def test_grid_axes_map_indices_row_major() -> None:
+    spec = SweepSpec.grid({"alpha": [0.1, 0.2], "beta": [1, 2, 3]})
+    assert spec.params == 6
+    vals = spec.values(np.arange(6))
+    assert vals["alpha"].tolist() == [0.1, 0.1, 0.1, 0.2, 0.2, 0.2]
+    assert vals["beta"].tolist() == [1, 2, 3, 1, 2, 3]
+    with pytest.raises(ConfigError, match="6 points"):
+        SweepSpec(7, spec.axes)
+
+
+def test_messages_round_trip() -> None:
+    task = TaskMessage("r1", 3, 30, 40)
+    assert decode_task(task.encode()) == task
+    res = ResultMessage("r1", 3, 30, 40, "w0", 2, np.arange(10, dtype="<f8").tobytes(), 0.5)
+    back = decode_result(res.encode())
+    assert back == res and back.array().tolist() == list(range(10))
+
+
+@pytest.mark.parametrize(
+    "raw,error",
+    [
+        (b"\xc1garbage", "not valid msgpack"),
+        (msgpack.packb([1, 2]), "must be a map"),
+        (msgpack.packb({"v": 99, "k": "task"}), "schema version 99"),
+        (msgpack.packb({"v": 1, "k": "result"}), "expected a task"),
+        (msgpack.packb({"v": 1, "k": "task", "run": "r", "c": "3", "a": 0, "b": 1}), "field 'c' must be int"),
+        (msgpack.packb({"v": 1, "k": "task", "run": "r", "c": 3, "a": 5, "b": 1}), "invalid range"),
+        (b"", "not valid msgpack"),
+    ],
+)
+def test_malformed_tasks_raise_message_error_naming_the_problem(raw: bytes, error: str) -> None:
+    with pytest.raises(MessageError, match=error):
+        decode_task(raw)
+
+
+def test_result_with_wrong_value_count_is_rejected() -> None:
+    raw = ResultMessage("r", 0, 0, 10, "w", 1, b"\0" * 72, 0.0).encode()
+    with pytest.raises(MessageError, match="holds 9 values for 10"):
+        decode_result(raw)
+
+
+def test_checksum_is_order_independent_and_sensitive() -> None:
+    idx = np.arange(1000)
+    vals = algorithms.demo(idx)
+    whole = checksum.pair_sum(idx, vals)
+    parts = (checksum.pair_sum(idx[500:], vals[500:]) + checksum.pair_sum(idx[:500], vals[:500])) & checksum.MASK
+    assert whole == parts
+    changed = vals.copy()
+    changed[7] += 1e-9
+    assert checksum.pair_sum(idx, changed) != whole
+    swapped = vals.copy()
+    swapped[[3, 4]] = swapped[[4, 3]]
+    assert checksum.pair_sum(idx, swapped) != whole
+
+
+def test_demo_reference_agrees_with_demo_and_the_formula() -> None:
+    p = np.arange(0, 100_000, 7)
+    assert np.array_equal(algorithms.demo(p), algorithms.demo_reference(p))
+    assert algorithms.demo(np.array([123]))[0] == ((7 * 123 + 13) % 1000) + (123 % 100) / 100
+
+
+def test_algorithm_loading_errors_are_clear() -> None:
+    with pytest.raises(AlgorithmError, match="package.module:function"):
+        algorithms.load("nocolon")
+    with pytest.raises(AlgorithmError, match="cannot import"):
+        algorithms.load("no_such_module_xyz:f")
+    with pytest.raises(AlgorithmError, match="no callable"):
+        algorithms.load("algos:nothing_here")
+    with pytest.raises(AlgorithmError, match="shape"):
+        algorithms.evaluate(algorithms.load("algos:wrong_length"), 0, 10)
+
+
+def test_vectorize_wraps_a_scalar_function() -> None:
+    out = algorithms.evaluate(algorithms.load("algos:square_root"), 0, 5)
+    assert out.tolist() == [0.0, 1.0, 2 ** 0.5, 3 ** 0.5, 2.0]
+
+
+def test_config_precedence_argument_over_env_over_default() -> None:
+    env = {"TTG_CHUNK": "500", "TTG_WORKERS": "3", "TTG_PARAMS": "1000"}
+    cfg = load_run_config({"workers": 5}, env=env)
+    assert (cfg.chunk, cfg.workers, cfg.params, cfg.sweep.backend) == (500, 5, 1000, "redis")
+
+
+@pytest.mark.parametrize(
+    "given,message",
+    [
+        ({"chunk": 0}, "chunk must be in 1..1,000,000 (got 0); pass --chunk or set TTG_CHUNK"),
+        ({"params": "lots"}, "params must be a whole number"),
+        ({"backend": "kafka"}, "backend must be one of redis, rabbitmq"),
+        ({"params": 10, "chunk": 20}, "must not exceed params"),
+        ({"verify": "most"}, "verify must be full, off or sample:N"),
+        ({"broker_url": "http://x"}, "broker URL must start with redis://"),
+        ({"backend": "redis", "broker_url": "amqp://h"}, "does not match --backend redis"),
+        ({"faults": ["explode@30%"]}, "unknown fault kind 'explode'"),
+        ({"faults": ["kill-worker@30%"], "workers": 1}, "at least 2 workers"),
+    ],
+)
+def test_config_errors_name_the_setting_and_the_fix(given: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        load_run_config(given, env={})
+
+
+def test_fault_grammar() -> None:
+    f = parse_fault("kill-worker@30%")
+    assert (f.kind, f.at_fraction, str(f)) == ("kill-worker", 0.3, "kill-worker@30%")
+    with pytest.raises(ConfigError, match="KIND@P%"):
+        parse_fault("kill-worker")
+    assert Verify.parse("sample:50") == Verify("sample", 50)
+
+
+def test_passwords_are_redacted() -> None:
+    assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    cfg = load_run_config({"broker_url": "redis://u:s3cret@h:1/0"}, env={})
+    assert "s3cret" not in repr(cfg)
