@@ -20,11 +20,12 @@ brokers:
 demo: install
 	$(VENV)/bin/ttg run --params 1000000 --chunk 10000 --workers 2 --cost-us 2 --fault kill-worker@30%
 
-test: install
+test: install lint
 	$(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check ttg tests
+	$(VENV)/bin/ruff format --check ttg tests
 	$(VENV)/bin/mypy
 
 bench: install

@@ -45,15 +45,61 @@ def test_environment_variables_configure_a_run(tmp_path: Path, redis_url: str) -
 
 
 def test_run_prints_the_record_and_exits_1_when_the_verdict_fails(tmp_path: Path, redis_url: str) -> None:
-    proc = ttg("run", "--broker-url", redis_url, "--mode", "static", "--params", "20000", "--chunk", "500", "--workers", "2",
-               "--cost-us", "50", "--fault", "kill-worker@20%", "--out", str(tmp_path), "--json")
+    proc = ttg(
+        "run",
+        "--broker-url",
+        redis_url,
+        "--mode",
+        "static",
+        "--params",
+        "20000",
+        "--chunk",
+        "500",
+        "--workers",
+        "2",
+        "--cost-us",
+        "50",
+        "--fault",
+        "kill-worker@20%",
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
     assert proc.returncode == 1, proc.stderr
     rec = json.loads(proc.stdout)
-    for key in ("run_id", "ttg_version", "backend", "runtime", "mode", "params", "chunk_size", "chunks", "workers", "algorithm", "cost_us",
-                "started_at", "finished_at", "wall_s", "params_per_s", "verdict", "faults", "timeline"):
+    for key in (
+        "run_id",
+        "ttg_version",
+        "backend",
+        "runtime",
+        "mode",
+        "params",
+        "chunk_size",
+        "chunks",
+        "workers",
+        "algorithm",
+        "cost_us",
+        "started_at",
+        "finished_at",
+        "wall_s",
+        "params_per_s",
+        "verdict",
+        "faults",
+        "timeline",
+    ):
         assert key in rec
-    for key in ("ok", "chunks_expected", "chunks_completed", "lost", "lost_chunk_ids", "duplicates", "dead_lettered",
-                "checksum_expected", "checksum_actual", "checksum_ok"):
+    for key in (
+        "ok",
+        "chunks_expected",
+        "chunks_completed",
+        "lost",
+        "lost_chunk_ids",
+        "duplicates",
+        "dead_lettered",
+        "checksum_expected",
+        "checksum_actual",
+        "checksum_ok",
+    ):
         assert key in rec["verdict"]
     assert rec["verdict"]["lost"] == len(rec["verdict"]["lost_chunk_ids"]) > 0
     assert rec["faults"][0]["kind"] == "kill-worker" and {"target", "at_s", "recovered_s"} <= set(rec["faults"][0])

@@ -104,8 +104,12 @@ def test_a_malformed_stream_entry_is_dead_lettered_and_the_sweep_still_completes
     coord.publish_tasks(tasks[5:])
     logs = tmp_path / "w.log"
     with logs.open("wb") as fh:
-        proc = subprocess.run([sys.executable, "-m", "ttg", "worker", "--broker-url", redis_url, "--run-id", run_id, "--worker-id", "solo", "--log-format", "json"],
-                              stdout=fh, stderr=fh, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ttg", "worker", "--broker-url", redis_url, "--run-id", run_id, "--worker-id", "solo", "--log-format", "json"],
+            stdout=fh,
+            stderr=fh,
+            timeout=60,
+        )
     assert proc.returncode == 0, logs.read_text()
     ledger = Ledger(plan, run_id)
     for raw in coord.read_results(1000, 0.5):

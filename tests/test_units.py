@@ -94,7 +94,7 @@ def test_demo_reference_agrees_with_demo_and_the_formula() -> None:
 
 
 def test_algorithm_loading_errors_are_clear() -> None:
-    with pytest.raises(AlgorithmError, match="package.module:function"):
+    with pytest.raises(AlgorithmError, match=r"package\.module:function"):
         algorithms.load("nocolon")
     with pytest.raises(AlgorithmError, match="cannot import"):
         algorithms.load("no_such_module_xyz:f")
@@ -106,7 +106,7 @@ def test_algorithm_loading_errors_are_clear() -> None:
 
 def test_vectorize_wraps_a_scalar_function() -> None:
     out = algorithms.evaluate(algorithms.load("algos:square_root"), 0, 5)
-    assert out.tolist() == [0.0, 1.0, 2 ** 0.5, 3 ** 0.5, 2.0]
+    assert out.tolist() == [0.0, 1.0, 2**0.5, 3**0.5, 2.0]
 
 
 def test_config_precedence_argument_over_env_over_default() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ttg.broker import Broker, BrokerStats, DeadLetter, Delivery, open_broker  # noqa: E402
-from ttg.errors import (  # noqa: E402
+from ttg.broker import Broker, BrokerStats, DeadLetter, Delivery, open_broker
+from ttg.errors import (
     AlgorithmError,
     BrokerError,
     BrokerUnavailable,
@@ -14,10 +14,24 @@ from ttg.errors import (  # noqa: E402
     TTGError,
     VerdictFailed,
 )
-from ttg.plan import Chunk, ChunkPlan  # noqa: E402
-from ttg.sweep import SweepSpec  # noqa: E402
+from ttg.plan import Chunk, ChunkPlan
+from ttg.sweep import SweepSpec
 
 __all__ = [
-    "AlgorithmError", "Broker", "BrokerError", "BrokerStats", "BrokerUnavailable", "Chunk", "ChunkPlan", "ConfigError",
-    "DeadLetter", "Delivery", "MessageError", "SweepSpec", "TTGError", "VerdictFailed", "__version__", "open_broker",
+    "AlgorithmError",
+    "Broker",
+    "BrokerError",
+    "BrokerStats",
+    "BrokerUnavailable",
+    "Chunk",
+    "ChunkPlan",
+    "ConfigError",
+    "DeadLetter",
+    "Delivery",
+    "MessageError",
+    "SweepSpec",
+    "TTGError",
+    "VerdictFailed",
+    "__version__",
+    "open_broker",
 ]

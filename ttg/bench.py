@@ -43,7 +43,7 @@ def _pool_round(pool: Any, cfg: RunConfig, plan: ChunkPlan) -> float:
     jobs = [(cfg.sweep.algorithm, cfg.sweep.cost_us, c.start, c.stop) for c in plan]
     t0 = time.perf_counter()
     for start, values in pool.imap_unordered(_pool_chunk, jobs, chunksize=1):
-        out[start:start + len(values)] = values
+        out[start : start + len(values)] = values
     return time.perf_counter() - t0
 
 
@@ -76,10 +76,21 @@ def run_bench(cfg: RunConfig, *, repeat: int = 3, on_round: Callable[[str], None
                 raise RuntimeError(f"benchmark run {r.run_id} failed its verdict: {r.verdict}")
     t_ttg, t_pool = statistics.median(ttg_s), statistics.median(pool_s)
     return {
-        "backend": cfg.sweep.backend, "params": cfg.params, "chunk": cfg.chunk, "workers": cfg.workers, "cost_us": cfg.sweep.cost_us,
-        "repeat": repeat, "ttg_s": t_ttg, "pool_s": t_pool, "ttg_rounds_s": ttg_s, "pool_rounds_s": pool_s,
-        "ttg_params_per_s": cfg.params / t_ttg, "pool_params_per_s": cfg.params / t_pool, "ratio": t_pool / t_ttg,
-        "ttg_total_s": statistics.median(r.total_s for r in records), "broker_startup_s": broker_startup_s,
+        "backend": cfg.sweep.backend,
+        "params": cfg.params,
+        "chunk": cfg.chunk,
+        "workers": cfg.workers,
+        "cost_us": cfg.sweep.cost_us,
+        "repeat": repeat,
+        "ttg_s": t_ttg,
+        "pool_s": t_pool,
+        "ttg_rounds_s": ttg_s,
+        "pool_rounds_s": pool_s,
+        "ttg_params_per_s": cfg.params / t_ttg,
+        "pool_params_per_s": cfg.params / t_pool,
+        "ratio": t_pool / t_ttg,
+        "ttg_total_s": statistics.median(r.total_s for r in records),
+        "broker_startup_s": broker_startup_s,
         "round_trips_per_chunk": (rt_after - rt_before) / (plan.chunks * repeat) + 1 / 1000,  # + the producer's batched XADDs
         "coordinator_peak_rss_mb": max(r.coordinator_peak_rss_mb for r in records),
     }

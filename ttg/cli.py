@@ -34,15 +34,19 @@ def _given(**kwargs: Any) -> dict[str, Any]:
 
 
 def _sweep_options(fn: Any) -> Any:
-    for opt in reversed([
-        click.option("--backend", help="Broker backend: redis or rabbitmq. [env TTG_BACKEND; default redis]"),
-        click.option("--broker-url", help="Use this broker instead of starting a private one (redis://HOST:PORT/DB). [env TTG_BROKER_URL]"),
-        click.option("--algorithm", help="'demo' or package.module:function. [env TTG_ALGORITHM; default demo]"),
-        click.option("--cost-us", help="Simulated CPU work per parameter, in microseconds. [env TTG_COST_US; default 0]"),
-        click.option("--max-deliveries", help="Deliveries before a chunk is dead-lettered. [env TTG_MAX_DELIVERIES; default 3]"),
-        click.option("--reclaim-after", "reclaim_after_s", help="Seconds within which a crashed worker's chunk is taken over. [env TTG_RECLAIM_AFTER_S; default 3]"),
-        click.option("--log-format", help="Worker log format: text or json. [env TTG_LOG_FORMAT; default text]"),
-    ]):
+    for opt in reversed(
+        [
+            click.option("--backend", help="Broker backend: redis or rabbitmq. [env TTG_BACKEND; default redis]"),
+            click.option("--broker-url", help="Use this broker instead of starting a private one (redis://HOST:PORT/DB). [env TTG_BROKER_URL]"),
+            click.option("--algorithm", help="'demo' or package.module:function. [env TTG_ALGORITHM; default demo]"),
+            click.option("--cost-us", help="Simulated CPU work per parameter, in microseconds. [env TTG_COST_US; default 0]"),
+            click.option("--max-deliveries", help="Deliveries before a chunk is dead-lettered. [env TTG_MAX_DELIVERIES; default 3]"),
+            click.option(
+                "--reclaim-after", "reclaim_after_s", help="Seconds within which a crashed worker's chunk is taken over. [env TTG_RECLAIM_AFTER_S; default 3]"
+            ),
+            click.option("--log-format", help="Worker log format: text or json. [env TTG_LOG_FORMAT; default text]"),
+        ]
+    ):
         fn = opt(fn)
     return fn
 
@@ -74,8 +78,16 @@ def run(as_json: bool, verbose: bool, **options: Any) -> int:
 
     cfg = load_run_config(_given(**options))
     logs.setup("text", logging.INFO if verbose else logging.WARNING)
-    columns = [TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
-               TextColumn("{task.fields[rate]:>14} params/s"), TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn()]
+    columns = [
+        TextColumn("[bold]sweep"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chunks"),
+        TextColumn("{task.fields[rate]:>14} params/s"),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, console=err, transient=False, disable=not err.is_terminal and as_json) as bar:
         task = bar.add_task("sweep", total=None, rate="-")
 
@@ -104,11 +116,20 @@ def summary_table(record: RunRecord) -> Table:
         ("lost", f"{v['lost']}" + (f"  (first ids: {v['lost_chunk_ids'][:10]})" if v["lost"] else "")),
         ("duplicates", str(v["duplicates"])),
         ("dead-lettered", str(v["dead_lettered"]) + (f"  ({v['dead_letter_reasons'][0][:80]})" if v["dead_letter_reasons"] else "")),
-        ("checksum", f"{v['checksum_actual']} ({'ok' if v['checksum_ok'] else 'MISMATCH' if v['checksum_ok'] is False else 'not checked'}, verify {v['verify']})"),
+        (
+            "checksum",
+            f"{v['checksum_actual']} ({'ok' if v['checksum_ok'] else 'MISMATCH' if v['checksum_ok'] is False else 'not checked'}, verify {v['verify']})",
+        ),
         ("sweep time", f"{record.wall_s:.2f} s  ({record.params_per_s:,.0f} params/s)"),
         ("start-up / verify", f"{record.startup_s:.2f} s / {record.verify_s:.2f} s"),
     ]
-    rows += [(f"fault {f['kind']}", f"{f['target']} at {f['at_s']:.2f} s, recovered in " + (f"{f['recovered_s']:.2f} s" if f["recovered_s"] is not None else f"- ({f['note']})")) for f in record.faults]
+    rows += [
+        (
+            f"fault {f['kind']}",
+            f"{f['target']} at {f['at_s']:.2f} s, recovered in " + (f"{f['recovered_s']:.2f} s" if f["recovered_s"] is not None else f"- ({f['note']})"),
+        )
+        for f in record.faults
+    ]
     for k, val in rows:
         table.add_row(k, val)
     return table
@@ -170,8 +191,10 @@ def bench(repeat: int, as_json: bool, **options: Any) -> int:
     table.add_row("multiprocessing.Pool", f"{result['pool_s']:.3f}", f"{result['pool_params_per_s']:,.0f}", "1.00")
     table.add_row("TTG", f"{result['ttg_s']:.3f}", f"{result['ttg_params_per_s']:,.0f}", f"{result['ratio']:.3f}")
     err.print(table)
-    err.print(f"broker round trips per chunk: {result['round_trips_per_chunk']:.2f}; TTG end-to-end with start-up: {result['ttg_total_s']:.2f} s; "
-              f"coordinator peak RSS {result['coordinator_peak_rss_mb']:.0f} MB")
+    err.print(
+        f"broker round trips per chunk: {result['round_trips_per_chunk']:.2f}; TTG end-to-end with start-up: {result['ttg_total_s']:.2f} s; "
+        f"coordinator peak RSS {result['coordinator_peak_rss_mb']:.0f} MB"
+    )
     if as_json:
         click.echo(json.dumps(result, indent=2))
     return 0

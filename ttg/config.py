@@ -119,7 +119,9 @@ def _broker_url(value: Any) -> str | None:
         return None
     scheme = urlsplit(str(value)).scheme
     if scheme not in _SCHEME_BACKEND:
-        raise ConfigError(f"broker URL must start with redis://, rediss://, amqp:// or amqps:// (got {redact_url(str(value))!r}); pass --broker-url or set TTG_BROKER_URL")
+        raise ConfigError(
+            f"broker URL must start with redis://, rediss://, amqp:// or amqps:// (got {redact_url(str(value))!r}); pass --broker-url or set TTG_BROKER_URL"
+        )
     return str(value)
 
 
@@ -224,4 +226,3 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
         if f.kind == "kill-worker" and cfg.workers < 2 and cfg.mode == "queue":
             raise ConfigError("kill-worker needs at least 2 workers so a survivor can take over; pass --workers 2 or more")
     return cfg
-

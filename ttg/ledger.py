@@ -50,7 +50,7 @@ class Ledger:
             log.info("duplicate result dropped", extra={"chunk_id": msg.chunk_id, "worker_id": msg.worker_id})
             return None
         values = msg.array()
-        self.values[msg.start:msg.stop] = values
+        self.values[msg.start : msg.stop] = values
         self.seen[msg.chunk_id] = True
         self.completed += 1
         if msg.deliveries > 1:

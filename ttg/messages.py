@@ -27,7 +27,7 @@ class TaskMessage:
     stop: int
 
     def encode(self) -> bytes:
-        return msgpack.packb({"v": VERSION, "k": "task", "run": self.run_id, "c": self.chunk_id, "a": self.start, "b": self.stop})
+        return _pack({"v": VERSION, "k": "task", "run": self.run_id, "c": self.chunk_id, "a": self.start, "b": self.stop})
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,25 @@ class ResultMessage:
         return np.frombuffer(self.values, dtype=_F64)
 
     def encode(self) -> bytes:
-        return msgpack.packb(
+        return _pack(
             {
-                "v": VERSION, "k": "result", "run": self.run_id, "c": self.chunk_id, "a": self.start, "b": self.stop,
-                "w": self.worker_id, "d": self.deliveries, "x": self.values, "t": self.compute_s,
-            },
-            use_bin_type=True,
+                "v": VERSION,
+                "k": "result",
+                "run": self.run_id,
+                "c": self.chunk_id,
+                "a": self.start,
+                "b": self.stop,
+                "w": self.worker_id,
+                "d": self.deliveries,
+                "x": self.values,
+                "t": self.compute_s,
+            }
         )
+
+
+def _pack(obj: dict[str, Any]) -> bytes:
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def _unpack(raw: bytes, kind: str) -> dict[str, Any]:
@@ -87,9 +99,14 @@ def decode_task(raw: bytes) -> TaskMessage:
 def decode_result(raw: bytes) -> ResultMessage:
     obj = _unpack(raw, "result")
     msg = ResultMessage(
-        _field(obj, "run", str, "result"), _field(obj, "c", int, "result"), _field(obj, "a", int, "result"),
-        _field(obj, "b", int, "result"), _field(obj, "w", str, "result"), _field(obj, "d", int, "result"),
-        _field(obj, "x", bytes, "result"), float(_field(obj, "t", (int, float), "result")),
+        _field(obj, "run", str, "result"),
+        _field(obj, "c", int, "result"),
+        _field(obj, "a", int, "result"),
+        _field(obj, "b", int, "result"),
+        _field(obj, "w", str, "result"),
+        _field(obj, "d", int, "result"),
+        _field(obj, "x", bytes, "result"),
+        float(_field(obj, "t", (int, float), "result")),
     )
     if len(msg.values) != (msg.stop - msg.start) * _F64.itemsize:
         raise MessageError(f"result for chunk {msg.chunk_id} holds {len(msg.values) // 8} values for {msg.stop - msg.start} parameters")

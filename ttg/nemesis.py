@@ -27,7 +27,7 @@ class Nemesis(ABC):
     @abstractmethod
     def inject(self) -> None: ...
 
-    def heal(self) -> None:
+    def heal(self) -> None:  # noqa: B027 - optional hook: a kill has nothing to undo, a pause does
         """Undo the fault. A kill cannot be undone: the run's survivors take over."""
 
     def __enter__(self) -> Nemesis:
@@ -73,8 +73,14 @@ class FaultRecord:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "target": self.target, "at_s": round(self.at_s, 3), "at_chunks": self.at_chunks,
-                "recovered_s": None if self.recovered_s is None else round(self.recovered_s, 3), "note": self.note}
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "at_s": round(self.at_s, 3),
+            "at_chunks": self.at_chunks,
+            "recovered_s": None if self.recovered_s is None else round(self.recovered_s, 3),
+            "note": self.note,
+        }
 
 
 class FaultSchedule:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ttg import __version__, algorithms
 from ttg.broker import Broker, check_backend_available, open_broker
@@ -63,8 +63,22 @@ def broker_url_for(cfg: RunConfig) -> Iterator[tuple[str, float | None]]:
 
 def worker_launches(cfg: RunConfig, url: str, run_id: str) -> list[WorkerLaunch]:
     s = cfg.sweep
-    common = ["--broker-url", url, "--run-id", run_id, "--algorithm", s.algorithm, "--cost-us", repr(s.cost_us),
-              "--max-deliveries", str(s.max_deliveries), "--reclaim-after", repr(s.reclaim_after_s), "--log-format", s.log_format]
+    common = [
+        "--broker-url",
+        url,
+        "--run-id",
+        run_id,
+        "--algorithm",
+        s.algorithm,
+        "--cost-us",
+        repr(s.cost_us),
+        "--max-deliveries",
+        str(s.max_deliveries),
+        "--reclaim-after",
+        repr(s.reclaim_after_s),
+        "--log-format",
+        s.log_format,
+    ]
     launches = []
     for i in range(cfg.workers):
         wid = f"w{i}"
@@ -78,7 +92,9 @@ def _wait_connected(broker: Broker, runtime: Runtime, want: int, timeout_s: floa
     while broker.stats().consumers < want:
         dead = [w for w, rc in runtime.exit_codes().items() if rc is not None]
         if dead:
-            raise RuntimeStartError(f"worker {dead[0]} exited with status {runtime.exit_codes()[dead[0]]} before connecting: {runtime.describe_failure(dead[0])}")
+            raise RuntimeStartError(
+                f"worker {dead[0]} exited with status {runtime.exit_codes()[dead[0]]} before connecting: {runtime.describe_failure(dead[0])}"
+            )
         if time.monotonic() > deadline:
             raise RuntimeStartError(f"only {broker.stats().consumers} of {want} workers connected within {timeout_s:.0f}s")
         time.sleep(0.05)
@@ -141,7 +157,7 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
     plan = ChunkPlan(cfg.params, cfg.chunk)
     run_dir = cfg.out / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     t_start = time.monotonic()
     with broker_url_for(cfg) as (url, broker_startup_s):
         broker = open_broker(url, run_id, max_deliveries=cfg.sweep.max_deliveries, reclaim_after_s=cfg.sweep.reclaim_after_s)
@@ -173,14 +189,33 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
             finally:
                 broker.close()
     record = RunRecord(
-        run_id=run_id, ttg_version=__version__, backend=cfg.sweep.backend, runtime=runtime.name, mode=cfg.mode, params=cfg.params,
-        chunk_size=cfg.chunk, chunks=plan.chunks, workers=cfg.workers, algorithm=cfg.sweep.algorithm, cost_us=cfg.sweep.cost_us,
-        started_at=started_at.isoformat(timespec="seconds"), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        wall_s=round(wall_s, 4), params_per_s=round(cfg.params / wall_s, 1) if wall_s > 0 else 0.0, verdict=verdict.to_dict(),
-        faults=[f.to_dict() for f in collector.faults.records], timeline=collector.timeline, startup_s=round(startup_s, 3),
-        broker_startup_s=None if broker_startup_s is None else round(broker_startup_s, 3), verify_s=verdict.verify_s,
-        total_s=round(time.monotonic() - t_start, 3), broker_url=redact_url(url), run_dir=str(run_dir),
-        worker_exit_codes=runtime.exit_codes(), broker_stats=asdict(stats), coordinator_peak_rss_mb=round(_peak_rss_mb(), 1),
+        run_id=run_id,
+        ttg_version=__version__,
+        backend=cfg.sweep.backend,
+        runtime=runtime.name,
+        mode=cfg.mode,
+        params=cfg.params,
+        chunk_size=cfg.chunk,
+        chunks=plan.chunks,
+        workers=cfg.workers,
+        algorithm=cfg.sweep.algorithm,
+        cost_us=cfg.sweep.cost_us,
+        started_at=started_at.isoformat(timespec="seconds"),
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        wall_s=round(wall_s, 4),
+        params_per_s=round(cfg.params / wall_s, 1) if wall_s > 0 else 0.0,
+        verdict=verdict.to_dict(),
+        faults=[f.to_dict() for f in collector.faults.records],
+        timeline=collector.timeline,
+        startup_s=round(startup_s, 3),
+        broker_startup_s=None if broker_startup_s is None else round(broker_startup_s, 3),
+        verify_s=verdict.verify_s,
+        total_s=round(time.monotonic() - t_start, 3),
+        broker_url=redact_url(url),
+        run_dir=str(run_dir),
+        worker_exit_codes=runtime.exit_codes(),
+        broker_stats=asdict(stats),
+        coordinator_peak_rss_mb=round(_peak_rss_mb(), 1),
     )
     record.write(run_dir / "record.json")
     return record

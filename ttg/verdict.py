@@ -98,7 +98,7 @@ def _reference_blocks(ledger: Ledger, algorithm: str, unverifiable: list[int]) -
 def _verify_full(ledger: Ledger, algorithm: str, unverifiable: list[int]) -> tuple[int, int, int]:
     expected, actual, mismatches = 0, 0, 0
     for idx, ref in _reference_blocks(ledger, algorithm, unverifiable):
-        got = np.asarray(ledger.values[idx[0]:idx[-1] + 1])
+        got = np.asarray(ledger.values[idx[0] : idx[-1] + 1])
         done = ledger.seen[idx // ledger.plan.chunk_size]
         expected = (expected + checksum.pair_sum(idx, ref)) & checksum.MASK
         actual = (actual + checksum.pair_sum(idx[done], got[done])) & checksum.MASK
@@ -135,9 +135,21 @@ def judge(ledger: Ledger, dead: list[DeadLetter], *, broker_duplicates: int, ver
     checksum_ok = None if exp is None else (exp == act and mism == 0)
     ok = not lost_ids and not dead_ids and checksum_ok is not False
     return Verdict(
-        ok=ok, chunks_expected=ledger.plan.chunks, chunks_completed=ledger.completed, lost=len(lost_ids), lost_chunk_ids=lost_ids,
-        duplicates=ledger.duplicates + broker_duplicates, dead_lettered=len(dead_ids), dead_letter_ids=dead_ids,
-        checksum_expected=checksum.fmt(exp), checksum_actual=checksum.fmt(act), checksum_ok=checksum_ok, verify=str(verify),
-        mismatches=mism, rejected_messages=ledger.rejected + sum(1 for d in dead if d.chunk_id is None),
-        verify_s=round(time.perf_counter() - t0, 4), dead_letter_reasons=[d.reason for d in dead][:20], unverifiable_chunk_ids=unverifiable,
+        ok=ok,
+        chunks_expected=ledger.plan.chunks,
+        chunks_completed=ledger.completed,
+        lost=len(lost_ids),
+        lost_chunk_ids=lost_ids,
+        duplicates=ledger.duplicates + broker_duplicates,
+        dead_lettered=len(dead_ids),
+        dead_letter_ids=dead_ids,
+        checksum_expected=checksum.fmt(exp),
+        checksum_actual=checksum.fmt(act),
+        checksum_ok=checksum_ok,
+        verify=str(verify),
+        mismatches=mism,
+        rejected_messages=ledger.rejected + sum(1 for d in dead if d.chunk_id is None),
+        verify_s=round(time.perf_counter() - t0, 4),
+        dead_letter_reasons=[d.reason for d in dead][:20],
+        unverifiable_chunk_ids=unverifiable,
     )

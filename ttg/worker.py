@@ -10,6 +10,7 @@ SIGTERM or SIGINT: finish the current chunk, give back any prefetched one, exit 
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -93,7 +94,7 @@ class Worker:
             chunk = plan.chunk(chunk_id)
             values = algorithms.evaluate(self.fn, chunk.start, chunk.stop, self.spec.cost_us)
             result = ResultMessage(self.spec.run_id, chunk.id, chunk.start, chunk.stop, self.spec.worker_id, 1, values.tobytes(), 0.0)
-            self._patiently(lambda: self.broker.complete(None, chunk.id, result.encode()))
+            self._patiently(functools.partial(self.broker.complete, None, chunk.id, result.encode()))
             self.chunks_done += 1
 
     def _process(self, delivery: Delivery) -> None:
@@ -103,7 +104,8 @@ class Worker:
                 raise MessageError(f"task belongs to run {task.run_id!r}, this worker serves run {self.spec.run_id!r}")
         except MessageError as e:
             log.warning("malformed task dead-lettered: %s", e, extra={"event": "rejected"})
-            self._patiently(lambda: self.broker.fail(delivery, f"malformed: {e}", retry=False))
+            reason = f"malformed: {e}"
+            self._patiently(lambda: self.broker.fail(delivery, reason, retry=False))
             return
         ctx = {"chunk_id": task.chunk_id, "deliveries": delivery.deliveries}
         log.info("chunk taken", extra={"event": "taken", **ctx})
@@ -112,9 +114,12 @@ class Worker:
             values = algorithms.evaluate(self.fn, task.start, task.stop, self.spec.cost_us)
         except Exception as e:  # the user's algorithm may raise anything; the chunk is retried or dead-lettered
             log.warning("chunk failed: %s: %s", type(e).__name__, e, extra={"event": "failed", **ctx}, exc_info=True)
-            self._patiently(lambda: self.broker.fail(delivery, f"{type(e).__name__}: {e}", retry=True))
+            error = f"{type(e).__name__}: {e}"
+            self._patiently(lambda: self.broker.fail(delivery, error, retry=True))
             return
-        result = ResultMessage(task.run_id, task.chunk_id, task.start, task.stop, self.spec.worker_id, delivery.deliveries, values.tobytes(), time.perf_counter() - t0)
+        result = ResultMessage(
+            task.run_id, task.chunk_id, task.start, task.stop, self.spec.worker_id, delivery.deliveries, values.tobytes(), time.perf_counter() - t0
+        )
         first = self._patiently(lambda: self.broker.complete(delivery, task.chunk_id, result.encode()))
         self.chunks_done += 1
         log.info("chunk finished", extra={"event": "finished", "duplicate": not first, **ctx})

@@ -50,7 +50,9 @@ return first
 # ARGV: group, consumer, min idle ms, max deliveries.
 # Claims idle entries one at a time (so nothing is claimed and left unprocessed),
 # dead-letters those past max deliveries, returns {id, fields, deliveries} or false.
-RECLAIM = _DEAD + """
+RECLAIM = (
+    _DEAD
+    + """
 local cursor = '0-0'
 for _ = 1, 16 do
   local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', 1)
@@ -69,10 +71,13 @@ for _ = 1, 16 do
 end
 return false
 """
+)
 
 # ARGV: group, consumer, entry id, reason, deliveries, max deliveries, retry (1/0), idle ms to set.
 # Retry = make the entry look idle so a reclaim picks it up after the retry delay.
-FAIL = _DEAD + """
+FAIL = (
+    _DEAD
+    + """
 if ARGV[7] == '1' and tonumber(ARGV[5]) < tonumber(ARGV[6]) then
   redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[8], 'JUSTID')
   return 0
@@ -83,6 +88,7 @@ if e[1] then fields = e[1][2] end
 dead(ARGV[1], ARGV[3], fields, ARGV[4], ARGV[5])
 return 1
 """
+)
 
 # ARGV: group, consumer, entry ids... Refreshes the idle time of entries this consumer still owns,
 # never taking back one that another worker has already reclaimed.

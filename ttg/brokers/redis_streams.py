@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -57,6 +57,14 @@ def _translate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """The entries of a one-stream XREAD/XREADGROUP reply ([] when nothing came)."""
+    return cast(list[Entry], reply[0][1]) if reply else []
+
+
 def connect(url: str) -> redis.Redis:
     """A client with an explicit timeout and retry policy (about 1.5 s of retries, then an error)."""
     return redis.Redis.from_url(
@@ -70,10 +78,12 @@ def connect(url: str) -> redis.Redis:
 
 
 class RedisStreamsBroker(Broker):
+    consumer: str
+
     def __init__(self, url: str, run_id: str, *, consumer: str | None = None, max_deliveries: int = 3, reclaim_after_s: float = 3.0) -> None:
         self.url = url
         self.run_id = run_id
-        self.consumer = consumer
+        self.consumer = consumer or ""  # "" = the coordinator, which never takes tasks
         self.max_deliveries = max_deliveries
         self.min_idle_ms = max(1, int(reclaim_after_s * 600))
         self.reclaim_every_s = reclaim_after_s * 0.3
@@ -133,23 +143,23 @@ class RedisStreamsBroker(Broker):
         pipe.xtrim(self.k_results, minid=self._results_cursor, approximate=False)
         pipe.xread({self.k_results: self._results_cursor}, count=max_count, block=max(1, min(_MAX_BLOCK_MS, int(timeout_s * 1000))))
         _, reply = pipe.execute()
-        if not reply:
+        entries = _entries(reply)
+        if not entries:
             return []
-        entries = reply[0][1]
         self._results_cursor = entries[-1][0]
         return [fields[b"r"] for _, fields in entries]
 
     @_translate
     def dead_letters(self) -> list[DeadLetter]:
         out = []
-        for _, f in self.r.xrange(self.k_dead):
+        for _, f in cast(list[Entry], self.r.xrange(self.k_dead)):
             chunk = f.get(b"c", b"")
             out.append(DeadLetter(int(chunk) if chunk.isdigit() else None, f.get(b"reason", b"").decode(errors="replace"), int(f.get(b"n", b"0") or 0)))
         return out
 
     @_translate
     def stats(self) -> BrokerStats:
-        meta = {k.decode(): int(v) for k, v in self.r.hgetall(self.k_meta).items()}
+        meta = {k.decode(): int(v) for k, v in cast(dict[bytes, bytes], self.r.hgetall(self.k_meta)).items()}
         try:
             groups = self.r.xinfo_groups(self.k_tasks)
         except redis.ResponseError:  # no tasks stream yet: nothing declared
@@ -158,8 +168,14 @@ class RedisStreamsBroker(Broker):
         inflight, consumers = int(group.get("pending", 0)), int(group.get("consumers", 0))
         completed, dead, published = meta.get("completed", 0), meta.get("dead", 0), meta.get("published", 0)
         return BrokerStats(
-            published=published, completed=completed, queued=max(0, published - completed - dead - inflight), inflight=inflight,
-            consumers=consumers, dead_lettered=dead, rejected=meta.get("rejected", 0), duplicates=meta.get("duplicates", 0),
+            published=published,
+            completed=completed,
+            queued=max(0, published - completed - dead - inflight),
+            inflight=inflight,
+            consumers=consumers,
+            dead_lettered=dead,
+            rejected=meta.get("rejected", 0),
+            duplicates=meta.get("duplicates", 0),
         )
 
     @_translate
@@ -195,10 +211,10 @@ class RedisStreamsBroker(Broker):
                 d, self._prefetched = self._prefetched, None
                 return d
             wait_s = min(deadline, self._next_reclaim) - time.monotonic()
-            reply = self.r.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=1, block=max(1, min(_MAX_BLOCK_MS, int(wait_s * 1000))))
-            if reply and reply[0][1]:
-                entry_id, fields = reply[0][1][0]
-                return self._delivery(entry_id, fields, 1)
+            block_ms = max(1, min(_MAX_BLOCK_MS, int(wait_s * 1000)))
+            got = _entries(self.r.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=1, block=block_ms))
+            if got:
+                return self._delivery(*got[0], 1)
             if time.monotonic() >= deadline:
                 return None
 
@@ -225,7 +241,7 @@ class RedisStreamsBroker(Broker):
     @_translate
     def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> bool:
         entry = delivery.token if delivery is not None else b""
-        if delivery is None or self.consumer is None or self._prefetched is not None:
+        if delivery is None or not self.consumer or self._prefetched is not None:
             first = self._complete(keys=self._keys, args=[GROUP, entry, chunk_id, result])
         else:
             # Ack this chunk and fetch the next in one round trip; the next is held locally.
@@ -233,9 +249,9 @@ class RedisStreamsBroker(Broker):
             self._complete(keys=self._keys, args=[GROUP, entry, chunk_id, result], client=pipe)
             pipe.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=1)
             first, nxt = pipe.execute()
-            if nxt and nxt[0][1]:
-                entry_id, fields = nxt[0][1][0]
-                self._prefetched = self._delivery(entry_id, fields, 1)
+            got = _entries(nxt)
+            if got:
+                self._prefetched = self._delivery(*got[0], 1)
         self._forget(entry)
         return bool(first)
 

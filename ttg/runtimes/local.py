@@ -32,7 +32,9 @@ class LocalRuntime(Runtime):
             fh = open(path, "ab")  # noqa: SIM115 - kept open for the worker's lifetime, closed in stop()
             try:
                 # New session: a Ctrl-C in the terminal reaches the coordinator only, which then stops workers in order.
-                proc = subprocess.Popen([sys.executable, "-m", "ttg", "worker", *launch.args], stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "ttg", "worker", *launch.args], stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True
+                )
             except OSError as e:
                 fh.close()
                 raise RuntimeStartError(f"could not start worker {launch.worker_id}: {e}") from None

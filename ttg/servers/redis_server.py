@@ -30,7 +30,9 @@ class PrivateRedis:
     loses nothing.
     """
 
-    def __init__(self, *, port: int | None = None, data_dir: Path | None = None, appendonly: bool = False, binary: str = "redis-server", start_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self, *, port: int | None = None, data_dir: Path | None = None, appendonly: bool = False, binary: str = "redis-server", start_timeout_s: float = 15.0
+    ) -> None:
         self.binary = binary
         self.port = port or port_for.select_random()
         self._own_dir = data_dir is None
@@ -49,8 +51,23 @@ class PrivateRedis:
         return self._exec.process.pid if self._exec and self._exec.process else None
 
     def _command(self) -> list[str]:
-        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-               "--save", "", "--daemonize", "no", "--protected-mode", "yes", "--logfile", str(self.data_dir / "redis.log")]
+        cmd = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
+        ]
         if self.appendonly:
             cmd += ["--appendonly", "yes", "--appendfsync", "always"]
         return cmd
@@ -60,7 +77,9 @@ class PrivateRedis:
             raise ServerStartError(f"{self.binary} not found on PATH; {INSTALL_HINT}")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        self._exec = TCPExecutor(self._command(), host="127.0.0.1", port=self.port, timeout=self.start_timeout_s, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._exec = TCPExecutor(
+            self._command(), host="127.0.0.1", port=self.port, timeout=self.start_timeout_s, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             self._exec.start()
         except (TimeoutExpired, ProcessExitedWithError) as e:
