@@ -105,7 +105,22 @@ def test_a_malformed_stream_entry_is_dead_lettered_and_the_sweep_still_completes
     logs = tmp_path / "w.log"
     with logs.open("wb") as fh:
         proc = subprocess.run(
-            [sys.executable, "-m", "ttg", "worker", "--broker-url", redis_url, "--run-id", run_id, "--worker-id", "solo", "--log-format", "json"],
+            [
+                sys.executable,
+                "-m",
+                "ttg",
+                "worker",
+                "--broker-url",
+                redis_url,
+                "--run-id",
+                run_id,
+                "--worker-id",
+                "solo",
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+            ],
             stdout=fh,
             stderr=fh,
             timeout=60,

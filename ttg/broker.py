@@ -111,11 +111,14 @@ class Broker(ABC):
         """Block for at most ``timeout_s`` for the next task; returns None when nothing came."""
 
     @abstractmethod
-    def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> bool:
+    def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> None:
         """Record ``result`` for ``chunk_id`` and acknowledge ``delivery`` atomically.
 
-        ``delivery`` is None in static mode, where no task was queued. Returns
-        True when this was the chunk's first result, False for a duplicate.
+        ``delivery`` is None in static mode, where no task was queued. A backend
+        may hold completions briefly to send several in one round trip; they are
+        sent at the latest on the next :meth:`receive`, :meth:`drained` or
+        :meth:`close`, and a completion lost with a crashed worker leaves its
+        task pending, so it is redelivered, never lost.
         """
 
     @abstractmethod

@@ -45,6 +45,7 @@ def _sweep_options(fn: Any) -> Any:
                 "--reclaim-after", "reclaim_after_s", help="Seconds within which a crashed worker's chunk is taken over. [env TTG_RECLAIM_AFTER_S; default 3]"
             ),
             click.option("--log-format", help="Worker log format: text or json. [env TTG_LOG_FORMAT; default text]"),
+            click.option("--log-level", help="Worker log level; per-chunk events (taken, finished) are debug. [env TTG_LOG_LEVEL; default info]"),
         ]
     ):
         fn = opt(fn)
@@ -153,7 +154,7 @@ def worker(run_id: str, worker_id: str | None, static: str | None, params: int |
     if not settings.broker_url:
         raise ConfigError("ttg worker needs a broker; pass --broker-url or set TTG_BROKER_URL")
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    logs.setup(settings.log_format, run_id=run_id, worker_id=worker_id)
+    logs.setup(settings.log_format, getattr(logging, settings.log_level.upper()), run_id=run_id, worker_id=worker_id)
     static_plan, index, of = None, 0, 1
     if static is not None:
         try:

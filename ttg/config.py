@@ -20,6 +20,7 @@ from ttg.faults import FaultSpec, parse_fault
 BACKENDS = ("redis", "rabbitmq")
 MODES = ("queue", "static")
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 _SCHEME_BACKEND = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq"}
 
 T = TypeVar("T")
@@ -136,12 +137,13 @@ class SweepSettings:
     max_deliveries: int = 3
     reclaim_after_s: float = 3.0
     log_format: str = "text"
+    log_level: str = "info"
 
     def __repr__(self) -> str:  # the URL may hold a password
         return (
             f"SweepSettings(backend={self.backend!r}, broker_url={redact_url(self.broker_url)!r}, "
             f"algorithm={self.algorithm!r}, cost_us={self.cost_us}, max_deliveries={self.max_deliveries}, "
-            f"reclaim_after_s={self.reclaim_after_s}, log_format={self.log_format!r})"
+            f"reclaim_after_s={self.reclaim_after_s}, log_format={self.log_format!r}, log_level={self.log_level!r})"
         )
 
 
@@ -171,6 +173,7 @@ _SWEEP_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "max_deliveries": (_int_in("max_deliveries", "--max-deliveries", 1, 1000), 3),
     "reclaim_after_s": (_float_in("reclaim_after_s", "--reclaim-after", 0.1, 3600.0), 3.0),
     "log_format": (_choice("log_format", "--log-format", LOG_FORMATS), "text"),
+    "log_level": (_choice("log_level", "--log-level", LOG_LEVELS), "info"),
 }
 _RUN_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "params": (_int_in("params", "--params", 1, 10**12), 1_000_000),

@@ -35,6 +35,7 @@ class Ledger:
         self.duplicates = 0
         self.rejected = 0
         self.redelivered_at: list[float] = []  # monotonic times of first results that needed more than one delivery
+        self.last_result: dict[str, float] = {}  # worker id -> monotonic time of its latest result
 
     def add(self, raw: bytes) -> ResultMessage | None:
         """Record one encoded result; returns it when it was the chunk's first, None otherwise."""
@@ -49,6 +50,7 @@ class Ledger:
             self.duplicates += 1
             log.info("duplicate result dropped", extra={"chunk_id": msg.chunk_id, "worker_id": msg.worker_id})
             return None
+        self.last_result[msg.worker_id] = time.monotonic()
         values = msg.array()
         self.values[msg.start : msg.stop] = values
         self.seen[msg.chunk_id] = True

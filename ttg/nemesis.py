@@ -11,6 +11,7 @@ import logging
 import signal
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,27 +40,33 @@ class Nemesis(ABC):
 
 
 class SignalWorker(Nemesis):
-    """Send a signal to one live worker (the first alive, in start order)."""
+    """Send a signal to one live worker.
 
-    def __init__(self, runtime: Runtime, sig: int, kind: str) -> None:
+    ``last_result`` (worker id -> time of its latest result) steers the choice to
+    the worker that has gone longest without a result: the one most surely
+    mid-chunk. Without it, or on a tie, the first in start order.
+    """
+
+    def __init__(self, runtime: Runtime, sig: int, kind: str, last_result: Mapping[str, float] | None = None) -> None:
         self.runtime = runtime
         self.sig = sig
         self.kind = kind
+        self.last_result = last_result or {}
 
     def inject(self) -> None:
         alive = self.runtime.alive()
         if not alive:
             raise RuntimeError("no live worker to signal")
-        self.target = alive[0]
+        self.target = min(alive, key=lambda w: self.last_result.get(w, 0.0))
         log.info("injecting %s", self.kind, extra={"worker_id": self.target})
         self.runtime.kill(self.target, self.sig)
 
 
-def nemesis_for(spec: FaultSpec, runtime: Runtime) -> Nemesis:
+def nemesis_for(spec: FaultSpec, runtime: Runtime, last_result: Mapping[str, float] | None = None) -> Nemesis:
     if spec.kind == "kill-worker":
-        return SignalWorker(runtime, signal.SIGKILL, spec.kind)
+        return SignalWorker(runtime, signal.SIGKILL, spec.kind, last_result)
     if spec.kind == "terminate-worker":
-        return SignalWorker(runtime, signal.SIGTERM, spec.kind)
+        return SignalWorker(runtime, signal.SIGTERM, spec.kind, last_result)
     raise ValueError(f"no nemesis for fault kind {spec.kind!r}")  # parse_fault admits only known kinds
 
 
@@ -90,18 +97,19 @@ class FaultSchedule:
     needed another delivery (the orphaned chunk, completed by a survivor).
     """
 
-    def __init__(self, specs: tuple[FaultSpec, ...], runtime: Runtime, chunks: int, started: float) -> None:
+    def __init__(self, specs: tuple[FaultSpec, ...], runtime: Runtime, chunks: int, started: float, last_result: Mapping[str, float]) -> None:
         self.pending = sorted(specs, key=lambda s: s.at_fraction)
         self.runtime = runtime
         self.chunks = chunks
         self.started = started
+        self.last_result = last_result
         self.records: list[FaultRecord] = []
         self._fired_at: list[float] = []
 
     def poll(self, chunks_done: int, redelivered_at: list[float]) -> None:
         while self.pending and chunks_done >= self.pending[0].at_fraction * self.chunks:
             spec = self.pending.pop(0)
-            nemesis = nemesis_for(spec, self.runtime)
+            nemesis = nemesis_for(spec, self.runtime, self.last_result)
             now = time.monotonic()
             try:
                 nemesis.inject()

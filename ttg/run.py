@@ -62,23 +62,19 @@ def broker_url_for(cfg: RunConfig) -> Iterator[tuple[str, float | None]]:
 
 
 def worker_launches(cfg: RunConfig, url: str, run_id: str) -> list[WorkerLaunch]:
+    """The ``ttg worker`` arguments of each worker: every setting travels explicitly, nothing through the environment."""
     s = cfg.sweep
-    common = [
-        "--broker-url",
-        url,
-        "--run-id",
-        run_id,
-        "--algorithm",
-        s.algorithm,
-        "--cost-us",
-        repr(s.cost_us),
-        "--max-deliveries",
-        str(s.max_deliveries),
-        "--reclaim-after",
-        repr(s.reclaim_after_s),
-        "--log-format",
-        s.log_format,
-    ]
+    options = {
+        "--broker-url": url,
+        "--run-id": run_id,
+        "--algorithm": s.algorithm,
+        "--cost-us": repr(s.cost_us),
+        "--max-deliveries": str(s.max_deliveries),
+        "--reclaim-after": repr(s.reclaim_after_s),
+        "--log-format": s.log_format,
+        "--log-level": s.log_level,
+    }
+    common = [part for pair in options.items() for part in pair]
     launches = []
     for i in range(cfg.workers):
         wid = f"w{i}"
@@ -111,7 +107,7 @@ class _Collector:
         self.cfg, self.broker, self.runtime, self.ledger, self.on_progress = cfg, broker, runtime, ledger, on_progress
         self.timeline: list[list[float]] = [[0.0, 0]]
         self.t0 = time.monotonic()
-        self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0)
+        self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0, ledger.last_result)
 
     def run(self) -> None:
         chunks = self.ledger.plan.chunks

@@ -31,45 +31,48 @@ local function dead(group, id, fields, reason, n)
 end
 """
 
-# ARGV: group, entry id ('' in static mode), chunk id, result payload. Returns 1 first result, 0 duplicate.
+# ARGV: group, then (entry id or '' in static mode, chunk id, result payload) triples.
+# Records each chunk's first result once, counts the rest as duplicates, acks and deletes the tasks.
 COMPLETE = """
-local first = redis.call('SADD', KEYS[4], ARGV[3])
-if first == 1 then
-  redis.call('XADD', KEYS[2], '*', 'r', ARGV[4])
-  redis.call('HINCRBY', KEYS[6], 'completed', 1)
-else
-  redis.call('HINCRBY', KEYS[6], 'duplicates', 1)
+for i = 2, #ARGV, 3 do
+  local entry, chunk = ARGV[i], ARGV[i + 1]
+  if redis.call('SADD', KEYS[4], chunk) == 1 then
+    redis.call('XADD', KEYS[2], '*', 'r', ARGV[i + 2])
+    redis.call('HINCRBY', KEYS[6], 'completed', 1)
+  else
+    redis.call('HINCRBY', KEYS[6], 'duplicates', 1)
+  end
+  if entry ~= '' then
+    redis.call('XACK', KEYS[1], ARGV[1], entry)
+    redis.call('XDEL', KEYS[1], entry)
+  end
 end
-if ARGV[2] ~= '' then
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('XDEL', KEYS[1], ARGV[2])
-end
-return first
+return 1
 """
 
-# ARGV: group, consumer, min idle ms, max deliveries.
-# Claims idle entries one at a time (so nothing is claimed and left unprocessed),
-# dead-letters those past max deliveries, returns {id, fields, deliveries} or false.
+# ARGV: group, consumer, min idle ms, max deliveries, how many to take.
+# Claims idle entries (a crashed worker may have held a whole batch), dead-letters those past
+# max deliveries, returns a list of {id, fields, deliveries}.
 RECLAIM = (
     _DEAD
     + """
-local cursor = '0-0'
-for _ = 1, 16 do
-  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', 1)
+local out, cursor = {}, '0-0'
+local want = tonumber(ARGV[5])
+for _ = 1, want * 2 do
+  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', want - #out)
   cursor = r[1]
-  local e = r[2][1]
-  if e then
+  for _, e in ipairs(r[2]) do
     local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
     local n = p[1][4]
     if n > tonumber(ARGV[4]) then
       dead(ARGV[1], e[1], e[2], 'delivered ' .. n .. ' times without completing (max ' .. ARGV[4] .. '): the workers holding it crashed or stalled', n)
     else
-      return {e[1], e[2], n}
+      out[#out + 1] = {e[1], e[2], n}
     end
   end
-  if cursor == '0-0' then return false end
+  if cursor == '0-0' or #out >= want then break end
 end
-return false
+return out
 """
 )
 

@@ -2,15 +2,18 @@
 
 Tasks live in a stream read through one consumer group; a worker's result and
 its XACK go through one Lua script, so they happen together. A crashed worker's
-pending entry is taken over with XAUTOCLAIM once it has been idle for
+pending entries are taken over with XAUTOCLAIM once idle for
 ``0.6 * reclaim_after_s``; workers look for such entries every
 ``0.3 * reclaim_after_s``, so a takeover happens within ``reclaim_after_s``. A
 live worker refreshes the idle time of the entries it holds every
 ``0.2 * reclaim_after_s`` (heartbeat), so a slow chunk is never stolen.
 
-Round trips per chunk in steady state: one XREADGROUP, one script call that
-also fetches the worker's next task (the reply is held locally), and a share of
-the coordinator's batched XREAD: about 2.
+Batching, so that fast chunks do not pay a round trip each: a worker fetches as
+many tasks as fit in about ``BATCH_TARGET_S`` of its measured time per chunk
+(1 for slow chunks, at most ``MAX_BATCH``), holds them locally (the heartbeat
+covers them), and sends a batch's completions in the same round trip that
+fetches the next batch. A crash costs at most one batch of recomputation, never
+a result: a completion not yet sent leaves its task pending, to be reclaimed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -34,12 +38,22 @@ from ttg.errors import BrokerError, BrokerUnavailable
 log = logging.getLogger(__name__)
 
 GROUP = "workers"
+BATCH_TARGET_S = 0.02
+MAX_BATCH = 64
+_MAX_PENDING_BYTES = 8 << 20  # send completions early rather than hold more result bytes than this
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 # A short partition must surface as an error within seconds, not hide behind
 # redis-py's default retries; callers (the worker loop) decide how long to keep trying.
 _SOCKET_TIMEOUT_S = 5.0
 _MAX_BLOCK_MS = 1000
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """The entries of a one-stream XREAD/XREADGROUP reply ([] when nothing came)."""
+    return cast(list[Entry], reply[0][1]) if reply else []
 
 
 def _translate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -57,14 +71,6 @@ def _translate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
-Entry = tuple[bytes, dict[bytes, bytes]]
-
-
-def _entries(reply: Any) -> list[Entry]:
-    """The entries of a one-stream XREAD/XREADGROUP reply ([] when nothing came)."""
-    return cast(list[Entry], reply[0][1]) if reply else []
-
-
 def connect(url: str) -> redis.Redis:
     """A client with an explicit timeout and retry policy (about 1.5 s of retries, then an error)."""
     return redis.Redis.from_url(
@@ -78,8 +84,6 @@ def connect(url: str) -> redis.Redis:
 
 
 class RedisStreamsBroker(Broker):
-    consumer: str
-
     def __init__(self, url: str, run_id: str, *, consumer: str | None = None, max_deliveries: int = 3, reclaim_after_s: float = 3.0) -> None:
         self.url = url
         self.run_id = run_id
@@ -94,20 +98,22 @@ class RedisStreamsBroker(Broker):
         self.k_done, self.k_deadset, self.k_meta = base + "done", base + "deadset", base + "meta"
         self._keys = [self.k_tasks, self.k_results, self.k_dead, self.k_done, self.k_deadset, self.k_meta]
         self.r = connect(url)
-        self._complete = self.r.register_script(redis_lua.COMPLETE)
-        self._reclaim = self.r.register_script(redis_lua.RECLAIM)
-        self._fail = self.r.register_script(redis_lua.FAIL)
-        self._heartbeat = self.r.register_script(redis_lua.HEARTBEAT)
-        self._release = self.r.register_script(redis_lua.RELEASE)
+        self._sha: dict[str, str] = {}
+        self._results_cursor = b"0-0"
+        # worker state
+        self._registered = False
         self._next_reclaim = 0.0
-        self._prefetched: Delivery | None = None
-        self._held: set[bytes] = set()
+        self._buffer: deque[Delivery] = deque()  # fetched, not yet handed to the worker
+        self._done: list[Any] = []  # completions not yet sent, flat: entry, chunk id, result, ...
+        self._done_bytes = 0
+        self._batch = 1
+        self._chunk_s: float | None = None  # moving average of the worker's time per chunk
+        self._handed_out_at = 0.0
+        self._held: set[bytes] = set()  # every entry this worker owns: buffered, computing, or completed but unsent
         self._held_lock = threading.Lock()
         self._stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
-        self._results_cursor = b"0-0"
         self._closed = False
-        self._registered = False
 
     def __repr__(self) -> str:
         return f"RedisStreamsBroker({redact_url(self.url)!r}, run_id={self.run_id!r}, consumer={self.consumer!r})"
@@ -183,12 +189,6 @@ class RedisStreamsBroker(Broker):
         self.r.delete(*self._keys)
 
     # -- worker side --------------------------------------------------------
-    def _delivery(self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int) -> Delivery:
-        with self._held_lock:
-            self._held.add(entry_id)
-        self._ensure_heartbeat()
-        return Delivery(body=fields.get(b"m", b""), deliveries=deliveries, token=entry_id)
-
     @_translate
     def receive(self, timeout_s: float) -> Delivery | None:
         assert self.consumer, "receive() needs a consumer name"
@@ -200,31 +200,150 @@ class RedisStreamsBroker(Broker):
                 if time.monotonic() >= deadline:
                     return None
                 continue
-            # Orphans first, on their own clock: a busy worker always has a prefetched chunk,
-            # and a crashed peer's chunk must not wait for the queue to run dry.
+            # Orphans first, on their own clock: a busy worker always has local work,
+            # and a crashed peer's chunks must not wait for the queue to run dry.
             if now >= self._next_reclaim:
                 self._next_reclaim = now + self.reclaim_every_s
-                reclaimed = self._reclaim_one()
-                if reclaimed is not None:
-                    return reclaimed
-            if self._prefetched is not None:
-                d, self._prefetched = self._prefetched, None
-                return d
-            wait_s = min(deadline, self._next_reclaim) - time.monotonic()
-            block_ms = max(1, min(_MAX_BLOCK_MS, int(wait_s * 1000)))
-            got = _entries(self.r.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=1, block=block_ms))
-            if got:
-                return self._delivery(*got[0], 1)
+                self._reclaim_batch()
+            if not self._buffer:
+                self._fetch(block_ms=0)
+            if not self._buffer:
+                self._fetch(block_ms=max(1, min(_MAX_BLOCK_MS, int((min(deadline, self._next_reclaim) - time.monotonic()) * 1000))))
+            if self._buffer:
+                self._handed_out_at = time.monotonic()
+                return self._buffer.popleft()
             if time.monotonic() >= deadline:
                 return None
 
-    def _reclaim_one(self) -> Delivery | None:
-        got = self._reclaim(keys=self._keys, args=[GROUP, self.consumer, self.min_idle_ms, self.max_deliveries])
-        if not got:
-            return None
-        entry_id, flat, n = got
-        log.info("chunk reclaimed", extra={"event": "reclaimed", "entry": entry_id.decode(), "deliveries": n})
-        return self._delivery(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), int(n))
+    @_translate
+    def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> None:
+        if delivery is None:  # static mode: nothing was queued, nothing to batch with
+            self._script(redis_lua.COMPLETE, self._keys, [GROUP, b"", chunk_id, result])
+            return
+        took = time.monotonic() - self._handed_out_at
+        self._chunk_s = took if self._chunk_s is None else 0.8 * self._chunk_s + 0.2 * took
+        self._batch = max(1, min(MAX_BATCH, int(BATCH_TARGET_S / max(self._chunk_s, 1e-6))))
+        self._done += [delivery.token, chunk_id, result]
+        self._done_bytes += len(result)
+        if not self._buffer:
+            # Send the batch's completions and take the next batch in one round trip, so this
+            # worker always holds its next task: there is no moment when a crash orphans nothing.
+            self._fetch(block_ms=0)
+        elif self._done_bytes >= _MAX_PENDING_BYTES:
+            self._flush()
+
+    @_translate
+    def fail(self, delivery: Delivery, reason: str, *, retry: bool) -> None:
+        assert self.consumer, "fail() needs a consumer name"
+        idle_ms = max(0, self.min_idle_ms - self.retry_delay_ms)
+        args = [GROUP, self.consumer, delivery.token, reason[:2000], delivery.deliveries, self.max_deliveries, int(retry), idle_ms]
+        self._script(redis_lua.FAIL, self._keys, args)
+        with self._held_lock:
+            self._held.discard(delivery.token)
+
+    @_translate
+    def drained(self) -> bool:
+        self._flush()
+        chunks, completed, dead = self.r.hmget(self.k_meta, "chunks", "completed", "dead")
+        return chunks is not None and int(completed or 0) + int(dead or 0) >= int(chunks)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._hb_thread is not None:
+            self._hb_thread.join(timeout=2)
+        try:
+            if self.consumer:
+                self._flush()
+                self._release_held()
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):  # NOGROUP: the run was deleted, nothing left to release
+                log.warning("could not flush or release held chunks on close: %s", e)
+        except redis.RedisError as e:  # unsent completions stay pending and are reclaimed: nothing is lost
+            log.warning("could not flush or release held chunks on close: %s", e)
+        finally:
+            self.r.close()
+
+    def _release_held(self) -> None:
+        with self._held_lock:
+            held = list(self._held)
+        if held:
+            # Chunks fetched but not started go back at once instead of after the reclaim bound.
+            self._script(redis_lua.RELEASE, [self.k_tasks], [GROUP, self.consumer, *held, self.min_idle_ms * 10])
+        elif not self.r.xpending_range(self.k_tasks, GROUP, "-", "+", 1, consumername=self.consumer):
+            # Only a consumer that owns nothing may go: deleting one drops its pending entries.
+            self.r.xgroup_delconsumer(self.k_tasks, GROUP, self.consumer)
+
+    # -- batching -----------------------------------------------------------
+    def _take(self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int) -> Delivery:
+        with self._held_lock:
+            self._held.add(entry_id)
+        if self._hb_thread is None:
+            self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="ttg-heartbeat", daemon=True)
+            self._hb_thread.start()
+        return Delivery(body=fields.get(b"m", b""), deliveries=deliveries, token=entry_id)
+
+    def _fetch(self, block_ms: int) -> None:
+        """Send pending completions and read up to a batch of new tasks, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        sent = self._queue_completions(pipe)
+        if block_ms:
+            pipe.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=self._batch, block=block_ms)
+        else:
+            pipe.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=self._batch)
+        reply = self._execute(pipe, sent)[-1]
+        self._buffer.extend(self._take(entry_id, fields, 1) for entry_id, fields in _entries(reply))
+
+    def _reclaim_batch(self) -> None:
+        self._flush()
+        got = self._script(redis_lua.RECLAIM, self._keys, [GROUP, self.consumer, self.min_idle_ms, self.max_deliveries, self._batch])
+        for entry_id, flat, n in reversed(got or []):
+            log.info("chunk reclaimed", extra={"event": "reclaimed", "entry": entry_id.decode(), "deliveries": n})
+            self._buffer.appendleft(self._take(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), int(n)))
+        if got and len(got) >= self._batch:
+            self._next_reclaim = time.monotonic()  # a dead peer may have held more: look again at once
+
+    def _queue_completions(self, pipe: Any) -> list[bytes]:
+        if not self._done:
+            return []
+        pipe.evalsha(self._sha_of(redis_lua.COMPLETE), len(self._keys), *self._keys, GROUP, *self._done)
+        return list(self._done[::3])
+
+    def _execute(self, pipe: Any, sent: list[bytes]) -> list[Any]:
+        try:
+            replies: list[Any] = pipe.execute()
+        except redis.exceptions.NoScriptError:
+            # The server restarted and lost its scripts. Completions are idempotent, so the next
+            # flush repeats them; a task a lost XREADGROUP handed us stays pending until reclaimed.
+            self._sha.clear()
+            raise redis.ConnectionError("script cache lost (broker restarted); retrying") from None
+        self._done.clear()
+        self._done_bytes = 0
+        with self._held_lock:
+            self._held.difference_update(sent)
+        return replies
+
+    def _flush(self) -> None:
+        if self._done:
+            pipe = self.r.pipeline(transaction=False)
+            self._execute(pipe, self._queue_completions(pipe))
+
+    # -- scripts and heartbeat ----------------------------------------------
+    # EVALSHA by hand: redis-py's Script objects add a SCRIPT EXISTS round trip to every pipeline.
+    def _sha_of(self, source: str) -> str:
+        sha = self._sha.get(source)
+        if sha is None:
+            sha = self._sha[source] = self.r.script_load(source)
+        return sha
+
+    def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self.r.evalsha(self._sha_of(source), len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:  # the server restarted and lost its script cache
+            self._sha.clear()
+            return self.r.evalsha(self._sha_of(source), len(keys), *keys, *args)
 
     def _register(self) -> bool:
         """Join the group by name, so the coordinator can see this worker before any task exists."""
@@ -238,76 +357,22 @@ class RedisStreamsBroker(Broker):
         log.info("joined consumer group", extra={"event": "connected"})
         return True
 
-    @_translate
-    def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> bool:
-        entry = delivery.token if delivery is not None else b""
-        if delivery is None or not self.consumer or self._prefetched is not None:
-            first = self._complete(keys=self._keys, args=[GROUP, entry, chunk_id, result])
-        else:
-            # Ack this chunk and fetch the next in one round trip; the next is held locally.
-            pipe = self.r.pipeline(transaction=False)
-            self._complete(keys=self._keys, args=[GROUP, entry, chunk_id, result], client=pipe)
-            pipe.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=1)
-            first, nxt = pipe.execute()
-            got = _entries(nxt)
-            if got:
-                self._prefetched = self._delivery(*got[0], 1)
-        self._forget(entry)
-        return bool(first)
-
-    @_translate
-    def fail(self, delivery: Delivery, reason: str, *, retry: bool) -> None:
-        assert self.consumer, "fail() needs a consumer name"
-        idle_ms = max(0, self.min_idle_ms - self.retry_delay_ms)
-        self._fail(keys=self._keys, args=[GROUP, self.consumer, delivery.token, reason[:2000], delivery.deliveries, self.max_deliveries, int(retry), idle_ms])
-        self._forget(delivery.token)
-
-    @_translate
-    def drained(self) -> bool:
-        chunks, completed, dead = self.r.hmget(self.k_meta, "chunks", "completed", "dead")
-        return chunks is not None and int(completed or 0) + int(dead or 0) >= int(chunks)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._stop.set()
-        if self._hb_thread is not None:
-            self._hb_thread.join(timeout=2)
-        try:
-            with self._held_lock:
-                held = list(self._held)
-            if held and self.consumer:
-                # A chunk fetched but not started goes back at once instead of after the reclaim bound.
-                self._release(keys=[self.k_tasks], args=[GROUP, self.consumer, *held, self.min_idle_ms * 10])
-            elif self.consumer and not self.r.xpending_range(self.k_tasks, GROUP, "-", "+", 1, consumername=self.consumer):
-                # Only a consumer that owns nothing may go: deleting one drops its pending entries.
-                self.r.xgroup_delconsumer(self.k_tasks, GROUP, self.consumer)
-        except redis.ResponseError as e:
-            if "NOGROUP" not in str(e):  # NOGROUP: the run was deleted, nothing left to release
-                log.warning("could not release held chunks on close: %s", e)
-        except redis.RedisError as e:
-            log.warning("could not release held chunks on close: %s", e)
-        finally:
-            self.r.close()
-
-    # -- heartbeat ----------------------------------------------------------
-    def _forget(self, entry: Any) -> None:
-        with self._held_lock:
-            self._held.discard(entry)
-
-    def _ensure_heartbeat(self) -> None:
-        if self._hb_thread is None:
-            self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="ttg-heartbeat", daemon=True)
-            self._hb_thread.start()
-
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.heartbeat_every_s):
-            with self._held_lock:
-                held = list(self._held)
-            if not held:
-                continue
-            try:
-                self._heartbeat(keys=[self.k_tasks], args=[GROUP, self.consumer, *held])
-            except redis.RedisError as e:  # keep beating: the next beat may get through
-                log.warning("heartbeat failed: %s", e)
+        # Its own connection, so a beat never waits behind the worker's blocking XREADGROUP.
+        client = connect(self.url)
+        sha: str | None = None
+        try:
+            while not self._stop.wait(self.heartbeat_every_s):
+                with self._held_lock:
+                    held = list(self._held)
+                if not held:
+                    continue
+                try:
+                    sha = sha or client.script_load(redis_lua.HEARTBEAT)
+                    client.evalsha(sha, 1, self.k_tasks, GROUP, self.consumer, *held)
+                except redis.exceptions.NoScriptError:
+                    sha = None  # the server restarted: load it again on the next beat
+                except redis.RedisError as e:  # keep beating: the next beat may get through
+                    log.warning("heartbeat failed: %s", e)
+        finally:
+            client.close()
