@@ -105,25 +105,38 @@ class FaultSchedule:
         self.last_result = last_result
         self.records: list[FaultRecord] = []
         self._fired_at: list[float] = []
+        self._due_at: float | None = None
 
     def poll(self, chunks_done: int, redelivered_at: list[float]) -> None:
+        now = time.monotonic()
         while self.pending and chunks_done >= self.pending[0].at_fraction * self.chunks:
-            spec = self.pending.pop(0)
-            nemesis = nemesis_for(spec, self.runtime, self.last_result)
-            now = time.monotonic()
-            try:
-                nemesis.inject()
-            except RuntimeError as e:
-                self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}"))
-                self._fired_at.append(float("inf"))
-                continue
-            self.records.append(FaultRecord(spec.kind, nemesis.target, now - self.started, chunks_done))
-            self._fired_at.append(now)
+            # Results arrive the moment a worker finishes a chunk, so firing at once would hit
+            # workers between chunks; half a chunk later, every busy worker is mid-chunk.
+            if self._due_at is None:
+                workers = max(1, len(self.runtime.alive()))
+                per_chunk = (now - self.started) * workers / max(1, chunks_done)
+                self._due_at = now + min(1.0, per_chunk / 2)
+            if now < self._due_at:
+                break
+            self._due_at = None
+            self._fire(self.pending.pop(0), chunks_done)
         for rec, fired in zip(self.records, self._fired_at, strict=True):
             if rec.recovered_s is None and not rec.note:
                 later = [t for t in redelivered_at if t >= fired]
                 if later:
                     rec.recovered_s = min(later) - fired
+
+    def _fire(self, spec: FaultSpec, chunks_done: int) -> None:
+        nemesis = nemesis_for(spec, self.runtime, self.last_result)
+        now = time.monotonic()
+        try:
+            nemesis.inject()
+        except RuntimeError as e:
+            self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}"))
+            self._fired_at.append(float("inf"))
+            return
+        self.records.append(FaultRecord(spec.kind, nemesis.target, now - self.started, chunks_done))
+        self._fired_at.append(now)
 
     def finish(self) -> None:
         for rec in self.records:
