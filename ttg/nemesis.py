@@ -138,7 +138,16 @@ class FaultSchedule:
         self.records.append(FaultRecord(spec.kind, nemesis.target, now - self.started, chunks_done))
         self._fired_at.append(now)
 
+    def wait_s(self, default: float) -> float:
+        """How long the collector may block before the next due fault needs it."""
+        if self._due_at is None:
+            return default
+        return max(0.0, min(default, self._due_at - time.monotonic()))
+
     def finish(self) -> None:
         for rec in self.records:
             if rec.recovered_s is None and not rec.note:
-                rec.note = "no redelivered chunk seen after the fault (the worker held none, or its chunks were never recovered)"
+                if rec.at_chunks >= self.chunks:
+                    rec.note = "fired after every chunk was done: nothing to recover (use a larger sweep or --cost-us)"
+                else:
+                    rec.note = "no redelivered chunk seen after the fault (the worker held none, or its chunks were never recovered)"

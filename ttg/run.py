@@ -115,7 +115,7 @@ class _Collector:
         next_stats = 0.0
         workers_gone_at: float | None = None
         while True:
-            raws = self.broker.read_results(max_count=512, timeout_s=0.1)
+            raws = self.broker.read_results(max_count=512, timeout_s=self.faults.wait_s(0.1))
             for raw in raws:
                 self.ledger.add(raw)
             now = time.monotonic()
