@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Iterator
@@ -58,7 +57,3 @@ def run_sweep(tmp_path: Path, redis_url: str) -> Any:
         return execute(cfg)
 
     return run
-
-
-def config(**settings: Any) -> RunConfig:
-    return dataclasses.replace(load_run_config(settings, env={}))

@@ -112,3 +112,33 @@ def test_a_private_broker_is_started_when_no_url_is_given(tmp_path: Path) -> Non
     rec = json.loads(proc.stdout)
     assert rec["verdict"]["ok"] and rec["broker_startup_s"] is not None
     assert rec["broker_url"].startswith("redis://127.0.0.1:") and not rec["broker_url"].endswith(":6379/0")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "--", text], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_sigterm_to_the_coordinator_stops_its_workers_and_private_broker(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    brokers_before = set(_processes_mentioning("redis-server.*ttg-redis-"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ttg", "run", "--params", "200000", "--chunk", "1000", "--cost-us", "50", "--out", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob("*/logs/w1.log")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run_id = next(tmp_path.iterdir()).name
+    time.sleep(0.5)  # let the sweep get going
+    assert _processes_mentioning(f"--run-id {run_id}"), "workers should be running"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert not _processes_mentioning(f"--run-id {run_id}"), "workers were orphaned"
+    assert set(_processes_mentioning("redis-server.*ttg-redis-")) <= brokers_before, "the private broker was orphaned"

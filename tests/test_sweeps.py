@@ -75,7 +75,7 @@ def test_static_mode_with_a_kill_reports_exactly_the_lost_chunks(run_sweep: Any)
     missing = [c for c in range(40) if np.isnan(values[c * 1000])]
     assert v["lost_chunk_ids"] == missing, explain(rec)
     block = set(ChunkPlan(40_000, 1_000).static_assignment(2, int(killed[1:])))
-    assert set(missing) <= block
+    assert set(missing) <= block, explain(rec)
 
 
 def test_a_terminated_worker_finishes_its_chunk_and_exits_cleanly(run_sweep: Any) -> None:

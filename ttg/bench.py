@@ -48,7 +48,8 @@ def _pool_round(pool: Any, cfg: RunConfig, plan: ChunkPlan) -> float:
 
 
 def _round_trips(url: str) -> int:
-    stats = redis.Redis.from_url(url).info("commandstats")
+    with redis.Redis.from_url(url) as client:
+        stats = client.info("commandstats")
     return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in _ROUND_TRIP_COMMANDS)
 
 

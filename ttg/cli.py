@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -201,7 +202,20 @@ def bench(repeat: int, as_json: bool, **options: Any) -> int:
     return 0
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so workers and private brokers are stopped, never orphaned.
+
+    ``ttg worker`` installs its own handler (finish the chunk, then exit 0).
+    """
+
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
+    _interrupt_on_sigterm()
     try:
         rv = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
