@@ -109,6 +109,7 @@ class RedisStreamsBroker(Broker):
         self._done_bytes = 0
         self._done_since = 0.0
         self._batch = 1
+        self._max_batch = MAX_BATCH
         self._chunk_s: float | None = None  # moving average of the worker's time per chunk
         self._handed_out_at = 0.0
         self._held: set[bytes] = set()  # every entry this worker owns: buffered, computing, or completed but unsent
@@ -227,7 +228,7 @@ class RedisStreamsBroker(Broker):
             return
         took = time.monotonic() - self._handed_out_at
         self._chunk_s = took if self._chunk_s is None else 0.8 * self._chunk_s + 0.2 * took
-        self._batch = max(1, min(MAX_BATCH, int(BATCH_TARGET_S / max(self._chunk_s, 1e-6))))
+        self._batch = max(1, min(self._max_batch, int(BATCH_TARGET_S / max(self._chunk_s, 1e-6))))
         if not self._done:
             self._done_since = time.monotonic()
         self._done += [delivery.token, chunk_id, result]
@@ -361,7 +362,11 @@ class RedisStreamsBroker(Broker):
                 return False
             raise
         self._registered = True
-        log.info("joined consumer group", extra={"event": "connected"})
+        # No worker may hold more than 1/16 of the plan: the tail stays balanced, and a fault
+        # at a progress point still finds work in flight even in a small, fast sweep.
+        chunks = int(self.r.hget(self.k_meta, "chunks") or 0)
+        self._max_batch = max(1, min(MAX_BATCH, chunks // 16))
+        log.info("joined consumer group", extra={"event": "connected", "max_batch": self._max_batch})
         return True
 
     def _heartbeat_loop(self) -> None:
