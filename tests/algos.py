@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ttg.algorithms import demo, vectorize
+from ttg.algorithms import demo, grid_algorithm, vectorize
 
 POISON = 1234
 
@@ -21,3 +21,8 @@ square_root = vectorize(lambda p: float(p) ** 0.5)
 
 def wrong_length(params: np.ndarray) -> np.ndarray:
     return np.zeros(len(params) + 1)
+
+
+@grid_algorithm
+def grid_product(p: dict[str, np.ndarray]) -> np.ndarray:
+    return p["alpha"] * p["beta"]

@@ -159,3 +159,12 @@ def test_two_sweeps_share_one_broker_without_interfering(run_sweep: Any) -> None
 def test_worker_count_does_not_change_the_result(run_sweep: Any, workers: int) -> None:
     rec = run_sweep(params=12_345, chunk=1_000, workers=workers)
     assert rec.verdict["ok"] and rec.verdict["checksum_actual"] == rec.verdict["checksum_expected"], explain(rec)
+
+
+def test_a_grid_sweep_runs_end_to_end_and_verifies_against_the_grid_function(run_sweep: Any) -> None:
+    rec = run_sweep(grid=["alpha=0:1:101", "beta=1,2,3,4"], chunk=50, workers=2, algorithm="algos:grid_product")
+    v = rec.verdict
+    assert rec.params == 404 and rec.grid == ["alpha=0:1:101", "beta=1,2,3,4"]
+    assert v["ok"] and v["checksum_ok"] and v["mismatches"] == 0, explain(rec)
+    values = np.load(Path(rec.run_dir) / "results.npy")
+    assert values[4 * 100 + 3] == 1.0 * 4  # alpha=1.0, beta=4

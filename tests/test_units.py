@@ -146,3 +146,27 @@ def test_passwords_are_redacted() -> None:
     assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     cfg = load_run_config({"broker_url": "redis://u:s3cret@h:1/0"}, env={})
     assert "s3cret" not in repr(cfg)
+
+
+def test_grid_axes_on_the_command_line_set_the_sweep_size() -> None:
+    cfg = load_run_config({"grid": ["alpha=0:1:11", "beta=1,2,3"], "chunk": 5}, env={})
+    assert cfg.params == 33
+    spec = cfg.sweep.sweep_spec(cfg.params)
+    assert spec.values(np.array([0, 4, 32]))["alpha"].tolist() == [0.0, 0.1, 1.0]
+    assert load_run_config({}, env={"TTG_GRID": "a=1,2;b=1,2,3", "TTG_CHUNK": "1"}).params == 6
+    with pytest.raises(ConfigError, match="disagrees with the --grid axes, which hold 33 points"):
+        load_run_config({"grid": ["alpha=0:1:11", "beta=1,2,3"], "params": 10, "chunk": 5}, env={})
+    with pytest.raises(ConfigError, match="NAME=v1,v2"):
+        load_run_config({"grid": ["alpha"]}, env={})
+    with pytest.raises(ConfigError, match="unique"):
+        load_run_config({"grid": ["a=1", "a=2"], "chunk": 1}, env={})
+
+
+def test_a_grid_algorithm_gets_axis_values_and_refuses_a_sweep_without_axes() -> None:
+    from ttg.sweep import SweepSpec
+
+    fn = algorithms.load("algos:grid_product")
+    spec = SweepSpec.from_axes(["alpha=1,2", "beta=10,20,30"])
+    assert algorithms.evaluate(fn, 0, 6, sweep=spec).tolist() == [10, 20, 30, 20, 40, 60]
+    with pytest.raises(AlgorithmError, match="takes grid values"):
+        algorithms.evaluate(fn, 0, 6)

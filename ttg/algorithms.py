@@ -7,6 +7,14 @@ array of the same length. ``demo`` is built in; anything else is loaded from
 
     from ttg.algorithms import vectorize
     my_algorithm = vectorize(lambda p: p ** 0.5)   # then --algorithm mypkg.mod:my_algorithm
+
+A sweep over named grid axes (``--grid alpha=0:1:101 --grid beta=1,2,3``) can hand
+an algorithm the axis values instead of indices: decorate it with :func:`grid_algorithm`
+and it receives a dict of equally long arrays, one per axis::
+
+    @grid_algorithm
+    def model(p: dict[str, np.ndarray]) -> np.ndarray:
+        return p["alpha"] * p["beta"]
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ttg.errors import AlgorithmError, AlgorithmNotFound
+from ttg.sweep import SweepSpec
 
 Algorithm = Callable[[np.ndarray], np.ndarray]
 
@@ -46,6 +55,21 @@ def vectorize(scalar: Callable[[int], float]) -> Algorithm:
     return run
 
 
+def grid_algorithm(fn: Callable[[dict[str, np.ndarray]], np.ndarray]) -> Algorithm:
+    """Mark an algorithm that takes grid axis values (a dict of arrays) instead of parameter indices."""
+    fn.ttg_grid = True  # type: ignore[attr-defined]
+    return fn  # type: ignore[return-value]
+
+
+def call(fn: Algorithm, indices: np.ndarray, sweep: SweepSpec | None = None) -> np.ndarray:
+    """Apply ``fn`` to parameter indices, or to their grid values for a :func:`grid_algorithm`."""
+    if getattr(fn, "ttg_grid", False):
+        if sweep is None or not sweep.axes:
+            raise AlgorithmError(f"{getattr(fn, '__name__', 'algorithm')} takes grid values; define the sweep with --grid NAME=VALUES")
+        return fn(sweep.values(indices))  # type: ignore[arg-type]
+    return fn(indices)
+
+
 def burn(cost_us: float, n: int) -> None:
     """Spin the CPU for ``cost_us`` microseconds per parameter (simulated work, not sleep)."""
     if cost_us <= 0:
@@ -72,10 +96,10 @@ def load(spec: str) -> Algorithm:
     return fn  # type: ignore[no-any-return]
 
 
-def evaluate(fn: Algorithm, start: int, stop: int, cost_us: float = 0.0) -> np.ndarray:
+def evaluate(fn: Algorithm, start: int, stop: int, cost_us: float = 0.0, sweep: SweepSpec | None = None) -> np.ndarray:
     """Run ``fn`` over parameters [start, stop) and check what it returned."""
     params = np.arange(start, stop, dtype=np.int64)
-    out = fn(params)
+    out = call(fn, params, sweep)
     burn(cost_us, stop - start)
     arr = np.asarray(out)
     if arr.shape != params.shape:

@@ -45,6 +45,9 @@ def _sweep_options(fn: Any) -> Any:
             click.option(
                 "--reclaim-after", "reclaim_after_s", help="Seconds within which a crashed worker's chunk is taken over. [env TTG_RECLAIM_AFTER_S; default 3]"
             ),
+            click.option(
+                "--grid", multiple=True, help="Grid axis NAME=v1,v2,... or NAME=start:stop:count; repeatable; the product sets N. [env TTG_GRID, ';'-separated]"
+            ),
             click.option("--log-format", help="Worker log format: text or json. [env TTG_LOG_FORMAT; default text]"),
             click.option("--log-level", help="Worker log level; per-chunk events (taken, finished) are debug. [env TTG_LOG_LEVEL; default info]"),
         ]
@@ -149,6 +152,7 @@ def worker(run_id: str, worker_id: str | None, static: str | None, params: int |
     """Serve one run until its sweep is drained (burst mode). SIGTERM: finish the chunk, exit 0."""
     from ttg.broker import open_broker
     from ttg.plan import ChunkPlan
+    from ttg.sweep import SweepSpec
     from ttg.worker import Worker, WorkerSpec
 
     settings = load_sweep_settings(_given(**options))
@@ -166,7 +170,8 @@ def worker(run_id: str, worker_id: str | None, static: str | None, params: int |
             raise ConfigError("static mode needs --params and --chunk")
         static_plan = ChunkPlan(params, chunk)
     broker = open_broker(settings.broker_url, run_id, consumer=worker_id, max_deliveries=settings.max_deliveries, reclaim_after_s=settings.reclaim_after_s)
-    w = Worker(broker, WorkerSpec(run_id, worker_id, settings.algorithm, settings.cost_us, broker_wait, static_plan, index, of))
+    sweep = SweepSpec.from_axes(settings.grid) if settings.grid else None
+    w = Worker(broker, WorkerSpec(run_id, worker_id, settings.algorithm, settings.cost_us, broker_wait, static_plan, index, of, sweep))
     w.install_signal_handlers()
     return w.run()
 

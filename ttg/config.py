@@ -6,6 +6,7 @@ This is the only module that reads the environment.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ttg.errors import ConfigError
 from ttg.faults import FaultSpec, parse_fault
+from ttg.sweep import SweepSpec, parse_axis
 
 BACKENDS = ("redis", "rabbitmq")
 MODES = ("queue", "static")
@@ -115,6 +117,13 @@ def _faults(value: Any) -> tuple[FaultSpec, ...]:
     return tuple(v if isinstance(v, FaultSpec) else parse_fault(str(v)) for v in value)
 
 
+def _grid(value: Any) -> tuple[str, ...]:
+    texts = [v for v in value.split(";") if v.strip()] if isinstance(value, str) else list(value)
+    for t in texts:
+        parse_axis(t)  # fail early, with the axis named
+    return tuple(t.strip() for t in texts)
+
+
 def _broker_url(value: Any) -> str | None:
     if value in (None, ""):
         return None
@@ -138,12 +147,16 @@ class SweepSettings:
     reclaim_after_s: float = 3.0
     log_format: str = "text"
     log_level: str = "info"
+    grid: tuple[str, ...] = ()  # NAME=VALUES axes; their product is the sweep's size
+
+    def sweep_spec(self, params: int) -> SweepSpec:
+        return SweepSpec.from_axes(self.grid, params)
 
     def __repr__(self) -> str:  # the URL may hold a password
         return (
             f"SweepSettings(backend={self.backend!r}, broker_url={redact_url(self.broker_url)!r}, "
             f"algorithm={self.algorithm!r}, cost_us={self.cost_us}, max_deliveries={self.max_deliveries}, "
-            f"reclaim_after_s={self.reclaim_after_s}, log_format={self.log_format!r}, log_level={self.log_level!r})"
+            f"reclaim_after_s={self.reclaim_after_s}, log_format={self.log_format!r}, log_level={self.log_level!r}, grid={self.grid!r})"
         )
 
 
@@ -174,6 +187,7 @@ _SWEEP_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "reclaim_after_s": (_float_in("reclaim_after_s", "--reclaim-after", 0.1, 3600.0), 3.0),
     "log_format": (_choice("log_format", "--log-format", LOG_FORMATS), "text"),
     "log_level": (_choice("log_level", "--log-level", LOG_LEVELS), "info"),
+    "grid": (_grid, ()),
 }
 _RUN_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "params": (_int_in("params", "--params", 1, 10**12), 1_000_000),
@@ -218,6 +232,12 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
     env = os.environ if env is None else env
     sweep = load_sweep_settings({k: v for k, v in given.items() if k in _SWEEP_FIELDS}, env)
     cfg = RunConfig(sweep=sweep, **_resolve(_RUN_FIELDS, {k: v for k, v in given.items() if k in _RUN_FIELDS}, env))
+    if sweep.grid:
+        size = sweep.sweep_spec(cfg.params).params
+        params_given = given.get("params") is not None or env.get("TTG_PARAMS") is not None
+        if params_given and cfg.params != size:
+            raise ConfigError(f"--params {cfg.params:,} disagrees with the --grid axes, which hold {size:,} points; drop --params")
+        cfg = dataclasses.replace(cfg, params=size)
     if cfg.chunk > cfg.params:
         raise ConfigError(f"chunk ({cfg.chunk:,}) must not exceed params ({cfg.params:,}); lower --chunk")
     if cfg.sweep.broker_url:

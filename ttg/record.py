@@ -35,6 +35,8 @@ class RunRecord:
     verify_s: float = 0.0
     total_s: float = 0.0  # end to end, start-up and verification included
     broker_url: str | None = None
+    persistence: bool = False  # the private broker logged every write (AOF) so a restart loses nothing
+    grid: list[str] = field(default_factory=list)  # --grid axes, when the sweep is a grid
     run_dir: str = ""
     worker_exit_codes: dict[str, int | None] = field(default_factory=dict)
     broker_stats: dict[str, int] = field(default_factory=dict)

@@ -75,6 +75,7 @@ def worker_launches(cfg: RunConfig, url: str, run_id: str) -> list[WorkerLaunch]
         "--log-level": s.log_level,
     }
     common = [part for pair in options.items() for part in pair]
+    common += [part for axis in s.grid for part in ("--grid", axis)]
     launches = []
     for i in range(cfg.workers):
         wid = f"w{i}"
@@ -175,7 +176,15 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
             for raw in broker.read_results(max_count=1_000_000, timeout_s=0.01):
                 ledger.add(raw)  # a result that landed while workers stopped still counts
             stats = broker.stats()
-            verdict = judge(ledger, broker.dead_letters(), broker_duplicates=stats.duplicates, verify=cfg.verify, algorithm=cfg.sweep.algorithm, seed=cfg.seed)
+            verdict = judge(
+                ledger,
+                broker.dead_letters(),
+                broker_duplicates=stats.duplicates,
+                verify=cfg.verify,
+                algorithm=cfg.sweep.algorithm,
+                seed=cfg.seed,
+                sweep=cfg.sweep.sweep_spec(cfg.params),
+            )
             ledger.flush()
         finally:
             runtime.stop(grace_s=5.0)
@@ -209,6 +218,8 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
         total_s=round(time.monotonic() - t_start, 3),
         broker_url=redact_url(url),
         run_dir=str(run_dir),
+        grid=list(cfg.sweep.grid),
+        persistence=cfg.persistence and broker_startup_s is not None,
         worker_exit_codes=runtime.exit_codes(),
         broker_stats=asdict(stats),
         coordinator_peak_rss_mb=round(_peak_rss_mb(), 1),

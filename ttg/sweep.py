@@ -2,16 +2,40 @@
 
 A grid ``{"alpha": [0.1, 0.2], "beta": [1, 2, 3]}`` has 6 points; index ``i`` maps to
 ``alpha[i // 3]``, ``beta[i % 3]`` (row-major, last axis fastest, like ``numpy.unravel_index``).
+
+On the command line an axis is ``NAME=v1,v2,...`` (listed values) or ``NAME=a:b:n``
+(n evenly spaced values from a to b inclusive, as ``numpy.linspace``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ttg.errors import ConfigError
+
+_AXIS_RE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<values>.+)")
+
+
+def parse_axis(text: str) -> tuple[str, tuple[float, ...]]:
+    """``alpha=0.1,0.2`` or ``alpha=0:1:11`` -> ("alpha", values)."""
+    m = _AXIS_RE.fullmatch(text.strip())
+    if not m:
+        raise ConfigError(f"grid axis must look like NAME=v1,v2,... or NAME=start:stop:count (got {text!r}); pass --grid")
+    name, spec = m.group("name"), m.group("values")
+    try:
+        if ":" in spec:
+            a, b, n = spec.split(":")
+            count = int(n)
+            if count < 1:
+                raise ValueError("count must be at least 1")
+            return name, tuple(float(x) for x in np.linspace(float(a), float(b), count))
+        return name, tuple(float(x) for x in spec.split(","))
+    except ValueError as e:
+        raise ConfigError(f"grid axis {name!r} has unreadable values {spec!r} ({e}); use v1,v2,... or start:stop:count") from None
 
 
 @dataclass(frozen=True)
@@ -33,6 +57,19 @@ class SweepSpec:
             raise ConfigError("a grid needs at least one axis, and every axis at least one value")
         frozen = tuple((name, tuple(float(x) for x in values)) for name, values in axes.items())
         return cls(int(np.prod([len(v) for _, v in frozen])), frozen)
+
+    @classmethod
+    def from_axes(cls, texts: Sequence[str], params: int | None = None) -> SweepSpec:
+        """The sweep of ``--params`` (no axes) or of ``--grid`` axes (their product is N)."""
+        if not texts:
+            if params is None:
+                raise ConfigError("a sweep needs --params or at least one --grid axis")
+            return cls(params)
+        axes = [parse_axis(t) for t in texts]
+        names = [n for n, _ in axes]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"grid axis names must be unique (got {', '.join(names)})")
+        return cls.grid(dict(axes))
 
     def values(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Map parameter indices to their grid values, one array per axis."""

@@ -18,6 +18,7 @@ from ttg.broker import DeadLetter
 from ttg.config import Verify
 from ttg.errors import VerdictFailed
 from ttg.ledger import Ledger
+from ttg.sweep import SweepSpec
 
 _BLOCK = 1 << 20  # verify in blocks so memory stays flat on a 10M sweep
 
@@ -61,17 +62,17 @@ class Verdict:
             raise VerdictFailed("sweep failed: " + "; ".join(self.problems()))
 
 
-def _reference(algorithm: str, indices: np.ndarray) -> np.ndarray:
+def _reference(algorithm: str, indices: np.ndarray, sweep: SweepSpec | None = None) -> np.ndarray:
     if algorithm == "demo":
         return algorithms.demo_reference(indices)
-    return np.asarray(algorithms.load(algorithm)(indices), dtype="<f8")
+    return np.asarray(algorithms.call(algorithms.load(algorithm), indices, sweep), dtype="<f8")
 
 
 def _differs(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.count_nonzero(~((a == b) | (np.isnan(a) & np.isnan(b)))))
 
 
-def _reference_blocks(ledger: Ledger, algorithm: str, unverifiable: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _reference_blocks(ledger: Ledger, algorithm: str, unverifiable: list[int], sweep: SweepSpec | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(indices, reference) in blocks; where the reference raises, chunk by chunk, skipping the chunks that raise."""
     plan = ledger.plan
     per_block = max(1, _BLOCK // plan.chunk_size)
@@ -80,7 +81,7 @@ def _reference_blocks(ledger: Ledger, algorithm: str, unverifiable: list[int]) -
         lo, hi = plan.chunk(ids[0]).start, plan.chunk(ids[-1]).stop
         try:
             idx = np.arange(lo, hi)
-            yield idx, _reference(algorithm, idx)
+            yield idx, _reference(algorithm, idx, sweep)
             continue
         except Exception:  # the user's algorithm may raise (a poison chunk); narrow down to the chunks that do
             pass
@@ -88,16 +89,16 @@ def _reference_blocks(ledger: Ledger, algorithm: str, unverifiable: list[int]) -
             chunk = plan.chunk(c)
             idx = np.arange(chunk.start, chunk.stop)
             try:
-                ref = _reference(algorithm, idx)
+                ref = _reference(algorithm, idx, sweep)
             except Exception:
                 unverifiable.append(c)
                 continue
             yield idx, ref
 
 
-def _verify_full(ledger: Ledger, algorithm: str, unverifiable: list[int]) -> tuple[int, int, int]:
+def _verify_full(ledger: Ledger, algorithm: str, unverifiable: list[int], sweep: SweepSpec | None) -> tuple[int, int, int]:
     expected, actual, mismatches = 0, 0, 0
-    for idx, ref in _reference_blocks(ledger, algorithm, unverifiable):
+    for idx, ref in _reference_blocks(ledger, algorithm, unverifiable, sweep):
         got = np.asarray(ledger.values[idx[0] : idx[-1] + 1])
         done = ledger.seen[idx // ledger.plan.chunk_size]
         expected = (expected + checksum.pair_sum(idx, ref)) & checksum.MASK
@@ -106,16 +107,18 @@ def _verify_full(ledger: Ledger, algorithm: str, unverifiable: list[int]) -> tup
     return expected, actual, mismatches
 
 
-def _verify_sample(ledger: Ledger, algorithm: str, size: int, seed: int) -> tuple[int, int, int]:
+def _verify_sample(ledger: Ledger, algorithm: str, size: int, seed: int, sweep: SweepSpec | None) -> tuple[int, int, int]:
     rng = np.random.default_rng(seed)
     idx = np.unique(rng.integers(0, ledger.plan.params, size=min(size, ledger.plan.params)))
     idx = idx[ledger.seen[idx // ledger.plan.chunk_size]]  # what never came back is lost or dead, not a mismatch
-    ref = _reference(algorithm, idx)
+    ref = _reference(algorithm, idx, sweep)
     got = np.asarray(ledger.values[idx])
     return checksum.pair_sum(idx, ref), checksum.pair_sum(idx, got), _differs(got, ref)
 
 
-def judge(ledger: Ledger, dead: list[DeadLetter], *, broker_duplicates: int, verify: Verify, algorithm: str, seed: int = 0) -> Verdict:
+def judge(
+    ledger: Ledger, dead: list[DeadLetter], *, broker_duplicates: int, verify: Verify, algorithm: str, seed: int = 0, sweep: SweepSpec | None = None
+) -> Verdict:
     """Compare what came back with the plan and, as asked, with a reference."""
     t0 = time.perf_counter()
     dead_ids = sorted({d.chunk_id for d in dead if d.chunk_id is not None and 0 <= d.chunk_id < ledger.plan.chunks and not ledger.seen[d.chunk_id]})
@@ -127,9 +130,9 @@ def judge(ledger: Ledger, dead: list[DeadLetter], *, broker_duplicates: int, ver
     mism: int | None
     unverifiable: list[int] = []
     if verify.kind == "full":
-        exp, act, mism = _verify_full(ledger, algorithm, unverifiable)
+        exp, act, mism = _verify_full(ledger, algorithm, unverifiable, sweep)
     elif verify.kind == "sample":
-        exp, act, mism = _verify_sample(ledger, algorithm, verify.sample, seed)
+        exp, act, mism = _verify_sample(ledger, algorithm, verify.sample, seed, sweep)
     else:
         exp, act, mism = None, None, None
     checksum_ok = None if exp is None else (exp == act and mism == 0)

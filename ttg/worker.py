@@ -25,6 +25,7 @@ from ttg.broker import Broker, Delivery
 from ttg.errors import BrokerUnavailable, MessageError
 from ttg.messages import ResultMessage, decode_task
 from ttg.plan import ChunkPlan
+from ttg.sweep import SweepSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,6 +44,7 @@ class WorkerSpec:
     static_plan: ChunkPlan | None = None
     static_index: int = 0
     static_of: int = 1
+    sweep: SweepSpec | None = None  # grid axes, for algorithms that take grid values
 
 
 class Worker:
@@ -92,7 +94,7 @@ class Worker:
             if self.stopping.is_set():
                 return
             chunk = plan.chunk(chunk_id)
-            values = algorithms.evaluate(self.fn, chunk.start, chunk.stop, self.spec.cost_us)
+            values = algorithms.evaluate(self.fn, chunk.start, chunk.stop, self.spec.cost_us, self.spec.sweep)
             result = ResultMessage(self.spec.run_id, chunk.id, chunk.start, chunk.stop, self.spec.worker_id, 1, values.tobytes(), 0.0)
             self._patiently(functools.partial(self.broker.complete, None, chunk.id, result.encode()))
             self.chunks_done += 1
@@ -111,7 +113,7 @@ class Worker:
         log.debug("chunk taken", extra={"event": "taken", **ctx})
         t0 = time.perf_counter()
         try:
-            values = algorithms.evaluate(self.fn, task.start, task.stop, self.spec.cost_us)
+            values = algorithms.evaluate(self.fn, task.start, task.stop, self.spec.cost_us, self.spec.sweep)
         except Exception as e:  # the user's algorithm may raise anything; the chunk is retried or dead-lettered
             log.warning("chunk failed: %s: %s", type(e).__name__, e, extra={"event": "failed", **ctx}, exc_info=True)
             error = f"{type(e).__name__}: {e}"
