@@ -186,3 +186,10 @@ def test_with_aof_a_killed_and_restarted_broker_keeps_every_task_and_result(tmp_
         coord.delete_run()
         coord.close()
         w.close()
+
+
+def test_ending_a_run_drains_it_for_the_workers_even_with_chunks_left(brokers: dict[str, Broker]) -> None:
+    a, coord = brokers["a"], brokers["coordinator"]
+    assert a.drained() is False
+    coord.end_run()
+    assert a.drained() is True

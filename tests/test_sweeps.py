@@ -168,3 +168,13 @@ def test_a_grid_sweep_runs_end_to_end_and_verifies_against_the_grid_function(run
     assert v["ok"] and v["checksum_ok"] and v["mismatches"] == 0, explain(rec)
     values = np.load(Path(rec.run_dir) / "results.npy")
     assert values[4 * 100 + 3] == 1.0 * 4  # alpha=1.0, beta=4
+
+
+def test_a_run_that_times_out_reports_the_outstanding_chunks_and_its_workers_exit_cleanly(run_sweep: Any) -> None:
+    # 40 chunks of 0.25 s on one worker need 10 s; the run gives up after 1.5 s.
+    rec = run_sweep(params=40, chunk=1, workers=1, cost_us=250_000, timeout_s=1.5)
+    v = rec.verdict
+    assert not v["ok"] and v["lost"] == 40 - v["chunks_completed"] > 0, explain(rec)
+    assert rec.worker_exit_codes == {"w0": 0}, explain(rec)
+    log = (Path(rec.run_dir) / "logs" / "w0.log").read_text()
+    assert "sweep drained" in log and "SIGTERM" not in log, "the worker should stop on the run's end, not be signalled"

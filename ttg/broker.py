@@ -102,6 +102,14 @@ class Broker(ABC):
         """Counters for this run."""
 
     @abstractmethod
+    def end_run(self) -> None:
+        """Tell this run's workers the sweep is over, complete or not: :meth:`drained` turns True for them.
+
+        The coordinator calls it once it stops collecting, so workers on any
+        runtime exit by themselves instead of waiting to be signalled.
+        """
+
+    @abstractmethod
     def delete_run(self) -> None:
         """Remove every key, stream or queue of this run, and nothing else."""
 
@@ -132,7 +140,7 @@ class Broker(ABC):
 
     @abstractmethod
     def drained(self) -> bool:
-        """True once every planned chunk is completed or dead-lettered (a worker in burst mode then exits)."""
+        """True once every planned chunk is completed or dead-lettered, or the run was ended (a worker in burst mode then exits)."""
 
     @abstractmethod
     def close(self) -> None:

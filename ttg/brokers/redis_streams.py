@@ -191,6 +191,10 @@ class RedisStreamsBroker(Broker):
         )
 
     @_translate
+    def end_run(self) -> None:
+        self.r.hset(self.k_meta, "ended", 1)
+
+    @_translate
     def delete_run(self) -> None:
         self.r.delete(*self._keys)
 
@@ -210,6 +214,8 @@ class RedisStreamsBroker(Broker):
             # and a crashed peer's chunks must not wait for the queue to run dry.
             if now >= self._next_reclaim:
                 self._next_reclaim = now + self.reclaim_every_s
+                if self.r.hexists(self.k_meta, "ended"):
+                    return None  # the coordinator ended the run: stop taking work (close() gives back the rest)
                 self._reclaim_batch()
             if not self._buffer:
                 self._fetch(block_ms=0)
@@ -252,8 +258,8 @@ class RedisStreamsBroker(Broker):
     @_translate
     def drained(self) -> bool:
         self._flush()
-        chunks, completed, dead = self.r.hmget(self.k_meta, "chunks", "completed", "dead")
-        return chunks is not None and int(completed or 0) + int(dead or 0) >= int(chunks)
+        chunks, completed, dead, ended = self.r.hmget(self.k_meta, "chunks", "completed", "dead", "ended")
+        return ended is not None or (chunks is not None and int(completed or 0) + int(dead or 0) >= int(chunks))
 
     def close(self) -> None:
         if self._closed:
