@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import signal
 import statistics
 import tempfile
 import time
@@ -31,6 +32,11 @@ from ttg.run import broker_url_for, execute
 # travels in one pipeline with its next XREADGROUP, and the coordinator's XTRIM with its XREAD;
 # the rare reclaim/fail script calls are left out too (a slight undercount under faults only).
 _ROUND_TRIP_COMMANDS = ("xreadgroup", "xread", "hgetall", "hmget", "xinfo|groups", "xpending")
+
+
+def _pool_init() -> None:
+    # Forked from the CLI, which turns SIGTERM into KeyboardInterrupt; Pool.terminate() needs it to kill.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _pool_chunk(job: tuple[str, float, int, int]) -> tuple[int, np.ndarray]:
@@ -61,7 +67,7 @@ def run_bench(cfg: RunConfig, *, repeat: int = 3, on_round: Callable[[str], None
     with tempfile.TemporaryDirectory(prefix="ttg-bench-") as tmp, broker_url_for(cfg) as (url, broker_startup_s):
         run_cfg = dataclasses.replace(cfg, out=Path(tmp), sweep=dataclasses.replace(cfg.sweep, broker_url=url))
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(cfg.workers) as pool:
+        with ctx.Pool(cfg.workers, initializer=_pool_init) as pool:
             pool.map(abs, range(cfg.workers))  # warm: Pool's workers are started, as TTG's are
             rt_before = _round_trips(url) if url.startswith("redis") else 0
             for i in range(repeat):

@@ -171,7 +171,9 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
                 broker.publish_tasks((c.id, TaskMessage(run_id, c.id, c.start, c.stop).encode()) for c in plan)
             collector.run()
             wall_s = time.monotonic() - collector.t0
-            broker.end_run()  # workers exit by themselves; stop() below only catches stragglers
+            broker.end_run()
+            # Workers notice the end within a reclaim tick and exit by themselves; stop() catches stragglers.
+            runtime.wait(timeout_s=cfg.sweep.reclaim_after_s + 2.0)
             runtime.stop(grace_s=10.0)
             collector.faults.finish()
             for raw in broker.read_results(max_count=1_000_000, timeout_s=0.01):

@@ -40,5 +40,9 @@ class Runtime(ABC):
         """A short excerpt of a worker's log, for error messages."""
 
     @abstractmethod
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for every worker to exit by itself; True when none is left."""
+
+    @abstractmethod
     def stop(self, grace_s: float) -> None:
         """Ask every worker to stop (SIGTERM), wait up to ``grace_s``, then kill what is left."""

@@ -63,6 +63,15 @@ class LocalRuntime(Runtime):
         lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
         return " | ".join(lines[-3:]) or "(no output)"
 
+    def wait(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return False
+        return True
+
     def stop(self, grace_s: float = 10.0) -> None:
         for w in self.alive():
             os.kill(self.procs[w].pid, signal.SIGTERM)
