@@ -178,3 +178,40 @@ def test_a_run_that_times_out_reports_the_outstanding_chunks_and_its_workers_exi
     assert rec.worker_exit_codes == {"w0": 0}, explain(rec)
     log = (Path(rec.run_dir) / "logs" / "w0.log").read_text()
     assert "sweep drained" in log and "SIGTERM" not in log, "the worker should stop on the run's end, not be signalled"
+
+
+def test_with_persistence_a_broker_killed_and_restarted_mid_sweep_loses_nothing(tmp_path: Path) -> None:
+    import signal
+    import threading
+    import time
+
+    from ttg.config import load_run_config
+    from ttg.run import execute
+    from ttg.servers.redis_server import PrivateRedis
+
+    run_id = "restart" + uuid.uuid4().hex[:6]
+    with PrivateRedis(appendonly=True, data_dir=tmp_path / "redis") as server:
+        cfg = load_run_config({"broker_url": server.url, "params": 100_000, "chunk": 1_000, "workers": 2, "cost_us": 30, "out": tmp_path / "runs"}, env={})
+        outage: dict[str, float] = {}
+
+        def kill_and_restart() -> None:
+            client = redis.Redis.from_url(server.url)
+            deadline = time.monotonic() + 30
+            while int(client.hget(f"ttg:{{{run_id}}}:meta", "completed") or 0) < 30 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            client.close()
+            outage["at"] = time.monotonic()
+            server.kill(signal.SIGKILL)
+            time.sleep(1.0)
+            server.restart()
+            outage["healed"] = time.monotonic()
+
+        nemesis = threading.Thread(target=kill_and_restart)
+        nemesis.start()
+        rec = execute(cfg, run_id=run_id)
+        nemesis.join()
+    v = rec.verdict
+    assert "healed" in outage, "the broker was never killed"
+    logs = " ".join(p.read_text() for p in (Path(rec.run_dir) / "logs").glob("*.log"))
+    assert "broker unreachable" in logs, "the workers never saw the outage: it did not happen mid-sweep"
+    assert v["ok"] and v["lost"] == 0 and v["chunks_completed"] == 100 and v["checksum_ok"], explain(rec)

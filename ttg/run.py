@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from ttg import __version__, algorithms
 from ttg.broker import Broker, check_backend_available, open_broker
@@ -27,6 +28,7 @@ from ttg.messages import TaskMessage
 from ttg.nemesis import FaultSchedule
 from ttg.plan import ChunkPlan
 from ttg.record import RunRecord
+from ttg.retry import patiently
 from ttg.runtimes import Runtime, WorkerLaunch
 from ttg.runtimes.local import LocalRuntime
 from ttg.servers.redis_server import PrivateRedis
@@ -44,6 +46,8 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
+T = TypeVar("T")
+BROKER_WAIT_S = 60.0  # how long the coordinator rides out an unreachable broker
 
 
 def new_run_id() -> str:
@@ -116,14 +120,14 @@ class _Collector:
         next_stats = 0.0
         workers_gone_at: float | None = None
         while True:
-            raws = self.broker.read_results(max_count=512, timeout_s=self.faults.wait_s(0.1))
+            raws = self._patiently(lambda: self.broker.read_results(max_count=512, timeout_s=self.faults.wait_s(0.1)))
             for raw in raws:
                 self.ledger.add(raw)
             now = time.monotonic()
             self._progress(now)
             self.faults.poll(self.ledger.completed, self.ledger.redelivered_at)
             if now >= next_stats:  # dead letters end a chunk too; ask the broker a few times a second
-                dead = self.broker.stats().dead_lettered
+                dead = self._patiently(self.broker.stats).dead_lettered
                 next_stats = now + 0.25
             if self.ledger.completed + dead >= chunks:
                 return
@@ -136,6 +140,10 @@ class _Collector:
             if now - self.t0 > self.cfg.timeout_s:
                 log.error("run timed out after %.0fs with %d chunk(s) outstanding", self.cfg.timeout_s, chunks - self.ledger.completed - dead)
                 return
+
+    def _patiently(self, op: Callable[[], T]) -> T:
+        # A broker restart (with --persistence nothing is lost) must not end the run.
+        return patiently(op, wait_s=BROKER_WAIT_S)
 
     def _progress(self, now: float) -> None:
         elapsed = now - self.t0

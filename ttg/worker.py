@@ -25,6 +25,7 @@ from ttg.broker import Broker, Delivery
 from ttg.errors import BrokerUnavailable, MessageError
 from ttg.messages import ResultMessage, decode_task
 from ttg.plan import ChunkPlan
+from ttg.retry import patiently
 from ttg.sweep import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -128,18 +129,4 @@ class Worker:
         log.debug("chunk finished", extra={"event": "finished", **ctx})
 
     def _patiently(self, op: Callable[[], T]) -> T:
-        """Retry a broker operation while the broker is unreachable, up to ``broker_wait_s``.
-
-        Safe because every broker operation a worker calls is idempotent.
-        """
-        deadline = time.monotonic() + self.spec.broker_wait_s
-        delay = 0.1
-        while True:
-            try:
-                return op()
-            except BrokerUnavailable as e:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("broker unreachable, retrying in %.1fs: %s", delay, e)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        return patiently(op, wait_s=self.spec.broker_wait_s)

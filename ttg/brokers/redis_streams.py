@@ -232,6 +232,8 @@ class RedisStreamsBroker(Broker):
         if delivery is None:  # static mode: nothing was queued, nothing to batch with
             self._script(redis_lua.COMPLETE, self._keys, [GROUP, b"", chunk_id, result])
             return
+        if delivery.token in self._done[::3]:
+            return  # the caller is retrying after a broker error: this completion is already queued
         took = time.monotonic() - self._handed_out_at
         self._chunk_s = took if self._chunk_s is None else 0.8 * self._chunk_s + 0.2 * took
         self._batch = max(1, min(self._max_batch, int(BATCH_TARGET_S / max(self._chunk_s, 1e-6))))
