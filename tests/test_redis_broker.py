@@ -193,3 +193,26 @@ def test_ending_a_run_drains_it_for_the_workers_even_with_chunks_left(brokers: d
     assert a.drained() is False
     coord.end_run()
     assert a.drained() is True
+
+
+def test_a_closing_worker_gives_back_fetched_tasks_at_once(redis_url: str, run_id: str) -> None:
+    coord = open_broker(redis_url, run_id)
+    coord.declare(40)
+    coord.publish_tasks((i, TaskMessage(run_id, i, i, i + 1).encode()) for i in range(40))
+    a = open_broker(redis_url, run_id, consumer="a", reclaim_after_s=30.0)  # a crash would take 30 s to reclaim
+    first = a.receive(1.0)
+    assert first is not None
+    a.complete(first, 0, b"r")  # fast chunk: a now fetches a batch ahead
+    held = len(a._buffer)
+    assert held >= 1
+    a.close()  # a stops (SIGTERM) with its batch unstarted
+    b = open_broker(redis_url, run_id, consumer="b", reclaim_after_s=30.0)
+    got = []
+    while (d := b.receive(0.5)) is not None:
+        got.append(d)
+        b.complete(d, len(got), b"r")
+    assert len(got) == 39, "released tasks must be taken over without waiting for the 30 s reclaim bound"
+    assert sum(d.deliveries == 2 for d in got) == held
+    b.close()
+    coord.delete_run()
+    coord.close()
