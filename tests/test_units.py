@@ -170,3 +170,20 @@ def test_a_grid_algorithm_gets_axis_values_and_refuses_a_sweep_without_axes() ->
     assert algorithms.evaluate(fn, 0, 6, sweep=spec).tolist() == [10, 20, 30, 20, 40, 60]
     with pytest.raises(AlgorithmError, match="takes grid values"):
         algorithms.evaluate(fn, 0, 6)
+
+
+def test_a_failed_verdict_raises_on_demand_with_the_first_missing_chunk_ids() -> None:
+    from ttg.config import Verify
+    from ttg.errors import VerdictFailed
+    from ttg.ledger import Ledger
+    from ttg.verdict import judge
+
+    plan = ChunkPlan(100, 10)
+    ledger = Ledger(plan, "r")
+    for c in plan:
+        if c.id not in (3, 7):
+            ledger.add(ResultMessage("r", c.id, c.start, c.stop, "w", 1, algorithms.demo(np.arange(c.start, c.stop)).tobytes(), 0.0).encode())
+    verdict = judge(ledger, [], broker_duplicates=0, verify=Verify("full"), algorithm="demo")
+    assert (verdict.ok, verdict.lost, verdict.lost_chunk_ids, verdict.mismatches) == (False, 2, [3, 7], 0)
+    with pytest.raises(VerdictFailed, match=r"2 chunk\(s\) lost: 3, 7"):
+        verdict.raise_for_failure()

@@ -68,9 +68,6 @@ class Ledger:
         if (msg.start, msg.stop) != (chunk.start, chunk.stop):
             raise MessageError(f"result for chunk {msg.chunk_id} covers [{msg.start}, {msg.stop}), the plan says [{chunk.start}, {chunk.stop})")
 
-    def missing(self) -> np.ndarray:
-        return np.flatnonzero(~self.seen)
-
     def flush(self) -> None:
         if isinstance(self.values, np.memmap):
             self.values.flush()

@@ -78,6 +78,7 @@ class FaultRecord:
     at_chunks: int
     recovered_s: float | None = None
     note: str = ""
+    fired_at: float = float("inf")  # monotonic; inf when the fault could not be injected
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,7 +105,6 @@ class FaultSchedule:
         self.started = started
         self.last_result = last_result
         self.records: list[FaultRecord] = []
-        self._fired_at: list[float] = []
         self._due_at: float | None = None
 
     def poll(self, chunks_done: int, redelivered_at: list[float]) -> None:
@@ -120,11 +120,11 @@ class FaultSchedule:
                 break
             self._due_at = None
             self._fire(self.pending.pop(0), chunks_done)
-        for rec, fired in zip(self.records, self._fired_at, strict=True):
+        for rec in self.records:
             if rec.recovered_s is None and not rec.note:
-                later = [t for t in redelivered_at if t >= fired]
+                later = [t for t in redelivered_at if t >= rec.fired_at]
                 if later:
-                    rec.recovered_s = min(later) - fired
+                    rec.recovered_s = min(later) - rec.fired_at
 
     def _fire(self, spec: FaultSpec, chunks_done: int) -> None:
         nemesis = nemesis_for(spec, self.runtime, self.last_result)
@@ -133,10 +133,8 @@ class FaultSchedule:
             nemesis.inject()
         except RuntimeError as e:
             self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}"))
-            self._fired_at.append(float("inf"))
             return
-        self.records.append(FaultRecord(spec.kind, nemesis.target, now - self.started, chunks_done))
-        self._fired_at.append(now)
+        self.records.append(FaultRecord(spec.kind, nemesis.target, now - self.started, chunks_done, fired_at=now))
 
     def wait_s(self, default: float) -> float:
         """How long the collector may block before the next due fault needs it."""

@@ -51,11 +51,13 @@ return 1
 """
 
 # ARGV: group, consumer, min idle ms, max deliveries, how many to take.
-# Claims idle entries (a crashed worker may have held a whole batch), dead-letters those past
-# max deliveries, returns a list of {id, fields, deliveries}.
+# Returns 'ended' once the coordinator has ended the run. Otherwise claims idle entries (a crashed
+# worker may have held a whole batch), dead-letters those past max deliveries, and returns a
+# list of {id, fields, deliveries}.
 RECLAIM = (
     _DEAD
     + """
+if redis.call('HEXISTS', KEYS[6], 'ended') == 1 then return 'ended' end
 local out, cursor = {}, '0-0'
 local want = tonumber(ARGV[5])
 for _ = 1, want * 2 do

@@ -214,9 +214,8 @@ class RedisStreamsBroker(Broker):
             # and a crashed peer's chunks must not wait for the queue to run dry.
             if now >= self._next_reclaim:
                 self._next_reclaim = now + self.reclaim_every_s
-                if self.r.hexists(self.k_meta, "ended"):
+                if self._reclaim_batch() == "ended":
                     return None  # the coordinator ended the run: stop taking work (close() gives back the rest)
-                self._reclaim_batch()
             if not self._buffer:
                 self._fetch(block_ms=0)
             if not self._buffer:
@@ -312,14 +311,18 @@ class RedisStreamsBroker(Broker):
         reply = self._execute(pipe, sent)[-1]
         self._buffer.extend(self._take(entry_id, fields, 1) for entry_id, fields in _entries(reply))
 
-    def _reclaim_batch(self) -> None:
+    def _reclaim_batch(self) -> str:
+        """Take over idle tasks of dead peers; returns "ended" when the run is over."""
         self._flush()
         got = self._script(redis_lua.RECLAIM, self._keys, [GROUP, self.consumer, self.min_idle_ms, self.max_deliveries, self._batch])
+        if got == b"ended":
+            return "ended"
         for entry_id, flat, n in reversed(got or []):
             log.info("chunk reclaimed", extra={"event": "reclaimed", "entry": entry_id.decode(), "deliveries": n})
             self._buffer.appendleft(self._take(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), int(n)))
         if got and len(got) >= self._batch:
             self._next_reclaim = time.monotonic()  # a dead peer may have held more: look again at once
+        return "running"
 
     def _queue_completions(self, pipe: Any) -> list[bytes]:
         if not self._done:

@@ -45,9 +45,6 @@ class LocalRuntime(Runtime):
     def alive(self) -> list[str]:
         return [w for w, p in self.procs.items() if p.poll() is None]
 
-    def pid(self, worker_id: str) -> int:
-        return self.procs[worker_id].pid
-
     def kill(self, worker_id: str, sig: int) -> None:
         proc = self.procs[worker_id]
         if proc.poll() is None:

@@ -46,10 +46,6 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    @property
-    def pid(self) -> int | None:
-        return self._exec.process.pid if self._exec and self._exec.process else None
-
     def _command(self) -> list[str]:
         cmd = [
             self.binary,
