@@ -26,3 +26,15 @@ def wrong_length(params: np.ndarray) -> np.ndarray:
 @grid_algorithm
 def grid_product(p: dict[str, np.ndarray]) -> np.ndarray:
     return p["alpha"] * p["beta"]
+
+
+def flaky_once(params: np.ndarray) -> np.ndarray:
+    """Fails the first time any worker evaluates chunk 0 (a marker file remembers), then works: a transient error."""
+    import os
+    from pathlib import Path
+
+    marker = Path(os.environ["TTG_TEST_FLAKY_MARKER"])
+    if params[0] == 0 and not marker.exists():
+        marker.touch()
+        raise ConnectionError("transient: the database blinked")
+    return demo(params)

@@ -160,3 +160,12 @@ def test_a_run_with_persistence_completes_on_an_append_only_private_broker(tmp_p
     assert proc.returncode == 0, proc.stderr
     rec = json.loads(proc.stdout)
     assert rec["verdict"]["ok"] and rec["persistence"] is True
+
+
+def test_a_worker_gives_up_on_an_unreachable_broker_with_exit_3() -> None:
+    import port_for
+
+    url = f"redis://127.0.0.1:{port_for.select_random()}/0"  # nothing listens there
+    proc = ttg("worker", "--broker-url", url, "--run-id", "x", "--broker-wait", "1")
+    assert proc.returncode == 3, proc.stderr
+    assert "Redis unreachable" in proc.stderr and "Traceback" not in proc.stderr

@@ -215,3 +215,13 @@ def test_with_persistence_a_broker_killed_and_restarted_mid_sweep_loses_nothing(
     logs = " ".join(p.read_text() for p in (Path(rec.run_dir) / "logs").glob("*.log"))
     assert "broker unreachable" in logs, "the workers never saw the outage: it did not happen mid-sweep"
     assert v["ok"] and v["lost"] == 0 and v["chunks_completed"] == 100 and v["checksum_ok"], explain(rec)
+
+
+def test_a_chunk_that_fails_once_is_retried_and_the_sweep_completes(run_sweep: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TTG_TEST_FLAKY_MARKER", str(tmp_path / "failed-once"))
+    rec = run_sweep(params=2_000, chunk=200, workers=2, algorithm="algos:flaky_once", reclaim_after_s=1.0)
+    v = rec.verdict
+    assert (tmp_path / "failed-once").exists(), "the algorithm never failed: the test proves nothing"
+    assert v["ok"] and v["dead_lettered"] == 0 and v["lost"] == 0 and v["duplicates"] == 0, explain(rec)
+    logs = " ".join(p.read_text() for p in (Path(rec.run_dir) / "logs").glob("*.log"))
+    assert "transient: the database blinked" in logs and "chunk reclaimed" in logs
