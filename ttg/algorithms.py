@@ -101,6 +101,11 @@ def evaluate(fn: Algorithm, start: int, stop: int, cost_us: float = 0.0, sweep: 
     params = np.arange(start, stop, dtype=np.int64)
     out = call(fn, params, sweep)
     burn(cost_us, stop - start)
+    return checked(out, params)
+
+
+def checked(out: object, params: np.ndarray) -> np.ndarray:
+    """``out`` as float64, or AlgorithmError when it is not one value per parameter."""
     arr = np.asarray(out)
     if arr.shape != params.shape:
         raise AlgorithmError(f"algorithm returned shape {arr.shape} for {len(params)} parameters; it must return one float per parameter")

@@ -1,7 +1,8 @@
 """The ``ttg`` command line. The only module that prints.
 
 Exit status: 0 the verdict is ok; 1 it is not; 2 a usage or configuration error
-(one line, no traceback); 3 the broker or workers could not be run.
+(one line, no traceback); 3 the broker or workers could not be run;
+4 an internal error (a bug: the traceback is printed).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ttg.record import RunRecord
 err = Console(stderr=True)
 EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 3
+EXIT_INTERNAL = 4
 
 
 def _given(**kwargs: Any) -> dict[str, Any]:
@@ -235,4 +237,8 @@ def main() -> None:
     except TTGError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_ENVIRONMENT)
+    except Exception:  # process boundary: a bug must not pass for a failed verdict (exit 1)
+        err.print_exception()
+        err.print("[red]internal error[/red]: this is a bug in TTG; please report it with the traceback above", highlight=False)
+        sys.exit(EXIT_INTERNAL)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -53,6 +53,9 @@ class Verdict:
             out.append(f"{self.lost} chunk(s) lost: {ids}")
         if self.dead_lettered:
             out.append(f"{self.dead_lettered} chunk(s) dead-lettered: {', '.join(map(str, self.dead_letter_ids[:10]))}")
+        unchecked = [c for c in self.unverifiable_chunk_ids if c not in self.dead_letter_ids and c not in self.lost_chunk_ids]
+        if unchecked:
+            out.append(f"{len(unchecked)} completed chunk(s) could not be verified, the reference raised: {', '.join(map(str, unchecked[:10]))}")
         if self.checksum_ok is False:
             out.append(f"checksum {self.checksum_actual} != expected {self.checksum_expected} ({self.mismatches} mismatching values)")
         return out
@@ -65,7 +68,7 @@ class Verdict:
 def _reference(algorithm: str, indices: np.ndarray, sweep: SweepSpec | None = None) -> np.ndarray:
     if algorithm == "demo":
         return algorithms.demo_reference(indices)
-    return np.asarray(algorithms.call(algorithms.load(algorithm), indices, sweep), dtype="<f8")
+    return algorithms.checked(algorithms.call(algorithms.load(algorithm), indices, sweep), indices)
 
 
 def _differs(a: np.ndarray, b: np.ndarray) -> int:
@@ -136,7 +139,9 @@ def judge(
     else:
         exp, act, mism = None, None, None
     checksum_ok = None if exp is None else (exp == act and mism == 0)
-    ok = not lost_ids and not dead_ids and checksum_ok is not False
+    # A completed chunk whose reference raised was never checked: not ok, however the checksums compare.
+    unchecked = [c for c in unverifiable if ledger.seen[c]]
+    ok = not lost_ids and not dead_ids and checksum_ok is not False and not unchecked
     return Verdict(
         ok=ok,
         chunks_expected=ledger.plan.chunks,
