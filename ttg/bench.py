@@ -34,19 +34,25 @@ from ttg.run import broker_url_for, execute
 _ROUND_TRIP_COMMANDS = ("xreadgroup", "xread", "hgetall", "hmget", "xinfo|groups", "xpending")
 
 
-def _pool_init() -> None:
+_pool_fn: algorithms.Algorithm | None = None  # each Pool process loads the algorithm once, as a TTG worker does
+
+
+def _pool_init(algorithm: str) -> None:
+    global _pool_fn
     # Forked from the CLI, which turns SIGTERM into KeyboardInterrupt; Pool.terminate() needs it to kill.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _pool_fn = algorithms.load(algorithm)
 
 
-def _pool_chunk(job: tuple[str, float, int, int]) -> tuple[int, np.ndarray]:
-    algorithm, cost_us, start, stop = job
-    return start, algorithms.evaluate(algorithms.load(algorithm), start, stop, cost_us)
+def _pool_chunk(job: tuple[float, int, int]) -> tuple[int, np.ndarray]:
+    cost_us, start, stop = job
+    assert _pool_fn is not None, "Pool initializer did not run"
+    return start, algorithms.evaluate(_pool_fn, start, stop, cost_us)
 
 
 def _pool_round(pool: Any, cfg: RunConfig, plan: ChunkPlan) -> float:
     out = np.empty(cfg.params, dtype="<f8")
-    jobs = [(cfg.sweep.algorithm, cfg.sweep.cost_us, c.start, c.stop) for c in plan]
+    jobs = [(cfg.sweep.cost_us, c.start, c.stop) for c in plan]
     t0 = time.perf_counter()
     for start, values in pool.imap_unordered(_pool_chunk, jobs, chunksize=1):
         out[start : start + len(values)] = values
@@ -67,7 +73,7 @@ def run_bench(cfg: RunConfig, *, repeat: int = 3, on_round: Callable[[str], None
     with tempfile.TemporaryDirectory(prefix="ttg-bench-") as tmp, broker_url_for(cfg) as (url, broker_startup_s):
         run_cfg = dataclasses.replace(cfg, out=Path(tmp), sweep=dataclasses.replace(cfg.sweep, broker_url=url))
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(cfg.workers, initializer=_pool_init) as pool:
+        with ctx.Pool(cfg.workers, initializer=_pool_init, initargs=(cfg.sweep.algorithm,)) as pool:
             pool.map(abs, range(cfg.workers))  # warm: Pool's workers are started, as TTG's are
             rt_before = _round_trips(url) if url.startswith("redis") else 0
             for i in range(repeat):

@@ -25,7 +25,6 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _SCHEME_BACKEND = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq"}
 
-T = TypeVar("T")
 
 
 def redact_url(url: str | None) -> str | None:
@@ -62,30 +61,28 @@ class Verify:
         return f"sample:{self.sample}" if self.kind == "sample" else self.kind
 
 
-def _int_in(name: str, flag: str, lo: int, hi: int) -> Callable[[Any], int]:
-    def conv(value: Any) -> int:
+N = TypeVar("N", int, float)
+
+
+def _ranged(name: str, flag: str, lo: N, hi: N, parse: Callable[[Any], N], what: str, fmt: str) -> Callable[[Any], N]:
+    def conv(value: Any) -> N:
         try:
-            n = int(str(value).replace("_", "").replace(",", ""))
+            x = parse(value)
         except ValueError:
-            raise ConfigError(f"{name} must be a whole number (got {value!r}); pass {flag} or set TTG_{name.upper()}") from None
-        if not lo <= n <= hi:
-            raise ConfigError(f"{name} must be in {lo:,}..{hi:,} (got {n:,}); pass {flag} or set TTG_{name.upper()}")
-        return n
-
-    return conv
-
-
-def _float_in(name: str, flag: str, lo: float, hi: float) -> Callable[[Any], float]:
-    def conv(value: Any) -> float:
-        try:
-            x = float(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number (got {value!r}); pass {flag} or set TTG_{name.upper()}") from None
+            raise ConfigError(f"{name} must be {what} (got {value!r}); pass {flag} or set TTG_{name.upper()}") from None
         if not lo <= x <= hi:
-            raise ConfigError(f"{name} must be in {lo:g}..{hi:g} (got {x:g}); pass {flag} or set TTG_{name.upper()}")
+            raise ConfigError(f"{name} must be in {lo:{fmt}}..{hi:{fmt}} (got {x:{fmt}}); pass {flag} or set TTG_{name.upper()}")
         return x
 
     return conv
+
+
+def _int_in(name: str, flag: str, lo: int, hi: int) -> Callable[[Any], int]:
+    return _ranged(name, flag, lo, hi, lambda v: int(str(v).replace("_", "").replace(",", "")), "a whole number", ",")
+
+
+def _float_in(name: str, flag: str, lo: float, hi: float) -> Callable[[Any], float]:
+    return _ranged(name, flag, lo, hi, float, "a number", "g")
 
 
 def _choice(name: str, flag: str, choices: tuple[str, ...]) -> Callable[[Any], str]:

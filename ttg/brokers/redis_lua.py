@@ -9,6 +9,9 @@ KEYS[1] tasks stream, KEYS[2] results stream, KEYS[3] dead-letter stream,
 KEYS[4] set of completed chunk ids, KEYS[5] set of dead chunk ids, KEYS[6] meta hash.
 """
 
+import functools
+import hashlib
+
 # Dead-letter one task entry: record it once, ack it, delete it, count it.
 _DEAD = """
 local function dead(group, id, fields, reason, n)
@@ -118,3 +121,12 @@ for i = 3, #ARGV - 1 do
 end
 return 1
 """
+
+
+@functools.cache
+def sha(source: str) -> str:
+    """The script's EVALSHA name: the SHA-1 of its source, no server round trip needed."""
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
+ALL = (COMPLETE, RECLAIM, FAIL, HEARTBEAT, RELEASE)

@@ -72,6 +72,18 @@ def _translate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+def run_script(client: redis.Redis, source: str, keys: list[str], args: list[Any]) -> Any:
+    """EVALSHA, loading the script once when the server does not know it (first use, or after a restart).
+
+    By hand rather than redis-py's Script objects, which add a SCRIPT EXISTS round trip to every pipeline.
+    """
+    try:
+        return client.evalsha(redis_lua.sha(source), len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        client.script_load(source)
+        return client.evalsha(redis_lua.sha(source), len(keys), *keys, *args)
+
+
 def connect(url: str) -> redis.Redis:
     """A client with an explicit timeout and retry policy (about 1.5 s of retries, then an error)."""
     return redis.Redis.from_url(
@@ -99,14 +111,12 @@ class RedisStreamsBroker(Broker):
         self.k_done, self.k_deadset, self.k_meta = base + "done", base + "deadset", base + "meta"
         self._keys = [self.k_tasks, self.k_results, self.k_dead, self.k_done, self.k_deadset, self.k_meta]
         self.r = connect(url)
-        self._sha: dict[str, str] = {}
         self._results_cursor = b"0-0"
         # worker state
         self._registered = False
         self._next_reclaim = 0.0
         self._buffer: deque[Delivery] = deque()  # fetched, not yet handed to the worker
-        self._done: list[Any] = []  # completions not yet sent, flat: entry, chunk id, result, ...
-        self._done_bytes = 0
+        self._done: dict[bytes, tuple[int, bytes]] = {}  # completions not yet sent: entry -> (chunk id, result)
         self._done_since = 0.0
         self._batch = 1
         self._max_batch = MAX_BATCH
@@ -217,8 +227,7 @@ class RedisStreamsBroker(Broker):
                 if self._reclaim_batch() == "ended":
                     return None  # the coordinator ended the run: stop taking work (close() gives back the rest)
             if not self._buffer:
-                self._fetch(block_ms=0)
-            if not self._buffer:
+                # Pending completions run before the read blocks, so one round trip does both.
                 self._fetch(block_ms=max(1, min(_MAX_BLOCK_MS, int((min(deadline, self._next_reclaim) - time.monotonic()) * 1000))))
             if self._buffer:
                 self._handed_out_at = time.monotonic()
@@ -229,22 +238,21 @@ class RedisStreamsBroker(Broker):
     @_translate
     def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> None:
         if delivery is None:  # static mode: nothing was queued, nothing to batch with
-            self._script(redis_lua.COMPLETE, self._keys, [GROUP, b"", chunk_id, result])
+            run_script(self.r, redis_lua.COMPLETE, self._keys, [GROUP, b"", chunk_id, result])
             return
-        if delivery.token in self._done[::3]:
+        if delivery.token in self._done:
             return  # the caller is retrying after a broker error: this completion is already queued
         took = time.monotonic() - self._handed_out_at
         self._chunk_s = took if self._chunk_s is None else 0.8 * self._chunk_s + 0.2 * took
         self._batch = max(1, min(self._max_batch, int(BATCH_TARGET_S / max(self._chunk_s, 1e-6))))
         if not self._done:
             self._done_since = time.monotonic()
-        self._done += [delivery.token, chunk_id, result]
-        self._done_bytes += len(result)
+        self._done[delivery.token] = (chunk_id, result)
         if not self._buffer:
             # Send the batch's completions and take the next batch in one round trip, so this
             # worker always holds its next task: there is no moment when a crash orphans nothing.
             self._fetch(block_ms=0)
-        elif self._done_bytes >= _MAX_PENDING_BYTES or time.monotonic() - self._done_since >= FLUSH_AFTER_S:
+        elif time.monotonic() - self._done_since >= FLUSH_AFTER_S or sum(len(r) for _, r in self._done.values()) >= _MAX_PENDING_BYTES:
             self._flush()  # results stay visible within FLUSH_AFTER_S, for progress and for faults
 
     @_translate
@@ -252,7 +260,7 @@ class RedisStreamsBroker(Broker):
         assert self.consumer, "fail() needs a consumer name"
         idle_ms = max(0, self.min_idle_ms - self.retry_delay_ms)
         args = [GROUP, self.consumer, delivery.token, reason[:2000], delivery.deliveries, self.max_deliveries, int(retry), idle_ms]
-        self._script(redis_lua.FAIL, self._keys, args)
+        run_script(self.r, redis_lua.FAIL, self._keys, args)
         with self._held_lock:
             self._held.discard(delivery.token)
 
@@ -286,7 +294,7 @@ class RedisStreamsBroker(Broker):
             held = list(self._held)
         if held:
             # Chunks fetched but not started go back at once instead of after the reclaim bound.
-            self._script(redis_lua.RELEASE, [self.k_tasks], [GROUP, self.consumer, *held, self.min_idle_ms * 10])
+            run_script(self.r, redis_lua.RELEASE, [self.k_tasks], [GROUP, self.consumer, *held, self.min_idle_ms * 10])
         elif not self.r.xpending_range(self.k_tasks, GROUP, "-", "+", 1, consumername=self.consumer):
             # Only a consumer that owns nothing may go: deleting one drops its pending entries.
             self.r.xgroup_delconsumer(self.k_tasks, GROUP, self.consumer)
@@ -314,7 +322,7 @@ class RedisStreamsBroker(Broker):
     def _reclaim_batch(self) -> str:
         """Take over idle tasks of dead peers; returns "ended" when the run is over."""
         self._flush()
-        got = self._script(redis_lua.RECLAIM, self._keys, [GROUP, self.consumer, self.min_idle_ms, self.max_deliveries, self._batch])
+        got = run_script(self.r, redis_lua.RECLAIM, self._keys, [GROUP, self.consumer, self.min_idle_ms, self.max_deliveries, self._batch])
         if got == b"ended":
             return "ended"
         for entry_id, flat, n in reversed(got or []):
@@ -327,19 +335,19 @@ class RedisStreamsBroker(Broker):
     def _queue_completions(self, pipe: Any) -> list[bytes]:
         if not self._done:
             return []
-        pipe.evalsha(self._sha_of(redis_lua.COMPLETE), len(self._keys), *self._keys, GROUP, *self._done)
-        return list(self._done[::3])
+        triples = [part for entry, (chunk_id, result) in self._done.items() for part in (entry, chunk_id, result)]
+        pipe.evalsha(redis_lua.sha(redis_lua.COMPLETE), len(self._keys), *self._keys, GROUP, *triples)
+        return list(self._done)
 
     def _execute(self, pipe: Any, sent: list[bytes]) -> list[Any]:
         try:
             replies: list[Any] = pipe.execute()
         except redis.exceptions.NoScriptError:
-            # The server restarted and lost its scripts. Completions are idempotent, so the next
-            # flush repeats them; a task a lost XREADGROUP handed us stays pending until reclaimed.
-            self._sha.clear()
+            # The server restarted and lost its scripts. Completions are idempotent, so the retry
+            # repeats them; a task a lost XREADGROUP handed us stays pending until reclaimed.
+            self.r.script_load(redis_lua.COMPLETE)
             raise redis.ConnectionError("script cache lost (broker restarted); retrying") from None
         self._done.clear()
-        self._done_bytes = 0
         with self._held_lock:
             self._held.difference_update(sent)
         return replies
@@ -349,21 +357,7 @@ class RedisStreamsBroker(Broker):
             pipe = self.r.pipeline(transaction=False)
             self._execute(pipe, self._queue_completions(pipe))
 
-    # -- scripts and heartbeat ----------------------------------------------
-    # EVALSHA by hand: redis-py's Script objects add a SCRIPT EXISTS round trip to every pipeline.
-    def _sha_of(self, source: str) -> str:
-        sha = self._sha.get(source)
-        if sha is None:
-            sha = self._sha[source] = self.r.script_load(source)
-        return sha
-
-    def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return self.r.evalsha(self._sha_of(source), len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:  # the server restarted and lost its script cache
-            self._sha.clear()
-            return self.r.evalsha(self._sha_of(source), len(keys), *keys, *args)
-
+    # -- registration and heartbeat -----------------------------------------
     def _register(self) -> bool:
         """Join the group by name, so the coordinator can see this worker before any task exists."""
         try:
@@ -373,6 +367,11 @@ class RedisStreamsBroker(Broker):
                 return False
             raise
         self._registered = True
+        # Completions travel inside pipelines, where a missing script would cost the whole round trip.
+        pipe = self.r.pipeline(transaction=False)
+        for source in redis_lua.ALL:
+            pipe.script_load(source)
+        pipe.execute()
         # No worker may hold more than 1/16 of the plan: the tail stays balanced, and a fault
         # at a progress point still finds work in flight even in a small, fast sweep.
         chunks = int(self.r.hget(self.k_meta, "chunks") or 0)
@@ -383,7 +382,6 @@ class RedisStreamsBroker(Broker):
     def _heartbeat_loop(self) -> None:
         # Its own connection, so a beat never waits behind the worker's blocking XREADGROUP.
         client = connect(self.url)
-        sha: str | None = None
         try:
             while not self._stop.wait(self.heartbeat_every_s):
                 with self._held_lock:
@@ -391,10 +389,7 @@ class RedisStreamsBroker(Broker):
                 if not held:
                     continue
                 try:
-                    sha = sha or client.script_load(redis_lua.HEARTBEAT)
-                    client.evalsha(sha, 1, self.k_tasks, GROUP, self.consumer, *held)
-                except redis.exceptions.NoScriptError:
-                    sha = None  # the server restarted: load it again on the next beat
+                    run_script(client, redis_lua.HEARTBEAT, [self.k_tasks], [GROUP, self.consumer, *held])
                 except redis.RedisError as e:  # keep beating: the next beat may get through
                     log.warning("heartbeat failed: %s", e)
         finally:
