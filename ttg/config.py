@@ -26,7 +26,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _SCHEME_BACKEND = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq"}
 
 
-
 def redact_url(url: str | None) -> str | None:
     """Hide the password of a broker URL, for logs, reprs and run records."""
     if not url:
