@@ -1,7 +1,12 @@
-"""Fixtures: a private redis-server per test session (never the system one), and helpers to run sweeps."""
+"""Fixtures: a private redis-server and rabbitmq-server per test session (never the system ones), and helpers to run sweeps.
+
+``backend`` is parametrised over both brokers with the backend's name in the test id, so
+``pytest -k rabbitmq`` selects every RabbitMQ case of the contract suite.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -14,15 +19,35 @@ import redis
 from ttg.config import RunConfig, load_run_config
 from ttg.record import RunRecord
 from ttg.run import execute
+from ttg.servers.rabbitmq_server import PrivateRabbitMQ
 from ttg.servers.redis_server import PrivateRedis
 
 TESTS_DIR = Path(__file__).parent
+BACKENDS = ("redis", "rabbitmq")
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[PrivateRedis]:
     with PrivateRedis(appendonly=False) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[PrivateRabbitMQ]:
+    with PrivateRabbitMQ() as server:
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def broker_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """The session's private broker of the parametrised backend."""
+    server = request.getfixturevalue(f"{backend}_server")
+    return str(server.url)
 
 
 @pytest.fixture
@@ -47,13 +72,20 @@ def _algorithms_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def run_sweep(tmp_path: Path, redis_url: str) -> Any:
-    """Run a real sweep (real worker processes, the session's private Redis) and return its record."""
+def run_sweep(tmp_path: Path, backend: str, broker_url: str) -> Any:
+    """Run a real sweep (real worker processes, the session's private broker of ``backend``) and return its record."""
 
     def run(**settings: Any) -> RunRecord:
-        settings.setdefault("broker_url", redis_url)
+        settings.setdefault("backend", backend)
+        settings.setdefault("broker_url", broker_url)
         settings.setdefault("out", tmp_path / "runs")
         cfg: RunConfig = load_run_config(settings, env={})
         return execute(cfg)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _quiet_pika() -> None:
+    """pika logs every refused connection attempt at ERROR; TTG reports broker trouble itself."""
+    logging.getLogger("pika").setLevel(logging.CRITICAL)

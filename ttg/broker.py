@@ -140,7 +140,12 @@ class Broker(ABC):
 
     @abstractmethod
     def drained(self) -> bool:
-        """True once every planned chunk is completed or dead-lettered, or the run was ended (a worker in burst mode then exits)."""
+        """True once the coordinator has ended the run; a worker in burst mode then exits.
+
+        Sends any completions held back first. The coordinator ends a run when
+        every chunk is completed or dead-lettered, or when it gives up; workers
+        never judge that themselves (a RabbitMQ worker cannot see the others' acks).
+        """
 
     @abstractmethod
     def close(self) -> None:
@@ -157,14 +162,19 @@ class Broker(ABC):
 _BACKENDS: dict[str, str] = {
     "redis": "ttg.brokers.redis_streams:RedisStreamsBroker",
     "rediss": "ttg.brokers.redis_streams:RedisStreamsBroker",
+    "amqp": "ttg.brokers.rabbitmq:RabbitMQBroker",
+    "amqps": "ttg.brokers.rabbitmq:RabbitMQBroker",
 }
 BACKEND_SCHEMES = {"redis": "redis", "rabbitmq": "amqp"}
 
 
-def open_broker(url: str, run_id: str, *, consumer: str | None = None, max_deliveries: int = 3, reclaim_after_s: float = 3.0) -> Broker:
+def open_broker(
+    url: str, run_id: str, *, consumer: str | None = None, max_deliveries: int = 3, reclaim_after_s: float = 3.0, prefetch: int | None = None
+) -> Broker:
     """Open the backend that handles ``url``'s scheme for run ``run_id``.
 
-    ``consumer`` names the worker (None for the coordinator).
+    ``consumer`` names the worker (None for the coordinator). ``prefetch`` caps
+    what a worker holds ahead of its computation (None: the backend's default).
     """
     scheme = urlsplit(url).scheme
     target = _BACKENDS.get(scheme)
@@ -172,7 +182,10 @@ def open_broker(url: str, run_id: str, *, consumer: str | None = None, max_deliv
         raise UnknownBackend(f"no broker backend handles {scheme or '(no scheme)'}:// URLs; known schemes: {', '.join(sorted(_BACKENDS))}")
     module_name, _, cls_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    broker: Broker = cls(url, run_id, consumer=consumer, max_deliveries=max_deliveries, reclaim_after_s=reclaim_after_s)
+    options: dict[str, Any] = {"consumer": consumer, "max_deliveries": max_deliveries, "reclaim_after_s": reclaim_after_s}
+    if prefetch is not None:
+        options["prefetch"] = prefetch
+    broker: Broker = cls(url, run_id, **options)
     return broker
 
 

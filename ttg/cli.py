@@ -40,13 +40,17 @@ def _sweep_options(fn: Any) -> Any:
     for opt in reversed(
         [
             click.option("--backend", help="Broker backend: redis or rabbitmq. [env TTG_BACKEND; default redis]"),
-            click.option("--broker-url", help="Use this broker instead of starting a private one (redis://HOST:PORT/DB). [env TTG_BROKER_URL]"),
+            click.option(
+                "--broker-url",
+                help="Use this broker instead of starting a private one (redis://HOST:PORT/DB or amqp://USER:PASS@HOST:PORT/VHOST). [env TTG_BROKER_URL]",
+            ),
             click.option("--algorithm", help="'demo' or package.module:function. [env TTG_ALGORITHM; default demo]"),
             click.option("--cost-us", help="Simulated CPU work per parameter, in microseconds. [env TTG_COST_US; default 0]"),
             click.option("--max-deliveries", help="Deliveries before a chunk is dead-lettered. [env TTG_MAX_DELIVERIES; default 3]"),
             click.option(
                 "--reclaim-after", "reclaim_after_s", help="Seconds within which a crashed worker's chunk is taken over. [env TTG_RECLAIM_AFTER_S; default 3]"
             ),
+            click.option("--prefetch", help="Task messages (RabbitMQ, default 2) or chunks (Redis, default 64) a worker may hold ahead. [env TTG_PREFETCH]"),
             click.option(
                 "--grid", multiple=True, help="Grid axis NAME=v1,v2,... or NAME=start:stop:count; repeatable; the product sets N. [env TTG_GRID, ';'-separated]"
             ),
@@ -171,7 +175,14 @@ def worker(run_id: str, worker_id: str | None, static: str | None, params: int |
         if params is None or chunk is None:
             raise ConfigError("static mode needs --params and --chunk")
         static_plan = ChunkPlan(params, chunk)
-    broker = open_broker(settings.broker_url, run_id, consumer=worker_id, max_deliveries=settings.max_deliveries, reclaim_after_s=settings.reclaim_after_s)
+    broker = open_broker(
+        settings.broker_url,
+        run_id,
+        consumer=worker_id,
+        max_deliveries=settings.max_deliveries,
+        reclaim_after_s=settings.reclaim_after_s,
+        prefetch=settings.prefetch,
+    )
     sweep = SweepSpec.from_axes(settings.grid) if settings.grid else None
     w = Worker(broker, WorkerSpec(run_id, worker_id, settings.algorithm, settings.cost_us, broker_wait, static_plan, index, of, sweep))
     w.install_signal_handlers()

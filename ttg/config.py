@@ -141,6 +141,7 @@ class SweepSettings:
     cost_us: float = 0.0
     max_deliveries: int = 3
     reclaim_after_s: float = 3.0
+    prefetch: int | None = None  # task messages (RabbitMQ) or chunks (Redis) a worker may hold; None = the backend's own
     log_format: str = "text"
     log_level: str = "info"
     grid: tuple[str, ...] = ()  # NAME=VALUES axes; their product is the sweep's size
@@ -152,7 +153,8 @@ class SweepSettings:
         return (
             f"SweepSettings(backend={self.backend!r}, broker_url={redact_url(self.broker_url)!r}, "
             f"algorithm={self.algorithm!r}, cost_us={self.cost_us}, max_deliveries={self.max_deliveries}, "
-            f"reclaim_after_s={self.reclaim_after_s}, log_format={self.log_format!r}, log_level={self.log_level!r}, grid={self.grid!r})"
+            f"reclaim_after_s={self.reclaim_after_s}, prefetch={self.prefetch}, log_format={self.log_format!r}, "
+            f"log_level={self.log_level!r}, grid={self.grid!r})"
         )
 
 
@@ -181,6 +183,7 @@ _SWEEP_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "cost_us": (_float_in("cost_us", "--cost-us", 0.0, 1e7), 0.0),
     "max_deliveries": (_int_in("max_deliveries", "--max-deliveries", 1, 1000), 3),
     "reclaim_after_s": (_float_in("reclaim_after_s", "--reclaim-after", 0.1, 3600.0), 3.0),
+    "prefetch": (_int_in("prefetch", "--prefetch", 1, 10_000), None),
     "log_format": (_choice("log_format", "--log-format", LOG_FORMATS), "text"),
     "log_level": (_choice("log_level", "--log-level", LOG_LEVELS), "info"),
     "grid": (_grid, ()),

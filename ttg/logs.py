@@ -64,3 +64,5 @@ def setup(fmt: str = "text", level: int = logging.INFO, **context: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # pika logs every failed connection attempt at ERROR; TTG reports broker trouble itself, once, with advice.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)

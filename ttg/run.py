@@ -31,6 +31,7 @@ from ttg.record import RunRecord
 from ttg.retry import patiently
 from ttg.runtimes import Runtime, WorkerLaunch
 from ttg.runtimes.local import LocalRuntime
+from ttg.servers.rabbitmq_server import PrivateRabbitMQ
 from ttg.servers.redis_server import PrivateRedis
 from ttg.verdict import judge
 
@@ -61,6 +62,11 @@ def broker_url_for(cfg: RunConfig) -> Iterator[tuple[str, float | None]]:
     if cfg.sweep.broker_url:
         yield cfg.sweep.broker_url, None
         return
+    if cfg.sweep.backend == "rabbitmq":
+        # Queues are durable and messages persistent: a RabbitMQ broker always keeps what it confirmed.
+        with PrivateRabbitMQ() as rabbit:
+            yield rabbit.url, rabbit.startup_s
+        return
     with PrivateRedis(appendonly=cfg.persistence) as server:
         yield server.url, server.startup_s
 
@@ -75,6 +81,7 @@ def worker_launches(cfg: RunConfig, url: str, run_id: str) -> list[WorkerLaunch]
         "--cost-us": repr(s.cost_us),
         "--max-deliveries": str(s.max_deliveries),
         "--reclaim-after": repr(s.reclaim_after_s),
+        **({"--prefetch": str(s.prefetch)} if s.prefetch is not None else {}),
         "--log-format": s.log_format,
         "--log-level": s.log_level,
     }
@@ -165,7 +172,7 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
     started_at = datetime.now(UTC)
     t_start = time.monotonic()
     with broker_url_for(cfg) as (url, broker_startup_s):
-        broker = open_broker(url, run_id, max_deliveries=cfg.sweep.max_deliveries, reclaim_after_s=cfg.sweep.reclaim_after_s)
+        broker = open_broker(url, run_id, max_deliveries=cfg.sweep.max_deliveries, reclaim_after_s=cfg.sweep.reclaim_after_s, prefetch=cfg.sweep.prefetch)
         runtime = LocalRuntime(run_dir / "logs")
         try:
             broker.declare(plan.chunks)
@@ -230,7 +237,7 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
         broker_url=redact_url(url),
         run_dir=str(run_dir),
         grid=list(cfg.sweep.grid),
-        persistence=cfg.persistence and broker_startup_s is not None,
+        persistence=(cfg.persistence or cfg.sweep.backend == "rabbitmq") and broker_startup_s is not None,
         worker_exit_codes=runtime.exit_codes(),
         broker_stats=asdict(stats),
         coordinator_peak_rss_mb=round(_peak_rss_mb(), 1),

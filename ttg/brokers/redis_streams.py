@@ -97,7 +97,9 @@ def connect(url: str) -> redis.Redis:
 
 
 class RedisStreamsBroker(Broker):
-    def __init__(self, url: str, run_id: str, *, consumer: str | None = None, max_deliveries: int = 3, reclaim_after_s: float = 3.0) -> None:
+    def __init__(
+        self, url: str, run_id: str, *, consumer: str | None = None, max_deliveries: int = 3, reclaim_after_s: float = 3.0, prefetch: int = MAX_BATCH
+    ) -> None:
         self.url = url
         self.run_id = run_id
         self.consumer = consumer or ""  # "" = the coordinator, which never takes tasks
@@ -119,7 +121,8 @@ class RedisStreamsBroker(Broker):
         self._done: dict[bytes, tuple[int, bytes]] = {}  # completions not yet sent: entry -> (chunk id, result)
         self._done_since = 0.0
         self._batch = 1
-        self._max_batch = MAX_BATCH
+        self.prefetch = prefetch  # the most chunks a worker fetches at once
+        self._max_batch = prefetch
         self._chunk_s: float | None = None  # moving average of the worker's time per chunk
         self._handed_out_at = 0.0
         self._held: set[bytes] = set()  # every entry this worker owns: buffered, computing, or completed but unsent
@@ -267,8 +270,7 @@ class RedisStreamsBroker(Broker):
     @_translate
     def drained(self) -> bool:
         self._flush()
-        chunks, completed, dead, ended = self.r.hmget(self.k_meta, "chunks", "completed", "dead", "ended")
-        return ended is not None or (chunks is not None and int(completed or 0) + int(dead or 0) >= int(chunks))
+        return bool(self.r.hexists(self.k_meta, "ended"))
 
     def close(self) -> None:
         if self._closed:
@@ -363,7 +365,7 @@ class RedisStreamsBroker(Broker):
         try:
             self.r.xgroup_createconsumer(self.k_tasks, GROUP, self.consumer)
         except redis.ResponseError as e:
-            if "NOGROUP" in str(e) or "no such key" in str(e).lower():
+            if "NOGROUP" in str(e) or "no such key" in str(e).lower() or "requires the key to exist" in str(e):
                 return False
             raise
         self._registered = True
@@ -375,7 +377,7 @@ class RedisStreamsBroker(Broker):
         # No worker may hold more than 1/16 of the plan: the tail stays balanced, and a fault
         # at a progress point still finds work in flight even in a small, fast sweep.
         chunks = int(self.r.hget(self.k_meta, "chunks") or 0)
-        self._max_batch = max(1, min(MAX_BATCH, chunks // 16))
+        self._max_batch = max(1, min(self.prefetch, chunks // 16))
         log.info("joined consumer group", extra={"event": "connected", "max_batch": self._max_batch})
         return True
 

@@ -1,0 +1,180 @@
+"""The Broker interface's contract, checked on each backend through the interface alone.
+
+The same assertions run against a real private redis-server and rabbitmq-server
+(ids ``[redis]`` / ``[rabbitmq]``). Backend internals (heartbeats, batching,
+topology) have their own test modules.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ttg.broker import Broker, Delivery, open_broker
+from ttg.messages import TaskMessage
+
+from .backends import publish_raw_task
+
+RECLAIM_S = 1.0
+Opener = Callable[..., Broker]
+
+
+@pytest.fixture
+def run_id() -> str:
+    return "c" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def opener(broker_url: str, run_id: str) -> Iterator[Opener]:
+    """Open brokers for one run; every one is closed, and the run deleted, afterwards."""
+    opened: list[Broker] = []
+
+    def make(consumer: str | None = None, **options: object) -> Broker:
+        options.setdefault("reclaim_after_s", RECLAIM_S)
+        b = open_broker(broker_url, str(options.pop("run", run_id)), consumer=consumer, **options)  # type: ignore[arg-type]
+        opened.append(b)
+        return b
+
+    yield make
+    for b in reversed(opened):
+        b.close()
+    cleanup = open_broker(broker_url, run_id)
+    cleanup.delete_run()
+    cleanup.close()
+
+
+def publish(coord: Broker, chunks: int) -> None:
+    coord.declare(chunks)
+    coord.publish_tasks((i, TaskMessage(coord.run_id, i, i * 10, i * 10 + 10).encode()) for i in range(chunks))
+
+
+def take_all(worker: Broker, wait_s: float = 1.0) -> list[Delivery]:
+    got = []
+    while (d := worker.receive(wait_s)) is not None:
+        got.append(d)
+    return got
+
+
+def collect(coord: Broker, want: int, timeout_s: float = 10.0) -> list[bytes]:
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < want and time.monotonic() < deadline:
+        out += coord.read_results(100, 0.2)
+    return out
+
+
+def test_every_published_chunk_is_delivered_once_and_its_result_reaches_the_coordinator(opener: Opener) -> None:
+    coord, a = opener(), opener("a")
+    publish(coord, 20)
+    seen = []
+    while len(seen) < 20 and (d := a.receive(2.0)) is not None:
+        task = TaskMessage(coord.run_id, len(seen), 0, 0)  # ids come from the body, as the worker reads them
+        seen.append(d)
+        assert d.deliveries == 1
+        a.complete(d, len(seen) - 1, f"r{task.chunk_id}".encode())
+    assert len(seen) == 20 and a.receive(0.3) is None
+    a.drained()  # sends anything held back
+    results = collect(coord, 20)
+    assert sorted(results) == sorted(f"r{i}".encode() for i in range(20))
+    assert coord.stats().published == 20
+
+
+def test_a_second_completion_of_a_chunk_is_returned_or_counted_as_a_duplicate_never_lost(opener: Opener) -> None:
+    coord, a, b = opener(), opener("a"), opener("b")
+    publish(coord, 1)
+    d = a.receive(2.0)
+    assert d is not None
+    a.complete(d, 0, b"result-0")
+    b.complete(None, 0, b"result-0-again")  # a second result for chunk 0, as from a redelivered task
+    a.drained()
+    b.drained()
+    results = collect(coord, 2, timeout_s=2.0)
+    assert b"result-0" in results
+    # Redis drops the second at the broker and counts it; RabbitMQ returns it for the ledger to drop.
+    assert len(results) + coord.stats().duplicates == 2
+
+
+def test_a_failing_chunk_is_retried_after_a_delay_then_dead_lettered_with_its_error(opener: Opener) -> None:
+    coord, a = opener(), opener("a", max_deliveries=3)
+    publish(coord, 4)
+    poison = TaskMessage(coord.run_id, 2, 20, 30).encode()
+    attempts = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and coord.stats().dead_lettered == 0:
+        d = a.receive(0.3)
+        if d is None:
+            continue
+        if d.body == poison:
+            attempts.append(d.deliveries)
+            a.fail(d, "ValueError: boom", retry=True)
+        else:
+            a.complete(d, 0, b"ok")
+    assert attempts == [1, 2, 3]
+    (dead,) = coord.dead_letters()
+    assert (dead.chunk_id, dead.deliveries, dead.reason) == (2, 3, "ValueError: boom")
+    assert coord.stats().dead_lettered == 1
+    assert coord.dead_letters() == [dead], "reading dead letters must not consume them"
+
+
+def test_an_unreadable_message_is_dead_lettered_at_once_and_counted_apart_from_chunks(backend: str, broker_url: str, opener: Opener) -> None:
+    coord, a = opener(), opener("a")
+    coord.declare(1)
+    publish_raw_task(backend, broker_url, coord.run_id, b"\xc1junk")
+    d = a.receive(2.0)
+    assert d is not None and d.body == b"\xc1junk"
+    a.fail(d, "malformed: not valid msgpack", retry=False)
+    deadline = time.monotonic() + 5
+    while not coord.dead_letters() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (dead,) = coord.dead_letters()
+    assert dead.chunk_id is None and "malformed" in dead.reason
+    stats = coord.stats()
+    assert stats.rejected == 1 and stats.dead_lettered == 0
+    assert a.receive(0.5) is None, "a dead-lettered message must not come back"
+
+
+def test_runs_on_one_broker_are_isolated_and_delete_run_removes_only_its_own(opener: Opener) -> None:
+    one, two = opener(run="iso" + uuid.uuid4().hex[:6]), opener(run="iso" + uuid.uuid4().hex[:6])
+    for coord in (one, two):
+        publish(coord, 1)
+    one.delete_run()
+    w_two = opener("w", run=two.run_id)
+    d = w_two.receive(2.0)
+    assert d is not None and d.body == TaskMessage(two.run_id, 0, 0, 10).encode()
+    w_one = opener("w", run=one.run_id)
+    assert w_one.receive(0.5) is None
+    two.delete_run()
+
+
+def test_ending_a_run_drains_it_for_its_workers_even_with_chunks_left(opener: Opener) -> None:
+    coord, a = opener(), opener("a")
+    publish(coord, 3)
+    assert a.drained() is False
+    coord.end_run()
+    deadline = time.monotonic() + 3
+    while not a.drained() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert a.drained() is True
+
+
+def test_a_worker_that_stops_gives_back_the_tasks_it_held_at_once(opener: Opener) -> None:
+    coord = opener()
+    publish(coord, 40)
+    a = opener("a", reclaim_after_s=30.0)  # a crash would take 30 s to reclaim
+    first = a.receive(2.0)
+    assert first is not None
+    a.complete(first, 0, b"r")
+    a.receive(2.0)  # a now holds more than it computes
+    a.close()  # a stops (SIGTERM) with tasks unstarted
+    b = opener("b", reclaim_after_s=30.0)
+    t0 = time.monotonic()
+    got = []
+    while (d := b.receive(1.0)) is not None:
+        got.append(d)
+        b.complete(d, len(got), b"r")
+    assert len(got) == 39, "given-back tasks must be taken over without waiting for the 30 s reclaim bound"
+    assert time.monotonic() - t0 < 10
+    assert any(d.deliveries == 2 for d in got), "the tasks a held count that delivery"

@@ -1,0 +1,420 @@
+"""RabbitMQ backend: durable queues, manual acks, publisher confirms, a TTL retry queue and dead-letter queues.
+
+Topology of run ``R`` (default exchange, declared idempotently by the coordinator):
+
+* ``ttg.R.tasks``: quorum queue of task messages. Quorum, because its
+  ``x-delivery-count`` header counts every return to the queue, a crashed
+  consumer's included; a classic queue only says "redelivered".
+* ``ttg.R.retry``: quorum queue with a message TTL whose expired messages are
+  dead-lettered (at least once) back into ``tasks``: a chunk that raised is
+  retried after a delay.
+* ``ttg.R.results``, ``ttg.R.dead`` (chunks that used up their deliveries),
+  ``ttg.R.rejected`` (unreadable messages) and ``ttg.R.control`` (holds a
+  message once the run has ended): durable classic queues.
+
+Every message is persistent and every publish is confirmed. A worker acks a
+task only after the broker has confirmed the result, so a crash between the
+two costs a duplicate (dropped by chunk id in the ledger), never a chunk. A
+worker that dies or loses its connection leaves its unacked tasks to the
+broker, which requeues them at once (crash) or after the heartbeat timeout
+(partition).
+
+Batching, so that 10,000 small chunks do not cost 10,000 round trips: the
+producer packs up to ``MAX_TASKS_PER_MESSAGE`` consecutive chunks into one task
+message (header ``x-ttg-batch``); the adapter hands them to the worker one by
+one and acks the message when all of its chunks are settled. A worker sends its
+results in batches too (one confirmed message every ``FLUSH_AFTER_S`` or
+``FLUSH_BYTES``), without waiting for the confirm. A batch that comes back
+after a crash is split into single-chunk messages, so a chunk that kills its
+worker each time is dead-lettered alone. A message without the batch header is
+one task, as any producer may publish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import pika
+import pika.exceptions
+
+from ttg.broker import Broker, BrokerStats, DeadLetter, Delivery
+from ttg.brokers import rabbitmq_topology as topo
+from ttg.brokers.amqp_client import AmqpClient, QueueMissing
+from ttg.config import redact_url
+from ttg.errors import BrokerError, BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_TASKS_PER_MESSAGE = 32
+FLUSH_AFTER_S = 0.02  # a completed chunk's result is on its way within this
+FLUSH_BYTES = 4 << 20
+DEFAULT_PREFETCH = 2  # task messages a worker holds: one being computed, one ready
+_CONFIRM_WAIT_S = 30.0
+BATCH = "x-ttg-batch"
+CHUNK = "x-ttg-chunk"
+PRIOR = "x-ttg-prior"  # deliveries a chunk had before this message was published (a retry, or a split batch)
+
+
+@dataclass(frozen=True)
+class Token:
+    generation: int
+    tag: int
+    chunk_id: int | None
+    last: bool = True  # the last chunk of its task message: completing it sends the message's results
+
+
+def pack_batch(bodies: list[bytes]) -> bytes:
+    return msgpack.packb(bodies, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack_batch(body: bytes) -> list[bytes] | None:
+    """The parts of a batch message, or None when it is not a well-formed batch."""
+    try:
+        parts = msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        return None
+    if not isinstance(parts, list) or not all(isinstance(p, bytes) for p in parts):
+        return None
+    return parts
+
+
+def _await(futures: list[Future[None]], what: str, timeout_s: float = _CONFIRM_WAIT_S) -> None:
+    try:
+        for f in futures:
+            f.result(timeout=timeout_s)
+    except FutureTimeout:
+        raise BrokerUnavailable(f"RabbitMQ did not confirm {what} within {timeout_s:g}s") from None
+
+
+def translate(e: Exception, what: str) -> BrokerError:
+    if isinstance(e, pika.exceptions.ChannelClosedByBroker):
+        return BrokerError(f"RabbitMQ refused {what}: {e.reply_code} {e.reply_text}")
+    return BrokerUnavailable(f"RabbitMQ unreachable during {what} ({type(e).__name__}: {e}); check the broker URL and that rabbitmq-server is running")
+
+
+class RabbitMQBroker(Broker):
+    def __init__(
+        self, url: str, run_id: str, *, consumer: str | None = None, max_deliveries: int = 3, reclaim_after_s: float = 3.0, prefetch: int = DEFAULT_PREFETCH
+    ) -> None:
+        self.url = url
+        self.run_id = run_id
+        self.consumer = consumer or ""
+        self.max_deliveries = max_deliveries
+        self.prefetch = prefetch
+        self.q = topo.QueueNames(run_id)
+        self.retry_delay_ms = max(10, min(1000, int(reclaim_after_s * 300)))
+        # A peer is declared dead after missing heartbeats for about this long; pika takes whole seconds.
+        self.heartbeat_s = max(1, round(reclaim_after_s))
+        self._client: AmqpClient | None = None
+        self._control: topo.Control | None = None
+        self._closed = False
+        # coordinator state
+        self._chunks = 0
+        self._published = 0
+        self._results_seen = 0
+        self._results: queue.Queue[tuple[int, int, bytes]] = queue.Queue()
+        self._results_consuming = False
+        self._leftover: list[bytes] = []
+        # worker state
+        self._inbox: queue.Queue[Delivery] = queue.Queue()
+        self._consuming = False
+        self._lock = threading.Lock()
+        self._open: dict[tuple[int, int], int] = {}  # (generation, tag) -> chunks of that message not yet settled
+        self._pending: list[tuple[Token, bytes]] = []  # completed, not yet sent
+        self._pending_bytes = 0
+        self._pending_since = 0.0
+        self._in_flight: set[Future[None]] = set()
+        self._ended = False
+        self._end_check: Future[tuple[int, int]] | None = None
+        self._next_end_check = 0.0
+        self.end_check_every_s = reclaim_after_s * 0.3
+
+    def __repr__(self) -> str:
+        return f"RabbitMQBroker({redact_url(self.url)!r}, run_id={self.run_id!r}, consumer={self.consumer!r})"
+
+    @property
+    def client(self) -> AmqpClient:
+        if self._client is None:
+            self._client = AmqpClient(self.url, name=f"ttg-{self.run_id}-{self.consumer or 'coordinator'}", heartbeat_s=self.heartbeat_s)
+        self._client.wait_ready(timeout_s=10.0)
+        return self._client
+
+    @property
+    def control(self) -> topo.Control:
+        if self._control is None:
+            self._control = topo.Control(self.url, self.q)
+        return self._control
+
+    # -- coordinator side ---------------------------------------------------
+    def declare(self, chunks: int) -> None:
+        self._chunks = chunks
+        self.control.declare(retry_delay_ms=self.retry_delay_ms)
+
+    def publish_tasks(self, tasks: Iterable[tuple[int, bytes]]) -> int:
+        per_message = max(1, min(MAX_TASKS_PER_MESSAGE, self._chunks // 256))
+        messages: list[tuple[bytes, dict[str, Any]]] = []
+        batch: list[tuple[int, bytes]] = []
+        n = 0
+        for task in tasks:
+            batch.append(task)
+            n += 1
+            if len(batch) == per_message:
+                messages.append(self._task_message(batch))
+                batch = []
+        if batch:
+            messages.append(self._task_message(batch))
+        # All in flight at once; one fsync on the broker confirms many.
+        _await(self.client.publish(self.q.tasks, messages), f"{len(messages)} task message(s)")
+        self._published += n
+        return n
+
+    @staticmethod
+    def _task_message(batch: list[tuple[int, bytes]]) -> tuple[bytes, dict[str, Any]]:
+        if len(batch) == 1:
+            return batch[0][1], {CHUNK: batch[0][0]}
+        return pack_batch([body for _, body in batch]), {BATCH: [chunk for chunk, _ in batch]}
+
+    def read_results(self, max_count: int, timeout_s: float) -> list[bytes]:
+        if not self._results_consuming:
+            self._wait_registered(self.client.consume(self.q.results, 64, self._on_result), self.q.results)
+            self._results_consuming = True
+        out, self._leftover = self._leftover, []
+        deadline = time.monotonic() + timeout_s
+        acks: dict[int, list[int]] = {}
+        while len(out) < max_count:
+            try:
+                generation, tag, body = self._results.get(timeout=max(0.0, deadline - time.monotonic()) if not out else 0)
+            except queue.Empty:
+                break
+            parts = unpack_batch(body)
+            out.extend(parts if parts is not None else [body])  # not a batch: one result, judged by the ledger
+            acks.setdefault(generation, []).append(tag)
+        for generation, tags in acks.items():
+            self.client.ack(generation, tags)
+        if len(out) > max_count:
+            out, self._leftover = out[:max_count], out[max_count:]
+        self._results_seen += len(out)
+        return out
+
+    def _on_result(self, generation: int, tag: int, _props: pika.BasicProperties, body: bytes) -> None:
+        self._results.put((generation, tag, body))
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return self.control.dead_letters()
+
+    def stats(self) -> BrokerStats:
+        c = self.control.counts()
+        dead, rejected = c[self.q.dead][0], c[self.q.rejected][0]
+        waiting = c[self.q.tasks][0] + c[self.q.retry][0]
+        return BrokerStats(
+            published=self._published,
+            completed=self._results_seen,
+            queued=waiting,
+            inflight=max(0, self._published - self._results_seen - dead - waiting),
+            consumers=c[self.q.tasks][1],
+            dead_lettered=dead,
+            rejected=rejected,
+            duplicates=0,  # RabbitMQ keeps no per-chunk state: the ledger drops and counts duplicates
+        )
+
+    def end_run(self) -> None:
+        self.control.end()
+
+    def delete_run(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self.control.delete()
+
+    # -- worker side --------------------------------------------------------
+    def receive(self, timeout_s: float) -> Delivery | None:
+        assert self.consumer, "receive() needs a consumer name"
+        deadline = time.monotonic() + timeout_s
+        if not self._consuming:
+            try:
+                self._wait_registered(self.client.consume(self.q.tasks, self.prefetch, self._on_task), self.q.tasks)
+            except QueueMissing:
+                time.sleep(min(0.2, timeout_s))  # the producer has not declared the run yet
+                return None
+            self._consuming = True
+        while True:
+            if self._run_ended():
+                return None  # stop taking work; close() returns what is held to the queue
+            try:
+                delivery = self._inbox.get_nowait()
+            except queue.Empty:
+                # Nothing in hand: send what is done, so its acks free the prefetch window.
+                self._flush()
+                try:
+                    delivery = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    return None
+            if delivery.token.generation == self.client.generation:
+                return delivery
+            # That connection is gone and the broker requeued the message: computing it now would only duplicate.
+
+    def _run_ended(self) -> bool:
+        """Whether the coordinator ended the run, looked up without blocking every ``end_check_every_s``.
+
+        A busy worker always has prefetched work, so it must look for the end on its own clock.
+        """
+        now = time.monotonic()
+        if self._end_check is not None and self._end_check.done():
+            with contextlib.suppress(BrokerError):  # not declared yet, or a reconnect: look again next time
+                self._ended = self._end_check.result()[0] > 0
+            self._end_check = None
+        if not self._ended and self._end_check is None and now >= self._next_end_check:
+            self._next_end_check = now + self.end_check_every_s
+            self._end_check = self.client.counts(self.q.control)
+        return self._ended
+
+    def _on_task(self, generation: int, tag: int, props: pika.BasicProperties, body: bytes) -> None:
+        """Runs on the I/O thread: unpack a task message into deliveries, or split or dead-letter it."""
+        headers = props.headers or {}
+        deliveries = int(headers.get(PRIOR, 0)) + int(headers.get("x-delivery-count", 0)) + 1
+        chunks = headers.get(BATCH)
+        parts = unpack_batch(body) if isinstance(chunks, list) else None
+        if parts is not None and isinstance(chunks, list) and len(chunks) == len(parts):
+            items: list[tuple[int | None, bytes]] = list(zip(chunks, parts, strict=True))
+        else:
+            chunk = headers.get(CHUNK)
+            items = [(chunk if isinstance(chunk, int) else None, body)]
+        if deliveries > self.max_deliveries:
+            reason = f"delivered {deliveries - 1} times without completing (its worker crashed or lost its connection each time)"
+            self._settle_after(generation, tag, [(self.q.dead, b, {CHUNK: c, "x-ttg-reason": reason, PRIOR: deliveries - 1}) for c, b in items])
+            return
+        if len(items) > 1 and deliveries > 1:
+            # Split a returned batch, so a chunk that crashes its worker goes to the dead-letter queue alone.
+            self._settle_after(generation, tag, [(self.q.tasks, b, {CHUNK: c, PRIOR: deliveries - 1}) for c, b in items])
+            return
+        with self._lock:
+            self._open[(generation, tag)] = len(items)
+        for i, (chunk, part) in enumerate(items):
+            self._inbox.put(Delivery(body=part, deliveries=deliveries, token=Token(generation, tag, chunk, i == len(items) - 1)))
+
+    def _settle_after(self, generation: int, tag: int, messages: list[tuple[str, bytes, dict[str, Any]]]) -> None:
+        """Publish replacement messages, and ack the original once all are confirmed (I/O thread)."""
+        assert self._client is not None
+        futures = [f for q, body, headers in messages for f in self._client.publish(q, [(body, headers)])]
+        remaining = [len(futures)]
+
+        def confirmed(f: Future[None]) -> None:
+            if f.exception() is not None:
+                return  # not acked: the original comes back and is handled again
+            remaining[0] -= 1
+            if remaining[0] == 0 and self._client is not None:
+                self._client.ack(generation, [tag])
+
+        for f in futures:
+            f.add_done_callback(confirmed)
+
+    def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> None:
+        token = delivery.token if delivery is not None else Token(-1, 0, chunk_id, last=False)
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append((token, result))
+        self._pending_bytes += len(result)
+        # A task message's results go as soon as its last chunk is done: the ack that follows the confirm
+        # frees the prefetch window while the worker computes the next message, so it never waits for it.
+        if token.last or self._pending_bytes >= FLUSH_BYTES or time.monotonic() - self._pending_since >= FLUSH_AFTER_S:
+            self._flush()
+
+    def fail(self, delivery: Delivery, reason: str, *, retry: bool) -> None:
+        token: Token = delivery.token
+        headers: dict[str, Any] = {PRIOR: delivery.deliveries, "x-ttg-reason": reason[:2000]}
+        if token.chunk_id is not None:
+            headers[CHUNK] = token.chunk_id
+        if not retry:
+            target = self.q.rejected
+        elif delivery.deliveries >= self.max_deliveries:
+            target = self.q.dead
+        else:
+            target = self.q.retry
+        _await(self.client.publish(target, [(delivery.body, headers)]), f"a {target.rsplit('.', 1)[-1]} message")
+        self._settle([token])
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        body = pack_batch([r for _, r in pending])
+        (fut,) = self.client.publish(self.q.results, [(body, {BATCH: len(pending)})])
+        self._in_flight.add(fut)
+        tokens = [t for t, _ in pending]
+
+        def confirmed(f: Future[None]) -> None:
+            self._in_flight.discard(f)
+            if f.exception() is None:
+                self._settle(tokens)
+            else:  # the results are still good: send them again with the next batch
+                with self._lock:
+                    self._pending.extend(pending)
+                    self._pending_bytes += sum(len(r) for _, r in pending)
+
+        fut.add_done_callback(confirmed)
+
+    def _settle(self, tokens: list[Token]) -> None:
+        """Count chunks off their task messages; ack each message whose chunks are all settled."""
+        done: dict[int, list[int]] = {}
+        with self._lock:
+            for t in tokens:
+                key = (t.generation, t.tag)
+                if key not in self._open:
+                    continue  # static mode, or a message of a lost connection
+                self._open[key] -= 1
+                if self._open[key] == 0:
+                    del self._open[key]
+                    done.setdefault(t.generation, []).append(t.tag)
+        for generation, tags in done.items():
+            if self._client is not None:
+                self._client.ack(generation, tags)
+
+    def drained(self) -> bool:
+        self._flush()
+        if self._ended:
+            return True
+        try:
+            ready, _ = self.client.counts(self.q.control).result(timeout=10.0)
+        except QueueMissing:
+            return False  # not declared yet (a worker may start before its coordinator)
+        except FutureTimeout:
+            raise BrokerUnavailable("RabbitMQ did not answer a queue declare within 10s") from None
+        self._ended = ready > 0
+        return self._ended
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.consumer and self._client is not None:
+                self._flush()
+                deadline = time.monotonic() + 5.0
+                while self._in_flight and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                if self._pending:  # unconfirmed: their tasks stay unacked, so they are redelivered, never lost
+                    log.warning("closing with %d result(s) unconfirmed; their chunks will be redelivered", len(self._pending))
+        except BrokerError as e:
+            log.warning("could not send held results on close: %s", e)
+        finally:
+            # Closing the connection returns every unacked task message to the queue at once.
+            if self._client is not None:
+                self._client.close()
+            if self._control is not None:
+                self._control.close()
+
+    def _wait_registered(self, fut: Future[None], queue_name: str) -> None:
+        try:
+            fut.result(timeout=10.0)
+        except FutureTimeout:
+            raise BrokerUnavailable(f"RabbitMQ did not start a consumer on {queue_name} within 10s") from None

@@ -1,0 +1,184 @@
+"""A private ``rabbitmq-server`` node: own node name, free AMQP, distribution and management ports, own data and log dirs.
+
+The node never reads the system's ``/etc/rabbitmq`` files (its own config and
+env files are written into its directory) and carries its own Erlang cookie
+(``HOME`` points into its directory), so it can be killed, paused and restarted
+without touching the system broker. The management plugin is on, bound to
+127.0.0.1, so ``ttg status`` can show unacknowledged counts for a private run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import pika.exceptions
+import port_for
+
+from ttg.errors import ServerStartError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install rabbitmq-server) or pass --broker-url amqp://USER:PASS@HOST:PORT/"
+# The Debian wrapper in /usr/sbin switches to the rabbitmq user; the real script runs as the caller.
+_CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmq-server", "rabbitmq-server")
+
+
+def find_binary(binary: str | None = None) -> str | None:
+    for candidate in (binary,) if binary else _CANDIDATES:
+        path = shutil.which(candidate)
+        if path:
+            return path
+    return None
+
+
+class PrivateRabbitMQ:
+    """Start, kill, pause and restart a private RabbitMQ node; usable as a context manager.
+
+    Queues are durable and messages persistent, so a SIGKILL of the node
+    followed by :meth:`restart` on the same directory loses nothing.
+    """
+
+    def __init__(self, *, data_dir: Path | None = None, binary: str | None = None, start_timeout_s: float = 60.0) -> None:
+        self.binary = binary
+        self.port, self.dist_port, self.management_port = (port_for.select_random() for _ in range(3))
+        self.node = f"ttg{uuid.uuid4().hex[:8]}@localhost"
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="ttg-rabbitmq-"))
+        self.start_timeout_s = start_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self.startup_s: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://guest:guest@127.0.0.1:{self.management_port}"
+
+    def _environment(self) -> dict[str, str]:
+        d = self.data_dir
+        (d / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+            # A private node on a shared disk: do not refuse publishers when the disk is fuller than RabbitMQ's default 50 MB.
+            "disk_free_limit.absolute = 1MB\n"
+        )
+        (d / "rabbitmq-env.conf").write_text("")
+        (d / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update(
+            HOME=str(d),  # the node's own Erlang cookie
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
+            RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
+            RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
+            RABBITMQ_LOG_BASE=str(d / "log"),
+            RABBITMQ_PLUGINS_EXPAND_DIR=str(d / "plugins"),
+            RABBITMQ_PID_FILE=str(d / "rabbitmq.pid"),
+            RABBITMQ_LOGS=str(d / "log" / "rabbitmq.log"),
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            ERL_CRASH_DUMP=str(d / "erl_crash.dump"),
+        )
+        return env
+
+    def start(self) -> PrivateRabbitMQ:
+        path = find_binary(self.binary)
+        if path is None:
+            raise ServerStartError(f"{self.binary or 'rabbitmq-server'} not found; {INSTALL_HINT}")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        # Its own session, so a Ctrl-C meant for the caller does not stop the node mid-run.
+        self.process = subprocess.Popen(
+            [path], env=self._environment(), cwd=self.data_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        self._wait_ready()
+        self.startup_s = time.monotonic() - t0
+        log.info("private rabbitmq-server ready", extra={"port": self.port, "node": self.node, "startup_s": round(self.startup_s, 3)})
+        return self
+
+    def _wait_ready(self) -> None:
+        """Ready means an AMQP handshake succeeds (the listener opens only once the node has booted)."""
+        deadline = time.monotonic() + self.start_timeout_s
+        params = pika.URLParameters(self.url + "?connection_attempts=1&socket_timeout=2")
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                tail = self._log_tail()
+                self._reap()
+                raise ServerStartError(
+                    f"private rabbitmq-server (node {self.node}) exited with status {self.process.returncode} while starting; its log says: {tail}"
+                )
+            try:
+                pika.BlockingConnection(params).close()
+                return
+            except pika.exceptions.AMQPError:
+                if time.monotonic() > deadline:
+                    tail = self._log_tail()
+                    self.stop()
+                    raise ServerStartError(
+                        f"private rabbitmq-server on port {self.port} not ready after {self.start_timeout_s:g}s; its log says: {tail}"
+                    ) from None
+                time.sleep(0.1)
+
+    def _log_tail(self) -> str:
+        path = self.data_dir / "log" / "rabbitmq.log"
+        if not path.exists():
+            return "(no log)"
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if "[error]" in ln or "[critical]" in ln]
+        return lines[-1] if lines else path.read_text(errors="replace").strip().splitlines()[-1:][0] if path.stat().st_size else "(empty)"
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the node (SIGKILL, SIGSTOP, SIGCONT ...)."""
+        if self.process is not None and self.process.poll() is None:
+            self._signal(sig)
+            if sig == signal.SIGKILL:
+                self.process.wait()
+
+    def _signal(self, sig: int) -> None:
+        # The whole process group: the start script, the Erlang VM and its port helpers.
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+    def restart(self) -> None:
+        """Start again on the same ports, node name and data directory (after a kill)."""
+        self._reap()
+        self.start()
+
+    def _reap(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self._signal(signal.SIGCONT)  # a paused node cannot stop
+            self._signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        self._reap()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> PrivateRabbitMQ:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
