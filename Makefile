@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 brokers:
 	@scripts/ensure-broker redis-server redis-server
+	@scripts/ensure-broker rabbitmq-server rabbitmq-server
 
 demo: install
 	$(VENV)/bin/ttg run --params 1000000 --chunk 10000 --workers 2 --cost-us 2 --fault kill-worker@30%

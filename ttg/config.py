@@ -24,6 +24,7 @@ MODES = ("queue", "static")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _SCHEME_BACKEND = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq"}
+BACKEND_SCHEMES_OF = {b: tuple(s for s, sb in _SCHEME_BACKEND.items() if sb == b) for b in BACKENDS}
 
 
 def redact_url(url: str | None) -> str | None:
@@ -248,3 +249,11 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
         if f.kind == "kill-worker" and cfg.workers < 2 and cfg.mode == "queue":
             raise ConfigError("kill-worker needs at least 2 workers so a survivor can take over; pass --workers 2 or more")
     return cfg
+
+
+def load_management_url(given: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The RabbitMQ management API URL for ``ttg status``: flag > TTG_MANAGEMENT_URL > None (derived from the broker URL)."""
+    value = given or (os.environ if env is None else env).get("TTG_MANAGEMENT_URL") or None
+    if value is not None and urlsplit(value).scheme not in ("http", "https"):
+        raise ConfigError(f"management URL must start with http:// or https:// (got {redact_url(value)!r}); pass --management-url or set TTG_MANAGEMENT_URL")
+    return value

@@ -334,9 +334,9 @@ class RabbitMQBroker(Broker):
         headers: dict[str, Any] = {PRIOR: delivery.deliveries, "x-ttg-reason": reason[:2000]}
         if token.chunk_id is not None:
             headers[CHUNK] = token.chunk_id
-        if not retry:
-            target = self.q.rejected
-        elif delivery.deliveries >= self.max_deliveries:
+        if not retry and token.chunk_id is None:
+            target = self.q.rejected  # unreadable: not a chunk the plan counts
+        elif not retry or delivery.deliveries >= self.max_deliveries:
             target = self.q.dead
         else:
             target = self.q.retry

@@ -1,0 +1,110 @@
+"""RabbitMQ internals against a real private rabbitmq-server: topology, batch splitting, crash-looping chunks, the private node.
+
+The behaviour every backend shares is in test_broker_contract.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+
+from ttg.broker import Broker, open_broker
+from ttg.brokers.rabbitmq import RabbitMQBroker
+from ttg.brokers.rabbitmq_status import _get
+from ttg.messages import TaskMessage
+from ttg.servers.rabbitmq_server import PrivateRabbitMQ
+
+
+@pytest.fixture
+def coord(rabbitmq_server: PrivateRabbitMQ) -> Iterator[Broker]:
+    b = open_broker(rabbitmq_server.url, "r" + uuid.uuid4().hex[:8])
+    yield b
+    b.delete_run()
+    b.close()
+
+
+def crash(worker: Broker) -> None:
+    """What a SIGKILL does to a worker's broker state: the connection goes, nothing is acked or sent."""
+    assert isinstance(worker, RabbitMQBroker) and worker._client is not None
+    worker._pending.clear()
+    worker._client.close()
+
+
+def queue_info(server: PrivateRabbitMQ, name: str) -> dict:  # type: ignore[type-arg]
+    (info,) = [q for q in _get(server.management_url, "/api/queues/%2F") if q["name"] == name]
+    return info
+
+
+def test_the_topology_is_durable_with_quorum_task_queues_and_a_ttl_retry_queue(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
+    coord.declare(5)
+    coord.declare(5)  # idempotent
+    assert isinstance(coord, RabbitMQBroker)
+    q = coord.q
+    tasks, retry = queue_info(rabbitmq_server, q.tasks), queue_info(rabbitmq_server, q.retry)
+    assert tasks["durable"] and tasks["type"] == "quorum"
+    assert retry["type"] == "quorum" and retry["arguments"]["x-dead-letter-routing-key"] == q.tasks
+    assert retry["arguments"]["x-dead-letter-strategy"] == "at-least-once" and retry["arguments"]["x-message-ttl"] > 0
+    for name in (q.results, q.dead, q.rejected, q.control):
+        assert queue_info(rabbitmq_server, name)["durable"]
+
+
+def test_a_batch_returned_by_a_crashed_worker_comes_back_as_single_chunk_messages(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
+    coord.declare(512)  # 512 chunks: two per task message
+    coord.publish_tasks((i, TaskMessage(coord.run_id, i, i, i + 1).encode()) for i in range(512))
+    a = open_broker(rabbitmq_server.url, coord.run_id, consumer="a", prefetch=1)
+    first = a.receive(2.0)
+    assert first is not None and first.token.chunk_id == 0
+    crash(a)
+    b = open_broker(rabbitmq_server.url, coord.run_id, consumer="b", prefetch=1)
+    try:
+        seen: dict[int, int] = {}
+        while not {0, 1} <= set(seen) and (d := b.receive(2.0)) is not None:
+            seen[d.token.chunk_id] = d.deliveries
+            b.complete(d, d.token.chunk_id, b"r")
+        # Split and re-published at the tail, each carrying the batch's delivery count.
+        assert seen[0] == seen[1] == 2, seen
+        assert seen[2] == seen[3] == 1, seen
+        assert isinstance(b, RabbitMQBroker) and len(seen) == 512
+    finally:
+        b.close()
+        a.close()
+
+
+def test_a_chunk_that_kills_its_worker_every_time_is_dead_lettered_after_max_deliveries(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
+    coord.declare(1)
+    coord.publish_tasks([(0, TaskMessage(coord.run_id, 0, 0, 1).encode())])
+    for attempt in (1, 2):
+        w = open_broker(rabbitmq_server.url, coord.run_id, consumer=f"w{attempt}", max_deliveries=2)
+        d = w.receive(3.0)
+        assert d is not None and d.deliveries == attempt
+        crash(w)
+        w.close()
+    last = open_broker(rabbitmq_server.url, coord.run_id, consumer="w3", max_deliveries=2)
+    try:
+        assert last.receive(1.5) is None, "a chunk past its deliveries must not be handed out again"
+    finally:
+        last.close()
+    (dead,) = coord.dead_letters()
+    assert dead.chunk_id == 0 and dead.deliveries == 2 and "without completing" in dead.reason
+
+
+def test_the_private_node_is_isolated_from_the_system_broker(rabbitmq_server: PrivateRabbitMQ) -> None:
+    assert rabbitmq_server.port != 5672 and rabbitmq_server.node != "rabbit@localhost"
+    assert (rabbitmq_server.data_dir / "mnesia").is_dir()
+    server = PrivateRabbitMQ().start()
+    node = server.node
+    assert server.startup_s is not None and server.startup_s < 60
+    server.stop()
+    left = subprocess.run(["pgrep", "-f", node.split("@")[0]], capture_output=True, text=True).stdout
+    assert not left.strip(), f"processes of the stopped node remain: {left}"
+    assert not server.data_dir.exists()
+
+
+def test_management_api_lists_the_runs_queues(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
+    coord.declare(1)
+    names = [q["name"] for q in _get(rabbitmq_server.management_url, f"/api/queues/{quote('/', safe='')}")]
+    assert isinstance(coord, RabbitMQBroker) and set(coord.q.all) <= set(names)

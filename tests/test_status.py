@@ -1,0 +1,106 @@
+"""`ttg status` on both backends: queue depth, in-flight, consumers and dead letters of a live run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from ttg.broker import open_broker
+from ttg.messages import TaskMessage
+from ttg.status import Rate, RunStatus, read_status
+
+
+def management_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    return str(request.getfixturevalue("rabbitmq_server").management_url) if backend == "rabbitmq" else None
+
+
+def test_status_shows_queued_inflight_consumers_and_dead_letters_of_a_run(backend: str, broker_url: str, request: pytest.FixtureRequest) -> None:
+    run_id = "st" + uuid.uuid4().hex[:6]
+    coord = open_broker(broker_url, run_id)
+    coord.declare(10)
+    coord.publish_tasks((i, TaskMessage(run_id, i, i, i + 1).encode()) for i in range(10))
+    worker = open_broker(broker_url, run_id, consumer="w", prefetch=1)
+    try:
+        first = worker.receive(2.0)
+        assert first is not None
+        worker.fail(first, "ValueError: boom", retry=False)
+        held = worker.receive(2.0)  # held, not completed: in flight
+        assert held is not None
+        want = {"queued": 8, "inflight": 1, "consumers": 1, "dead_lettered": 1, "rejected": 0, "ended": False}
+        got: dict[str, Any] = {}
+        deadline = time.monotonic() + 20  # RabbitMQ's management API refreshes its counts about every 5 s
+        while time.monotonic() < deadline:
+            (run,) = read_status(broker_url, run_id=run_id, management_url=management_url(backend, request))
+            got = {k: getattr(run, k) for k in want}
+            if got == want:
+                break
+            time.sleep(0.2)
+        assert got == want
+        assert run.unit == ("chunks" if backend == "redis" else "messages")
+        coord.end_run()
+        deadline = time.monotonic() + 20
+        while not read_status(broker_url, run_id=run_id, management_url=management_url(backend, request))[0].ended and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert read_status(broker_url, run_id=run_id, management_url=management_url(backend, request))[0].ended
+    finally:
+        worker.close()
+        coord.delete_run()
+        coord.close()
+    assert read_status(broker_url, run_id=run_id, management_url=management_url(backend, request)) == []
+
+
+def test_ttg_status_prints_json_for_a_broker(backend: str, broker_url: str, request: pytest.FixtureRequest) -> None:
+    run_id = "cli" + uuid.uuid4().hex[:6]
+    coord = open_broker(broker_url, run_id)
+    coord.declare(3)
+    coord.publish_tasks((i, TaskMessage(run_id, i, i, i + 1).encode()) for i in range(3))
+    cmd = [sys.executable, "-m", "ttg", "status", "--broker-url", broker_url, "--run-id", run_id, "--json"]
+    if backend == "rabbitmq":
+        cmd += ["--management-url", str(management_url(backend, request))]
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            runs = json.loads(out.stdout)
+            if (runs and runs[0]["queued"] == 3) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert [(r["run_id"], r["queued"], r["inflight"]) for r in runs] == [(run_id, 3, 0)]
+    finally:
+        coord.delete_run()
+        coord.close()
+
+
+def test_status_without_a_broker_or_management_api_says_what_to_do(redis_url: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "ttg", "status"], capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2 and "pass --broker-url" in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "ttg", "status", "--broker-url", "amqp://guest:guest@127.0.0.1:1/", "--management-url", "http://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 3 and "rabbitmq_management" in out.stderr
+
+
+def test_rate_and_eta_follow_progress_and_ignore_growth() -> None:
+    def snap(queued: int, completed: int | None = None) -> RunStatus:
+        return RunStatus("r", "chunks", queued, 0, 1, 0, 0, False, completed=completed)
+
+    rate = Rate(smoothing=1.0)
+    rate.update(snap(100), now=0.0)
+    rate.update(snap(120), now=1.0)  # publishing: remaining grew
+    assert rate.per_s == 0.0 and rate.eta_s(snap(120)) is None
+    rate.update(snap(100), now=2.0)
+    assert rate.per_s == 20.0 and rate.eta_s(snap(100)) == 5.0
+    counted = Rate(smoothing=1.0)
+    counted.update(snap(50, completed=10), now=0.0)
+    counted.update(snap(40, completed=20), now=2.0)
+    assert counted.per_s == 5.0 and counted.eta_s(snap(0, completed=60)) == 0.0

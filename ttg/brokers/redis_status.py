@@ -1,0 +1,46 @@
+"""``ttg status`` for Redis: every run's meta hash and consumer group, in chunks."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import redis
+
+from ttg.brokers.redis_streams import GROUP, connect
+from ttg.config import redact_url
+from ttg.errors import BrokerUnavailable
+from ttg.status import RunStatus
+
+
+def read(url: str, *, management_url: str | None = None) -> list[RunStatus]:
+    client = connect(url)
+    try:
+        return [s for key in client.scan_iter(match="ttg:{*}:meta", count=1000) if (s := _one(client, key)) is not None]
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        raise BrokerUnavailable(f"Redis unreachable at {redact_url(url)} ({e}); check --broker-url") from None
+    finally:
+        client.close()
+
+
+def _one(client: redis.Redis, meta_key: bytes) -> RunStatus | None:
+    run_id = meta_key.decode().split("{", 1)[1].split("}", 1)[0]
+    meta = {k.decode(): int(v) for k, v in cast(dict[bytes, bytes], client.hgetall(meta_key)).items()}
+    try:
+        groups = client.xinfo_groups(f"ttg:{{{run_id}}}:tasks")
+    except redis.ResponseError:
+        groups = []
+    group = next((g for g in groups if g.get("name") == GROUP.encode()), {})
+    inflight = int(group.get("pending", 0))
+    completed, dead = meta.get("completed", 0), meta.get("dead", 0)
+    return RunStatus(
+        run_id=run_id,
+        unit="chunks",
+        queued=max(0, meta.get("published", 0) - completed - dead - inflight),
+        inflight=inflight,
+        consumers=int(group.get("consumers", 0)),
+        dead_lettered=dead,
+        rejected=meta.get("rejected", 0),
+        ended="ended" in meta,
+        planned=meta.get("chunks"),
+        completed=completed,
+    )

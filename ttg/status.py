@@ -1,0 +1,80 @@
+"""``ttg status``: what each run on a broker holds right now, and how fast it drains.
+
+Each backend module has its own reader (``ttg.brokers.redis_status``,
+``ttg.brokers.rabbitmq_status``), picked by URL scheme; both return
+:class:`RunStatus`. Redis counts chunks; RabbitMQ counts task messages (a task
+message carries up to 32 consecutive chunks), and the ``unit`` field says which.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from ttg.errors import UnknownBackend
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run_id: str
+    unit: str  # "chunks" or "messages"
+    queued: int  # waiting for a worker (retries included)
+    inflight: int  # handed to a worker, not yet acknowledged
+    consumers: int
+    dead_lettered: int
+    rejected: int
+    ended: bool
+    planned: int | None = None  # chunks in the plan, where the broker records it
+    completed: int | None = None  # chunks completed, where the broker counts them
+
+    @property
+    def remaining(self) -> int:
+        return self.queued + self.inflight
+
+
+_READERS = {
+    "redis": "ttg.brokers.redis_status:read",
+    "rediss": "ttg.brokers.redis_status:read",
+    "amqp": "ttg.brokers.rabbitmq_status:read",
+    "amqps": "ttg.brokers.rabbitmq_status:read",
+}
+
+
+def read_status(url: str, *, run_id: str | None = None, management_url: str | None = None) -> list[RunStatus]:
+    """Every TTG run on the broker at ``url`` (or just ``run_id``), sorted by run id."""
+    scheme = urlsplit(url).scheme
+    target = _READERS.get(scheme)
+    if target is None:
+        raise UnknownBackend(f"no status reader for {scheme or '(no scheme)'}:// URLs; known schemes: {', '.join(sorted(_READERS))}")
+    module, _, name = target.partition(":")
+    reader: Callable[..., list[RunStatus]] = getattr(importlib.import_module(module), name)
+    runs = reader(url, management_url=management_url)
+    return sorted((r for r in runs if run_id is None or r.run_id == run_id), key=lambda r: r.run_id)
+
+
+@dataclass
+class Rate:
+    """Throughput and ETA of one run from successive snapshots (an exponential moving average of the drain rate)."""
+
+    smoothing: float = 0.3
+    per_s: float | None = None
+    _last: tuple[float, int] | None = field(default=None, repr=False)
+
+    def update(self, status: RunStatus, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        done = status.completed if status.completed is not None else -status.remaining
+        if self._last is not None and now > self._last[0]:
+            # Remaining work can grow (publishing, retries); only progress counts.
+            rate = max(0.0, (done - self._last[1]) / (now - self._last[0]))
+            self.per_s = rate if self.per_s is None else self.smoothing * rate + (1 - self.smoothing) * self.per_s
+        self._last = (now, done)
+
+    def eta_s(self, status: RunStatus) -> float | None:
+        if status.remaining == 0:
+            return 0.0
+        if not self.per_s:
+            return None
+        return status.remaining / self.per_s
