@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -58,7 +59,9 @@ log = logging.getLogger(__name__)
 MAX_TASKS_PER_MESSAGE = 32
 FLUSH_AFTER_S = 0.02  # a completed chunk's result is on its way within this
 FLUSH_BYTES = 4 << 20
-DEFAULT_PREFETCH = 2  # task messages a worker holds: one being computed, one ready
+DEFAULT_PREFETCH = 2  # task messages a worker holds at first: one being computed, one ready
+MAX_PREFETCH = 16
+WINDOW_TARGET_S = 0.02  # work a worker holds once it knows its speed: enough to cover a confirm's round trip
 _CONFIRM_WAIT_S = 30.0
 BATCH = "x-ttg-batch"
 CHUNK = "x-ttg-chunk"
@@ -104,13 +107,20 @@ def translate(e: Exception, what: str) -> BrokerError:
 
 class RabbitMQBroker(Broker):
     def __init__(
-        self, url: str, run_id: str, *, consumer: str | None = None, max_deliveries: int = 3, reclaim_after_s: float = 3.0, prefetch: int = DEFAULT_PREFETCH
+        self, url: str, run_id: str, *, consumer: str | None = None, max_deliveries: int = 3, reclaim_after_s: float = 3.0, prefetch: int | None = None
     ) -> None:
         self.url = url
         self.run_id = run_id
         self.consumer = consumer or ""
         self.max_deliveries = max_deliveries
-        self.prefetch = prefetch
+        # A prefetch the user chose is kept; otherwise it starts at 2 and, for fast chunks, widens once (up to 16),
+        # so fast workers never wait on an ack and slow ones never hoard work the others could do.
+        self.prefetch = prefetch or DEFAULT_PREFETCH
+        self.adaptive = prefetch is None
+        self._chunk_s: float | None = None  # moving average of the worker's time per chunk
+        self._handed_out_at = 0.0
+        self._per_message = 1  # chunks in the latest task message
+        self._widened = False
         self.q = topo.QueueNames(run_id)
         self.retry_delay_ms = max(10, min(1000, int(reclaim_after_s * 300)))
         # A peer is declared dead after missing heartbeats for about this long; pika takes whole seconds.
@@ -260,6 +270,7 @@ class RabbitMQBroker(Broker):
                 except queue.Empty:
                     return None
             if delivery.token.generation == self.client.generation:
+                self._handed_out_at = time.monotonic()
                 return delivery
             # That connection is gone and the broker requeued the message: computing it now would only duplicate.
 
@@ -299,6 +310,7 @@ class RabbitMQBroker(Broker):
             return
         with self._lock:
             self._open[(generation, tag)] = len(items)
+        self._per_message = len(items)
         for i, (chunk, part) in enumerate(items):
             self._inbox.put(Delivery(body=part, deliveries=deliveries, token=Token(generation, tag, chunk, i == len(items) - 1)))
 
@@ -320,6 +332,8 @@ class RabbitMQBroker(Broker):
 
     def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> None:
         token = delivery.token if delivery is not None else Token(-1, 0, chunk_id, last=False)
+        if delivery is not None and self.adaptive:
+            self._adapt_prefetch(time.monotonic() - self._handed_out_at)
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending.append((token, result))
@@ -328,6 +342,20 @@ class RabbitMQBroker(Broker):
         # frees the prefetch window while the worker computes the next message, so it never waits for it.
         if token.last or self._pending_bytes >= FLUSH_BYTES or time.monotonic() - self._pending_since >= FLUSH_AFTER_S:
             self._flush()
+
+    def _adapt_prefetch(self, took_s: float) -> None:
+        if self._widened:
+            return
+        self._chunk_s = took_s if self._chunk_s is None else 0.8 * self._chunk_s + 0.2 * took_s
+        per_message_s = max(self._chunk_s * self._per_message, 1e-6)
+        want = min(MAX_PREFETCH, math.ceil(WINDOW_TARGET_S / per_message_s) + 1)
+        if want > self.prefetch + 1:
+            # A consumer's prefetch is fixed when it subscribes (quorum queues have no channel-wide QoS), and
+            # cancelling one makes pika reject what is in flight to it, which would count as deliveries.
+            # So widen by subscribing a second consumer for the difference, once.
+            log.debug("prefetch widened", extra={"prefetch": want, "message_s": round(per_message_s, 6)})
+            self.client.consume(self.q.tasks, want - self.prefetch, self._on_task)
+            self.prefetch, self._widened = want, True
 
     def fail(self, delivery: Delivery, reason: str, *, retry: bool) -> None:
         token: Token = delivery.token
