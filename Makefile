@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install brokers demo test lint bench clean
+.PHONY: install brokers demo test scenarios lint bench clean
 
 install: $(VENV)/.installed brokers
 
@@ -24,9 +24,12 @@ demo: install
 test: install lint
 	$(PY) -m pytest
 
+scenarios: install
+	$(PY) -m pytest scenarios
+
 lint: install
-	$(VENV)/bin/ruff check ttg tests
-	$(VENV)/bin/ruff format --check ttg tests
+	$(VENV)/bin/ruff check ttg tests fixtures scenarios conftest.py
+	$(VENV)/bin/ruff format --check ttg tests fixtures scenarios conftest.py
 	$(VENV)/bin/mypy
 
 bench: install

@@ -27,15 +27,14 @@ BACKENDS = ("redis", "rabbitmq")
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[PrivateRedis]:
-    with PrivateRedis(appendonly=False) as server:
-        yield server
+def redis_server(redis_broker: PrivateRedis) -> PrivateRedis:
+    """The plugin's session broker (fixtures/plugin.py), under the name these tests use."""
+    return redis_broker
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_server() -> Iterator[PrivateRabbitMQ]:
-    with PrivateRabbitMQ() as server:
-        yield server
+def rabbitmq_server(rabbitmq_broker: PrivateRabbitMQ) -> PrivateRabbitMQ:
+    return rabbitmq_broker
 
 
 @pytest.fixture(params=BACKENDS)

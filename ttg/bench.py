@@ -59,6 +59,14 @@ def _pool_round(pool: Any, cfg: RunConfig, plan: ChunkPlan) -> float:
     return time.perf_counter() - t0
 
 
+def time_pool(cfg: RunConfig, rounds: int) -> list[float]:
+    """Seconds per round of a warm ``multiprocessing.Pool`` over ``cfg``'s chunks (for benchmarks measured elsewhere)."""
+    plan = ChunkPlan(cfg.params, cfg.chunk)
+    with multiprocessing.get_context("fork").Pool(cfg.workers, initializer=_pool_init, initargs=(cfg.sweep.algorithm,)) as pool:
+        pool.map(abs, range(cfg.workers))
+        return [_pool_round(pool, cfg, plan) for _ in range(rounds)]
+
+
 def _round_trips(url: str) -> int:
     with redis.Redis.from_url(url) as client:
         stats = client.info("commandstats")

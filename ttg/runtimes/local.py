@@ -28,6 +28,8 @@ class LocalRuntime(Runtime):
     def start(self, launches: list[WorkerLaunch]) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for launch in launches:
+            if launch.worker_id in self._logs:  # a respawn: the log continues, the old handle goes
+                self._logs.pop(launch.worker_id).close()
             path = self.log_dir / f"{launch.worker_id}.log"
             fh = open(path, "ab")  # noqa: SIM115 - kept open for the worker's lifetime, closed in stop()
             try:

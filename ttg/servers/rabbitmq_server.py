@@ -154,6 +154,13 @@ class PrivateRabbitMQ:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
+        self.kill(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.kill(signal.SIGCONT)
+
     def restart(self) -> None:
         """Start again on the same ports, node name and data directory (after a kill)."""
         self._reap()

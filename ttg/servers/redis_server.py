@@ -114,6 +114,13 @@ class PrivateRedis:
             if sig == signal.SIGKILL:
                 self._exec.process.wait()
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
+        self.kill(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.kill(signal.SIGCONT)
+
     def restart(self) -> None:
         """Start again on the same port and data directory (after a kill)."""
         if self._exec is not None and self._exec.running():

@@ -1,0 +1,45 @@
+"""Throughput against ``multiprocessing.Pool``, measured side by side in the same test (pytest-benchmark).
+
+``pytest scenarios --benchmark-only --benchmark-save=baseline`` keeps the JSON under
+``reports/benchmarks/``. Speed is recorded, never asserted (a shared host is noisy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures.plugin import BrokerHandle, backend_of
+from ttg.bench import time_pool
+from ttg.config import load_run_config
+from ttg.run import execute
+
+ROUNDS = 3
+
+
+@pytest.mark.parametrize("chunk", [10_000, 1_000], ids=["chunk10k", "chunk1k"])
+def test_throughput_against_multiprocessing_pool(broker: BrokerHandle, chunk: int, benchmark: Any, tmp_path: Path) -> None:
+    cfg = load_run_config(
+        {"backend": backend_of(broker.url), "broker_url": broker.url, "params": 2_000_000, "chunk": chunk, "workers": 2, "verify": "off", "out": tmp_path},
+        env={},
+    )
+    records = []
+    benchmark.pedantic(lambda: records.append(execute(cfg)), rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    assert all(r.verdict["lost"] == 0 and r.verdict["chunks_completed"] == r.chunks for r in records), [r.verdict for r in records]
+    ttg_s = statistics.median(r.wall_s for r in records)  # sweep time, workers already connected (as for Pool)
+    pool_s = statistics.median(time_pool(dataclasses.replace(cfg), ROUNDS))
+    benchmark.extra_info.update(
+        backend=cfg.sweep.backend,
+        params=cfg.params,
+        chunk=cfg.chunk,
+        workers=cfg.workers,
+        ttg_sweep_s=ttg_s,
+        pool_s=pool_s,
+        params_per_s=cfg.params / ttg_s,
+        pool_params_per_s=cfg.params / pool_s,
+        ratio_to_pool=pool_s / ttg_s,
+    )

@@ -1,0 +1,39 @@
+"""Fault scenarios on both backends: a killed worker loses nothing, static mode detects its loss, a poison chunk is dead-lettered.
+
+Broker faults (kill, pause, partition) come with the chaos issue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fixtures import assert_verdict
+from fixtures.algos import POISON
+from fixtures.plugin import BrokerHandle
+
+Runner = Callable[..., Any]
+
+
+def fired(rec: Any) -> bool:
+    return bool(rec.faults) and rec.faults[0].get("at_s") is not None
+
+
+def test_a_worker_killed_mid_sweep_loses_nothing(broker: BrokerHandle, run_sweep: Runner) -> None:
+    # 100 chunks of ~20 ms: the kill at 30% lands while both workers hold chunks.
+    rec = run_sweep(broker, params=100_000, chunk=1_000, workers=2, cost_us=20, reclaim_after_s=1.5, faults=["kill-worker@30%"])
+    assert fired(rec) and rec.worker_exit_codes[rec.faults[0]["target"]] == -9, rec.faults
+    assert_verdict(rec, ok=True, lost=0, checksum_ok=True, chunks_completed=100)
+
+
+def test_static_mode_with_a_killed_worker_detects_the_loss(broker: BrokerHandle, run_sweep: Runner) -> None:
+    rec = run_sweep(broker, params=100_000, chunk=1_000, workers=2, cost_us=20, mode="static", faults=["kill-worker@30%"])
+    assert fired(rec), rec.faults
+    assert_verdict(rec, ok=False, lost=lambda n: n > 0, dead_lettered=0)
+
+
+def test_a_poison_chunk_is_retried_then_dead_lettered_and_reported(broker: BrokerHandle, run_sweep: Runner) -> None:
+    rec = run_sweep(broker, params=5_000, chunk=500, workers=2, algorithm="fixtures.algos:poison", max_deliveries=2, reclaim_after_s=1.0)
+    poisoned = POISON // 500
+    assert_verdict(rec, ok=False, lost=0, dead_lettered=1, dead_letter_ids=[poisoned], chunks_completed=9)
+    assert f"cannot evaluate parameter {POISON}" in rec.verdict["dead_letter_reasons"][0]

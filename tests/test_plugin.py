@@ -1,0 +1,77 @@
+"""The fixtures plugin itself: usable from another project, fleets that kill and respawn, scale options, verdict tables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures import SCALES, assert_verdict
+from fixtures.plugin import kind_unavailable_reason
+from fixtures.scales import parse_scales
+from ttg.broker import open_broker
+from ttg.ledger import Ledger
+from ttg.messages import TaskMessage
+from ttg.plan import ChunkPlan
+from ttg.servers.redis_server import PrivateRedis
+
+
+def test_another_project_gets_the_fixtures_through_the_entry_point(tmp_path: Path) -> None:
+    (tmp_path / "test_x.py").write_text("def test_x(redis_broker):\n    assert redis_broker.url.startswith('redis://')\n")
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--fixtures", "-q", "-p", "no:cacheprovider"], cwd=tmp_path, capture_output=True, text=True)
+    for name in ("redis_broker", "rabbitmq_broker", "broker", "fleet", "kind_cluster", "run_sweep"):
+        assert name in listed.stdout, listed.stdout[-2000:]
+    ran = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_x.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert ran.returncode == 0 and "1 passed" in ran.stdout, ran.stdout[-2000:]
+
+
+def test_a_fleet_worker_killed_and_respawned_leaves_nothing_behind(redis_broker: PrivateRedis, fleet: Callable[..., Any]) -> None:
+    plan = ChunkPlan(20_000, 500)
+    f = fleet(redis_broker, workers=2, cost_us=50)  # 40 chunks of ~25 ms
+    coord = open_broker(redis_broker.url, f.run_id)
+    coord.declare(plan.chunks)
+    coord.publish_tasks((c.id, TaskMessage(f.run_id, c.id, c.start, c.stop).encode()) for c in plan)
+    ledger = Ledger(plan, f.run_id)
+    killed = respawned = False
+    deadline = time.monotonic() + 60
+    while ledger.completed < plan.chunks and time.monotonic() < deadline:
+        for raw in coord.read_results(100, 0.1):
+            ledger.add(raw)
+        if not killed and ledger.completed >= 10:
+            f.kill("w0")
+            killed = True
+        elif killed and not respawned and ledger.completed >= 20:
+            assert f.exit_codes()["w0"] == -9
+            f.respawn("w0")
+            respawned = True
+    coord.end_run()
+    assert killed and respawned and ledger.completed == plan.chunks
+    assert "w0" in f.alive() or f.exit_codes()["w0"] == 0
+    coord.delete_run()
+    coord.close()
+
+
+def test_scales_are_known_names_or_name_params_chunk() -> None:
+    assert parse_scales("small,large") == [SCALES["small"], SCALES["large"]]
+    (huge,) = parse_scales("huge=100_000_000:100000")
+    assert (huge.name, huge.params, huge.chunk, huge.chunks) == ("huge", 100_000_000, 100_000, 1000)
+    with pytest.raises(ValueError, match="unknown scale 'tiny'"):
+        parse_scales("tiny")
+
+
+def test_a_failed_scenario_shows_the_verdict_table(run_sweep: Callable[..., Any]) -> None:
+    rec = run_sweep(params=1_000, chunk=100, workers=1)
+    with pytest.raises(AssertionError) as info:
+        assert_verdict(rec, ok=True, lost=lambda n: n > 0)
+    text = str(info.value)
+    assert "lost: expected" in text and "chunks_completed" in text and rec.run_id in text
+
+
+def test_kind_scenarios_say_exactly_why_they_cannot_run_here() -> None:
+    reason = kind_unavailable_reason()
+    assert reason is None or reason.startswith(("no Docker", "no kind binary"))
