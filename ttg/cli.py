@@ -76,7 +76,9 @@ def cli() -> None:
 @click.option("--chunk", help="Parameters per chunk. [env TTG_CHUNK; default 10,000]")
 @click.option("--workers", help="Worker processes. [env TTG_WORKERS; default 2]")
 @click.option("--mode", help="queue (default) or static (fixed ranges, no queue: shows what a crash loses). [env TTG_MODE]")
-@click.option("--fault", "faults", multiple=True, help="Fault to inject, e.g. kill-worker@30% or terminate-worker@50%. Repeatable.")
+@click.option(
+    "--fault", "faults", multiple=True, help="Fault to inject: kill-worker@30%, terminate-worker@50%, kill-broker@30%:2s, pause-broker@30%:5s. Repeatable."
+)
 @click.option("--out", help="Directory for run directories. [env TTG_OUT; default runs]")
 @click.option("--verify", help="full, sample:N or off. [env TTG_VERIFY; default full]")
 @click.option("--persistence/--no-persistence", default=None, help="Private Redis with AOF (fsync always). [env TTG_PERSISTENCE]")

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ttg.errors import ConfigError
-from ttg.faults import FaultSpec, parse_fault
+from ttg.faults import BROKER_FAULTS, FaultSpec, parse_fault
 from ttg.sweep import SweepSpec, parse_axis
 
 BACKENDS = ("redis", "rabbitmq")
@@ -245,6 +245,11 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
         if _SCHEME_BACKEND[scheme] != cfg.sweep.backend:
             want = "redis://" if cfg.sweep.backend == "redis" else "amqp://"
             raise ConfigError(f"--broker-url scheme {scheme}:// does not match --backend {cfg.sweep.backend}; use a {want} URL or change --backend")
+    broker_faults = [str(f) for f in cfg.faults if f.kind in BROKER_FAULTS]
+    if broker_faults and cfg.sweep.broker_url:
+        raise ConfigError(f"{broker_faults[0]} hits the private broker TTG starts, never a shared one; drop --broker-url")
+    if any(f.kind == "kill-broker" for f in cfg.faults) and cfg.sweep.backend == "redis" and not cfg.persistence:
+        cfg = dataclasses.replace(cfg, persistence=True)  # without AOF the restarted Redis would have lost the run
     for f in cfg.faults:
         if f.kind == "kill-worker" and cfg.workers < 2 and cfg.mode == "queue":
             raise ConfigError("kill-worker needs at least 2 workers so a survivor can take over; pass --workers 2 or more")

@@ -2,7 +2,8 @@
 
 ``kill-worker@30%`` means: SIGKILL one worker once 30 % of the chunks are done.
 ``terminate-worker@50%`` sends SIGTERM instead (a graceful stop).
-The grammar ``KIND@P%[:DURATIONs]`` leaves room for timed faults (pause, partition).
+``kill-broker@30%:2s`` SIGKILLs the private broker and restarts it on its data 2 s later;
+``pause-broker@30%:5s`` freezes it (SIGSTOP) for 5 s.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from dataclasses import dataclass
 
 from ttg.errors import ConfigError
 
-KNOWN_FAULTS = ("kill-worker", "terminate-worker")
+KNOWN_FAULTS = ("kill-worker", "terminate-worker", "kill-broker", "pause-broker")
+BROKER_FAULTS = ("kill-broker", "pause-broker")
+# How long a timed fault lasts when the spec gives no ``:Ds``: a killed broker stays down, a paused one frozen.
+DEFAULT_DURATION_S = {"kill-broker": 1.0, "pause-broker": 3.0}
 
 _FAULT_RE = re.compile(r"(?P<kind>[a-z][a-z-]*)@(?P<pct>\d+(?:\.\d+)?)%(?::(?P<dur>\d+(?:\.\d+)?)s)?")
 

@@ -25,7 +25,7 @@ from ttg.config import RunConfig, redact_url
 from ttg.errors import RuntimeStartError
 from ttg.ledger import Ledger
 from ttg.messages import TaskMessage
-from ttg.nemesis import FaultSchedule
+from ttg.nemesis import BrokerServer, FaultSchedule
 from ttg.plan import ChunkPlan
 from ttg.record import RunRecord
 from ttg.retry import patiently
@@ -55,20 +55,34 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+@dataclass(frozen=True)
+class BrokerAccess:
+    url: str
+    startup_s: float | None = None  # None: an existing broker (--broker-url)
+    server: BrokerServer | None = None  # the private broker, which broker faults may hit
+
+
 @contextmanager
-def broker_url_for(cfg: RunConfig) -> Iterator[tuple[str, float | None]]:
-    """The configured broker URL, or a private broker started for this run and stopped after it."""
+def private_or_given_broker(cfg: RunConfig) -> Iterator[BrokerAccess]:
+    """The configured broker, or a private broker started for this run and stopped after it."""
     check_backend_available(cfg.sweep.backend)
     if cfg.sweep.broker_url:
-        yield cfg.sweep.broker_url, None
+        yield BrokerAccess(cfg.sweep.broker_url)
         return
     if cfg.sweep.backend == "rabbitmq":
         # Queues are durable and messages persistent: a RabbitMQ broker always keeps what it confirmed.
         with PrivateRabbitMQ() as rabbit:
-            yield rabbit.url, rabbit.startup_s
+            yield BrokerAccess(rabbit.url, rabbit.startup_s, rabbit)
         return
     with PrivateRedis(appendonly=cfg.persistence) as server:
-        yield server.url, server.startup_s
+        yield BrokerAccess(server.url, server.startup_s, server)
+
+
+@contextmanager
+def broker_url_for(cfg: RunConfig) -> Iterator[tuple[str, float | None]]:
+    """:func:`private_or_given_broker`, as ``(url, start-up seconds)``."""
+    with private_or_given_broker(cfg) as access:
+        yield access.url, access.startup_s
 
 
 def worker_launches(cfg: RunConfig, url: str, run_id: str) -> list[WorkerLaunch]:
@@ -115,11 +129,13 @@ def _peak_rss_mb() -> float:
 class _Collector:
     """The result loop: read, record, report progress, fire faults, decide when the sweep is over."""
 
-    def __init__(self, cfg: RunConfig, broker: Broker, runtime: Runtime, ledger: Ledger, on_progress: ProgressFn | None) -> None:
+    def __init__(
+        self, cfg: RunConfig, broker: Broker, runtime: Runtime, ledger: Ledger, on_progress: ProgressFn | None, server: BrokerServer | None = None
+    ) -> None:
         self.cfg, self.broker, self.runtime, self.ledger, self.on_progress = cfg, broker, runtime, ledger, on_progress
         self.timeline: list[list[float]] = [[0.0, 0]]
         self.t0 = time.monotonic()
-        self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0, ledger.last_result)
+        self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0, ledger.last_result, server)
 
     def run(self) -> None:
         chunks = self.ledger.plan.chunks
@@ -171,7 +187,8 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
     run_dir.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now(UTC)
     t_start = time.monotonic()
-    with broker_url_for(cfg) as (url, broker_startup_s):
+    with private_or_given_broker(cfg) as access:
+        url, broker_startup_s = access.url, access.startup_s
         broker = open_broker(url, run_id, max_deliveries=cfg.sweep.max_deliveries, reclaim_after_s=cfg.sweep.reclaim_after_s, prefetch=cfg.sweep.prefetch)
         runtime = LocalRuntime(run_dir / "logs")
         try:
@@ -181,10 +198,15 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
                 _wait_connected(broker, runtime, cfg.workers)
             startup_s = time.monotonic() - t_start
             ledger = Ledger(plan, run_id, run_dir / "results.npy")
-            collector = _Collector(cfg, broker, runtime, ledger, on_progress)
+            collector = _Collector(cfg, broker, runtime, ledger, on_progress, access.server)
             if cfg.mode == "queue":
                 broker.publish_tasks((c.id, TaskMessage(run_id, c.id, c.start, c.stop).encode()) for c in plan)
-            collector.run()
+            try:
+                collector.run()
+            finally:
+                # Heal before draining and judging (as Jepsen does), and on any error or Ctrl-C:
+                # no broker is ever left killed or frozen.
+                collector.faults.heal_all()
             wall_s = time.monotonic() - collector.t0
             broker.end_run()
             # Workers notice the end within a reclaim tick and exit by themselves; stop() catches stragglers.

@@ -1,0 +1,175 @@
+"""Nemeses: faults injected into a running sweep, all with one interface (inject / heal).
+
+The same classes serve ``ttg run --fault``, pytest fixtures and Chaos Toolkit
+actions. :class:`FaultSchedule` fires each fault at its progress point, heals a
+timed fault when its duration is over (and every fault, whatever happens, in
+:meth:`FaultSchedule.finish`), and records start, end and recovery.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ttg.faults import DEFAULT_DURATION_S, FaultSpec
+from ttg.nemesis.base import Nemesis
+from ttg.nemesis.broker import BrokerServer, KillBroker, PauseBroker
+from ttg.nemesis.workers import SignalWorker
+from ttg.runtimes import Runtime
+
+__all__ = ["BrokerServer", "FaultRecord", "FaultSchedule", "KillBroker", "Nemesis", "PauseBroker", "SignalWorker", "nemesis_for"]
+log = logging.getLogger(__name__)
+
+
+def nemesis_for(spec: FaultSpec, runtime: Runtime, last_result: Mapping[str, float] | None = None, server: BrokerServer | None = None) -> Nemesis:
+    if spec.kind == "kill-worker":
+        return SignalWorker(runtime, signal.SIGKILL, spec.kind, last_result)
+    if spec.kind == "terminate-worker":
+        return SignalWorker(runtime, signal.SIGTERM, spec.kind, last_result)
+    if server is None:
+        raise RuntimeError(f"{spec.kind} needs a private broker that TTG started (not --broker-url)")
+    if spec.kind == "kill-broker":
+        return KillBroker(server)
+    if spec.kind == "pause-broker":
+        return PauseBroker(server)
+    raise ValueError(f"no nemesis for fault kind {spec.kind!r}")  # parse_fault admits only known kinds
+
+
+@dataclass
+class FaultRecord:
+    kind: str
+    target: str
+    at_s: float
+    at_chunks: int
+    recovered_s: float | None = None
+    note: str = ""
+    fired_at: float = float("inf")  # monotonic; inf when the fault could not be injected
+    healed_s: float | None = None  # since the run's start, for timed faults
+    healed_at: float | None = None  # monotonic
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "at_s": round(self.at_s, 3),
+            "at_chunks": self.at_chunks,
+            "healed_s": None if self.healed_s is None else round(self.healed_s, 3),
+            "recovered_s": None if self.recovered_s is None else round(self.recovered_s, 3),
+            "note": self.note,
+        }
+
+
+class FaultSchedule:
+    """Fires faults at progress points, heals timed ones, and measures recovery.
+
+    Recovery of a worker fault = time from the fault to the first result that
+    needed another delivery (the orphaned chunk, completed by a survivor).
+    Recovery of a broker fault = time from healing it to the next completed chunk.
+    """
+
+    def __init__(
+        self,
+        specs: tuple[FaultSpec, ...],
+        runtime: Runtime,
+        chunks: int,
+        started: float,
+        last_result: Mapping[str, float],
+        server: BrokerServer | None = None,
+    ) -> None:
+        self.pending = sorted(specs, key=lambda s: s.at_fraction)
+        self.runtime = runtime
+        self.chunks = chunks
+        self.started = started
+        self.last_result = last_result
+        self.server = server
+        self.records: list[FaultRecord] = []
+        self._due_at: float | None = None
+        self._active: list[tuple[threading.Timer, Nemesis, FaultRecord]] = []
+        self._lock = threading.Lock()
+        self._chunks_done = 0
+        self._chunks_at_heal: dict[int, int] = {}
+
+    def poll(self, chunks_done: int, redelivered_at: list[float]) -> None:
+        now = time.monotonic()
+        self._chunks_done = chunks_done
+        while self.pending and chunks_done >= self.pending[0].at_fraction * self.chunks:
+            # Results arrive the moment a worker finishes a chunk, so firing at once would hit
+            # workers between chunks; half a chunk later, every busy worker is mid-chunk.
+            if self._due_at is None:
+                workers = max(1, len(self.runtime.alive()))
+                per_chunk = (now - self.started) * workers / max(1, chunks_done)
+                self._due_at = now + min(1.0, per_chunk / 2)
+            if now < self._due_at:
+                break
+            self._due_at = None
+            self._fire(self.pending.pop(0), chunks_done)
+        for rec in self.records:
+            if rec.recovered_s is not None or rec.note:
+                continue
+            if rec.kind.endswith("-broker"):
+                if rec.healed_at is not None and chunks_done > self._chunks_at_heal.get(id(rec), chunks_done):
+                    rec.recovered_s = now - rec.healed_at
+            else:
+                later = [t for t in redelivered_at if t >= rec.fired_at]
+                if later:
+                    rec.recovered_s = min(later) - rec.fired_at
+
+    def _fire(self, spec: FaultSpec, chunks_done: int) -> None:
+        now = time.monotonic()
+        try:
+            nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server)
+            nemesis.inject()
+        except RuntimeError as e:
+            self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}"))
+            return
+        rec = FaultRecord(spec.kind, nemesis.target, now - self.started, chunks_done, fired_at=now)
+        self.records.append(rec)
+        duration = spec.duration_s if spec.duration_s is not None else DEFAULT_DURATION_S.get(spec.kind)
+        if duration is not None:
+            # On its own timer: the collector may be stuck in a call to the very broker this fault froze.
+            timer = threading.Timer(duration, self._heal, args=(nemesis, rec))
+            timer.daemon = True
+            with self._lock:
+                self._active.append((timer, nemesis, rec))
+            timer.start()
+
+    def _heal(self, nemesis: Nemesis, rec: FaultRecord) -> None:
+        with self._lock:
+            mine = [a for a in self._active if a[1] is nemesis]
+            if not mine:
+                return  # healed already
+            self._active = [a for a in self._active if a[1] is not nemesis]
+            mine[0][0].cancel()
+            try:
+                nemesis.heal()
+            finally:
+                rec.healed_at = time.monotonic()
+                rec.healed_s = rec.healed_at - self.started
+                self._chunks_at_heal[id(rec)] = self._chunks_done
+
+    def wait_s(self, default: float) -> float:
+        """How long the collector may block before the next due fault needs it."""
+        if self._due_at is None:
+            return default
+        return max(0.0, min(default, self._due_at - time.monotonic()))
+
+    def heal_all(self) -> None:
+        """Heal every active fault now (normal end, error, timeout or signal): no broker is left dead or frozen."""
+        for _, nemesis, rec in list(self._active):
+            self._heal(nemesis, rec)
+
+    def finish(self) -> None:
+        self.heal_all()
+        for rec in self.records:
+            if rec.recovered_s is None and not rec.note:
+                if rec.at_chunks >= self.chunks:
+                    rec.note = "fired after every chunk was done: nothing to recover (use a larger sweep or --cost-us)"
+                elif rec.kind.endswith("-broker"):
+                    rec.note = "no chunk completed after the broker came back"
+                else:
+                    rec.note = "no redelivered chunk seen after the fault (the worker held none, or its chunks were never recovered)"
