@@ -3,7 +3,8 @@
 ``kill-worker@30%`` means: SIGKILL one worker once 30 % of the chunks are done.
 ``terminate-worker@50%`` sends SIGTERM instead (a graceful stop).
 ``kill-broker@30%:2s`` SIGKILLs the private broker and restarts it on its data 2 s later;
-``pause-broker@30%:5s`` freezes it (SIGSTOP) for 5 s.
+``pause-broker@30%:5s`` freezes it (SIGSTOP) for 5 s; ``partition-broker@30%:3s`` cuts the workers'
+traffic to it for 3 s; ``latency@30%:5s`` adds 50 ms to every piece of that traffic for 5 s.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 
 from ttg.errors import ConfigError
 
-KNOWN_FAULTS = ("kill-worker", "terminate-worker", "kill-broker", "pause-broker")
-BROKER_FAULTS = ("kill-broker", "pause-broker")
-# How long a timed fault lasts when the spec gives no ``:Ds``: a killed broker stays down, a paused one frozen.
-DEFAULT_DURATION_S = {"kill-broker": 1.0, "pause-broker": 3.0}
+KNOWN_FAULTS = ("kill-worker", "terminate-worker", "kill-broker", "pause-broker", "partition-broker", "latency")
+BROKER_FAULTS = ("kill-broker", "pause-broker")  # need the private broker's process
+PROXY_FAULTS = ("partition-broker", "latency")  # need the fault proxy between workers and broker
+# How long a timed fault lasts when the spec gives no ``:Ds``.
+DEFAULT_DURATION_S = {"kill-broker": 1.0, "pause-broker": 3.0, "partition-broker": 3.0, "latency": 5.0}
 
 _FAULT_RE = re.compile(r"(?P<kind>[a-z][a-z-]*)@(?P<pct>\d+(?:\.\d+)?)%(?::(?P<dur>\d+(?:\.\d+)?)s)?")
 

@@ -18,14 +18,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from ttg import __version__, algorithms
 from ttg.broker import Broker, check_backend_available, open_broker
 from ttg.config import RunConfig, redact_url
 from ttg.errors import RuntimeStartError
+from ttg.faults import PROXY_FAULTS
 from ttg.ledger import Ledger
 from ttg.messages import TaskMessage
-from ttg.nemesis import BrokerServer, FaultSchedule
+from ttg.nemesis import BrokerServer, FaultProxy, FaultSchedule
 from ttg.plan import ChunkPlan
 from ttg.record import RunRecord
 from ttg.retry import patiently
@@ -109,6 +111,12 @@ def worker_launches(cfg: RunConfig, url: str, run_id: str) -> list[WorkerLaunch]
     return launches
 
 
+def _proxy_for(url: str) -> FaultProxy:
+    parts = urlsplit(url)
+    default = 6379 if parts.scheme.startswith("redis") else 5672
+    return FaultProxy(parts.hostname or "127.0.0.1", parts.port or default)
+
+
 def _wait_connected(broker: Broker, runtime: Runtime, want: int, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while broker.stats().consumers < want:
@@ -130,12 +138,19 @@ class _Collector:
     """The result loop: read, record, report progress, fire faults, decide when the sweep is over."""
 
     def __init__(
-        self, cfg: RunConfig, broker: Broker, runtime: Runtime, ledger: Ledger, on_progress: ProgressFn | None, server: BrokerServer | None = None
+        self,
+        cfg: RunConfig,
+        broker: Broker,
+        runtime: Runtime,
+        ledger: Ledger,
+        on_progress: ProgressFn | None,
+        server: BrokerServer | None = None,
+        proxy: FaultProxy | None = None,
     ) -> None:
         self.cfg, self.broker, self.runtime, self.ledger, self.on_progress = cfg, broker, runtime, ledger, on_progress
         self.timeline: list[list[float]] = [[0.0, 0]]
         self.t0 = time.monotonic()
-        self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0, ledger.last_result, server)
+        self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0, ledger.last_result, server, proxy)
 
     def run(self) -> None:
         chunks = self.ledger.plan.chunks
@@ -191,14 +206,16 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
         url, broker_startup_s = access.url, access.startup_s
         broker = open_broker(url, run_id, max_deliveries=cfg.sweep.max_deliveries, reclaim_after_s=cfg.sweep.reclaim_after_s, prefetch=cfg.sweep.prefetch)
         runtime = LocalRuntime(run_dir / "logs")
+        # Partition and latency faults need a path to cut: the workers reach the broker through the fault proxy.
+        proxy = _proxy_for(url) if any(f.kind in PROXY_FAULTS for f in cfg.faults) else None
         try:
             broker.declare(plan.chunks)
-            runtime.start(worker_launches(cfg, url, run_id))
+            runtime.start(worker_launches(cfg, proxy.url_for(url) if proxy else url, run_id))
             if cfg.mode == "queue":
                 _wait_connected(broker, runtime, cfg.workers)
             startup_s = time.monotonic() - t_start
             ledger = Ledger(plan, run_id, run_dir / "results.npy")
-            collector = _Collector(cfg, broker, runtime, ledger, on_progress, access.server)
+            collector = _Collector(cfg, broker, runtime, ledger, on_progress, access.server, proxy)
             if cfg.mode == "queue":
                 broker.publish_tasks((c.id, TaskMessage(run_id, c.id, c.start, c.stop).encode()) for c in plan)
             try:
@@ -228,6 +245,8 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
             ledger.flush()
         finally:
             runtime.stop(grace_s=5.0)
+            if proxy is not None:
+                proxy.close()
             try:
                 if not keep_broker_state:
                     broker.delete_run()

@@ -18,19 +18,42 @@ from typing import Any
 
 from ttg.faults import DEFAULT_DURATION_S, FaultSpec
 from ttg.nemesis.base import Nemesis
-from ttg.nemesis.broker import BrokerServer, KillBroker, PauseBroker
+from ttg.nemesis.broker import BrokerServer, KillBroker, Latency, PartitionBroker, PauseBroker
+from ttg.nemesis.proxy import FaultProxy
 from ttg.nemesis.workers import SignalWorker
 from ttg.runtimes import Runtime
 
-__all__ = ["BrokerServer", "FaultRecord", "FaultSchedule", "KillBroker", "Nemesis", "PauseBroker", "SignalWorker", "nemesis_for"]
+__all__ = [
+    "BrokerServer",
+    "FaultProxy",
+    "FaultRecord",
+    "FaultSchedule",
+    "KillBroker",
+    "Latency",
+    "Nemesis",
+    "PartitionBroker",
+    "PauseBroker",
+    "SignalWorker",
+    "nemesis_for",
+]
 log = logging.getLogger(__name__)
 
 
-def nemesis_for(spec: FaultSpec, runtime: Runtime, last_result: Mapping[str, float] | None = None, server: BrokerServer | None = None) -> Nemesis:
+def nemesis_for(
+    spec: FaultSpec,
+    runtime: Runtime,
+    last_result: Mapping[str, float] | None = None,
+    server: BrokerServer | None = None,
+    proxy: FaultProxy | None = None,
+) -> Nemesis:
     if spec.kind == "kill-worker":
         return SignalWorker(runtime, signal.SIGKILL, spec.kind, last_result)
     if spec.kind == "terminate-worker":
         return SignalWorker(runtime, signal.SIGTERM, spec.kind, last_result)
+    if spec.kind in ("partition-broker", "latency"):
+        if proxy is None:
+            raise RuntimeError(f"{spec.kind} needs the fault proxy between workers and broker")
+        return PartitionBroker(proxy) if spec.kind == "partition-broker" else Latency(proxy)
     if server is None:
         raise RuntimeError(f"{spec.kind} needs a private broker that TTG started (not --broker-url)")
     if spec.kind == "kill-broker":
@@ -51,6 +74,7 @@ class FaultRecord:
     fired_at: float = float("inf")  # monotonic; inf when the fault could not be injected
     healed_s: float | None = None  # since the run's start, for timed faults
     healed_at: float | None = None  # monotonic
+    evidence: str = ""  # what shows the fault happened (traffic the partition held back ...)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +85,7 @@ class FaultRecord:
             "healed_s": None if self.healed_s is None else round(self.healed_s, 3),
             "recovered_s": None if self.recovered_s is None else round(self.recovered_s, 3),
             "note": self.note,
+            "evidence": self.evidence,
         }
 
 
@@ -80,7 +105,9 @@ class FaultSchedule:
         started: float,
         last_result: Mapping[str, float],
         server: BrokerServer | None = None,
+        proxy: FaultProxy | None = None,
     ) -> None:
+        self.proxy = proxy
         self.pending = sorted(specs, key=lambda s: s.at_fraction)
         self.runtime = runtime
         self.chunks = chunks
@@ -111,7 +138,7 @@ class FaultSchedule:
         for rec in self.records:
             if rec.recovered_s is not None or rec.note:
                 continue
-            if rec.kind.endswith("-broker"):
+            if rec.kind.endswith("-broker") or rec.kind == "latency":
                 if rec.healed_at is not None and chunks_done > self._chunks_at_heal.get(id(rec), chunks_done):
                     rec.recovered_s = now - rec.healed_at
             else:
@@ -122,7 +149,7 @@ class FaultSchedule:
     def _fire(self, spec: FaultSpec, chunks_done: int) -> None:
         now = time.monotonic()
         try:
-            nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server)
+            nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxy)
             nemesis.inject()
         except RuntimeError as e:
             self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}"))
@@ -146,6 +173,7 @@ class FaultSchedule:
             self._active = [a for a in self._active if a[1] is not nemesis]
             mine[0][0].cancel()
             try:
+                rec.evidence = nemesis.evidence()
                 nemesis.heal()
             finally:
                 rec.healed_at = time.monotonic()
@@ -169,7 +197,7 @@ class FaultSchedule:
             if rec.recovered_s is None and not rec.note:
                 if rec.at_chunks >= self.chunks:
                     rec.note = "fired after every chunk was done: nothing to recover (use a larger sweep or --cost-us)"
-                elif rec.kind.endswith("-broker"):
-                    rec.note = "no chunk completed after the broker came back"
+                elif rec.kind.endswith("-broker") or rec.kind == "latency":
+                    rec.note = "no chunk completed after the fault healed"
                 else:
                     rec.note = "no redelivered chunk seen after the fault (the worker held none, or its chunks were never recovered)"

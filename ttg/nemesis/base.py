@@ -15,6 +15,10 @@ class Nemesis(ABC):
     def heal(self) -> None:  # noqa: B027 - optional hook: a kill has nothing to undo, a pause does
         """Undo the fault. A worker kill cannot be undone: the run's survivors take over. Safe to call twice."""
 
+    def evidence(self) -> str:
+        """What shows the fault really happened (for the run record); empty when the fault speaks for itself."""
+        return ""
+
     def __enter__(self) -> Nemesis:
         self.inject()
         return self

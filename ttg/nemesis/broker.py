@@ -1,4 +1,5 @@
-"""Broker nemeses: kill a private broker and restart it on its data, or freeze it (SIGSTOP) for a while.
+"""Broker nemeses: kill a private broker and restart it on its data, freeze it (SIGSTOP), or cut or slow the
+workers' traffic to it through the fault proxy.
 
 Only a broker TTG started itself can be hit (``ttg.servers``): a shared broker is
 never killed or paused. Both faults heal themselves after their duration, and
@@ -13,6 +14,7 @@ import signal
 from typing import Protocol
 
 from ttg.nemesis.base import Nemesis
+from ttg.nemesis.proxy import FaultProxy
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +70,43 @@ class PauseBroker(Nemesis):
             self._paused = False
             self.server.resume()
             log.info("broker resumed")
+
+
+class PartitionBroker(Nemesis):
+    """Cut the workers off the broker (the proxy blackholes their traffic); heal = forward again."""
+
+    kind = "partition-broker"
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self.proxy = proxy
+        self.target = "workers<->broker"
+        self._held_before = 0
+
+    def inject(self) -> None:
+        log.info("injecting partition-broker")
+        self._held_before = self.proxy.held_while_blackholed
+        self.proxy.blackhole()
+
+    def evidence(self) -> str:
+        return f"{self.proxy.held_while_blackholed - self._held_before} piece(s) of traffic held back"
+
+    def heal(self) -> None:
+        self.proxy.restore()
+
+
+class Latency(Nemesis):
+    """Delay every piece of worker <-> broker traffic by ``latency_s``; heal = no delay."""
+
+    kind = "latency"
+
+    def __init__(self, proxy: FaultProxy, latency_s: float = 0.05) -> None:
+        self.proxy = proxy
+        self.latency_s = latency_s
+        self.target = f"workers<->broker +{latency_s * 1000:g} ms"
+
+    def inject(self) -> None:
+        log.info("injecting latency", extra={"latency_ms": self.latency_s * 1000})
+        self.proxy.latency_s = self.latency_s
+
+    def heal(self) -> None:
+        self.proxy.restore()

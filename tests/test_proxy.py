@@ -1,0 +1,51 @@
+"""The fault proxy against a real private redis-server: pass, blackhole (silence, not errors), reset, latency."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from ttg.nemesis import FaultProxy, Latency, PartitionBroker
+from ttg.servers.redis_server import PrivateRedis
+
+
+def client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5, retry_on_timeout=False)
+
+
+def test_traffic_passes_then_a_partition_silences_it_until_healed(redis_broker: PrivateRedis) -> None:
+    proxy = FaultProxy("127.0.0.1", redis_broker.port)
+    try:
+        c = client(proxy.url_for(redis_broker.url))
+        assert c.ping()
+        with PartitionBroker(proxy) as cut:
+            with pytest.raises(redis.TimeoutError):
+                c.ping()  # silence: the request is held, nothing answers
+            assert not cut.evidence().startswith("0 ")
+        c2 = client(proxy.url_for(redis_broker.url))
+        assert c2.ping()  # healed
+        c.close()
+        c2.close()
+    finally:
+        proxy.close()
+
+
+def test_reset_closes_connections_and_latency_delays_them(redis_broker: PrivateRedis) -> None:
+    proxy = FaultProxy("127.0.0.1", redis_broker.port)
+    try:
+        c = client(proxy.url_for(redis_broker.url))
+        assert c.ping()
+        proxy.reset()
+        with pytest.raises(redis.ConnectionError):
+            c.ping()
+        with Latency(proxy, latency_s=0.1):
+            t0 = time.monotonic()
+            c2 = client(proxy.url_for(redis_broker.url))
+            c2.ping()
+            assert time.monotonic() - t0 >= 0.2  # one delay each way
+        c2.close()
+        assert proxy.url_for("amqp://u:p@broker:5672/%2F") == f"amqp://u:p@127.0.0.1:{proxy.port}/%2F"
+    finally:
+        proxy.close()
