@@ -41,16 +41,15 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import pika
 import pika.exceptions
 
 from ttg.broker import Broker, BrokerStats, DeadLetter, Delivery
 from ttg.brokers import rabbitmq_topology as topo
 from ttg.brokers.amqp_client import AmqpClient, QueueMissing
+from ttg.brokers.rabbitmq_wire import BATCH, CHUNK, PRIOR, Token, await_confirms, pack_batch, unpack_batch
 from ttg.config import redact_url
 from ttg.errors import BrokerError, BrokerUnavailable
 
@@ -62,47 +61,6 @@ FLUSH_BYTES = 4 << 20
 DEFAULT_PREFETCH = 2  # task messages a worker holds at first: one being computed, one ready
 MAX_PREFETCH = 16
 WINDOW_TARGET_S = 0.02  # work a worker holds once it knows its speed: enough to cover a confirm's round trip
-_CONFIRM_WAIT_S = 30.0
-BATCH = "x-ttg-batch"
-CHUNK = "x-ttg-chunk"
-PRIOR = "x-ttg-prior"  # deliveries a chunk had before this message was published (a retry, or a split batch)
-
-
-@dataclass(frozen=True)
-class Token:
-    generation: int
-    tag: int
-    chunk_id: int | None
-    last: bool = True  # the last chunk of its task message: completing it sends the message's results
-
-
-def pack_batch(bodies: list[bytes]) -> bytes:
-    return msgpack.packb(bodies, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def unpack_batch(body: bytes) -> list[bytes] | None:
-    """The parts of a batch message, or None when it is not a well-formed batch."""
-    try:
-        parts = msgpack.unpackb(body, raw=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-        return None
-    if not isinstance(parts, list) or not all(isinstance(p, bytes) for p in parts):
-        return None
-    return parts
-
-
-def _await(futures: list[Future[None]], what: str, timeout_s: float = _CONFIRM_WAIT_S) -> None:
-    try:
-        for f in futures:
-            f.result(timeout=timeout_s)
-    except FutureTimeout:
-        raise BrokerUnavailable(f"RabbitMQ did not confirm {what} within {timeout_s:g}s") from None
-
-
-def translate(e: Exception, what: str) -> BrokerError:
-    if isinstance(e, pika.exceptions.ChannelClosedByBroker):
-        return BrokerError(f"RabbitMQ refused {what}: {e.reply_code} {e.reply_text}")
-    return BrokerUnavailable(f"RabbitMQ unreachable during {what} ({type(e).__name__}: {e}); check the broker URL and that rabbitmq-server is running")
 
 
 class RabbitMQBroker(Broker):
@@ -184,7 +142,7 @@ class RabbitMQBroker(Broker):
         if batch:
             messages.append(self._task_message(batch))
         # All in flight at once; one fsync on the broker confirms many.
-        _await(self.client.publish(self.q.tasks, messages), f"{len(messages)} task message(s)")
+        await_confirms(self.client.publish(self.q.tasks, messages), f"{len(messages)} task message(s)")
         self._published += n
         return n
 
@@ -368,7 +326,7 @@ class RabbitMQBroker(Broker):
             target = self.q.dead
         else:
             target = self.q.retry
-        _await(self.client.publish(target, [(delivery.body, headers)]), f"a {target.rsplit('.', 1)[-1]} message")
+        await_confirms(self.client.publish(target, [(delivery.body, headers)]), f"a {target.rsplit('.', 1)[-1]} message")
         self._settle([token])
 
     def _flush(self) -> None:
