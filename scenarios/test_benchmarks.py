@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from fixtures.plugin import BrokerHandle, backend_of
+from fixtures.plugin import BrokerHandle
 from ttg.bench import time_pool
-from ttg.config import load_run_config
+from ttg.config import backend_for_url, load_run_config
 from ttg.run import execute
 
 ROUNDS = 3
@@ -24,7 +24,7 @@ ROUNDS = 3
 @pytest.mark.parametrize("chunk", [10_000, 1_000], ids=["chunk10k", "chunk1k"])
 def test_throughput_against_multiprocessing_pool(broker: BrokerHandle, chunk: int, benchmark: Any, tmp_path: Path) -> None:
     cfg = load_run_config(
-        {"backend": backend_of(broker.url), "broker_url": broker.url, "params": 2_000_000, "chunk": chunk, "workers": 2, "verify": "off", "out": tmp_path},
+        {"backend": backend_for_url(broker.url), "broker_url": broker.url, "params": 2_000_000, "chunk": chunk, "workers": 2, "verify": "off", "out": tmp_path},
         env={},
     )
     records = []

@@ -11,7 +11,8 @@ import pytest
 
 from fixtures import assert_verdict
 from fixtures.algos import POISON
-from fixtures.plugin import BrokerHandle, backend_of
+from fixtures.plugin import BrokerHandle
+from ttg.config import backend_for_url
 
 Runner = Callable[..., Any]
 
@@ -47,7 +48,7 @@ def test_a_poison_chunk_is_retried_then_dead_lettered_and_reported(broker: Broke
 )
 def test_a_broker_fault_mid_sweep_then_healed_loses_nothing(broker: BrokerHandle, fault: str, run_sweep: Runner) -> None:
     # 100 chunks of ~30 ms on the run's own private broker; with another worker kill after the broker comes back.
-    rec = run_sweep(backend_of(broker.url), params=100_000, chunk=1_000, workers=2, cost_us=30, faults=[fault, "kill-worker@70%"])
+    rec = run_sweep(backend_for_url(broker.url), params=100_000, chunk=1_000, workers=2, cost_us=30, faults=[fault, "kill-worker@70%"])
     broker_fault = next(f for f in rec.faults if f["kind"] == fault.split("@")[0])
     assert broker_fault["healed_s"] is not None and broker_fault["healed_s"] > broker_fault["at_s"], rec.faults
     assert broker_fault["recovered_s"] is not None, rec.faults

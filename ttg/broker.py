@@ -176,17 +176,22 @@ def open_broker(
     ``consumer`` names the worker (None for the coordinator). ``prefetch`` caps
     what a worker holds ahead of its computation (None: the backend's default).
     """
-    scheme = urlsplit(url).scheme
-    target = _BACKENDS.get(scheme)
-    if target is None:
-        raise UnknownBackend(f"no broker backend handles {scheme or '(no scheme)'}:// URLs; known schemes: {', '.join(sorted(_BACKENDS))}")
-    module_name, _, cls_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    cls = load_for_scheme(_BACKENDS, url, "broker backend")
     options: dict[str, Any] = {"consumer": consumer, "max_deliveries": max_deliveries, "reclaim_after_s": reclaim_after_s}
     if prefetch is not None:
         options["prefetch"] = prefetch
     broker: Broker = cls(url, run_id, **options)
     return broker
+
+
+def load_for_scheme(table: dict[str, str], url: str, what: str) -> Any:
+    """Import ``module:name`` registered for ``url``'s scheme in ``table`` (lazily: drivers load only when used)."""
+    scheme = urlsplit(url).scheme
+    target = table.get(scheme)
+    if target is None:
+        raise UnknownBackend(f"no {what} handles {scheme or '(no scheme)'}:// URLs; known schemes: {', '.join(sorted(table))}")
+    module_name, _, name = target.partition(":")
+    return getattr(importlib.import_module(module_name), name)
 
 
 def check_backend_available(backend: str) -> None:

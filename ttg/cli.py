@@ -15,7 +15,6 @@ import socket
 import sys
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -23,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ttg import __version__, logs
-from ttg.config import BACKEND_SCHEMES_OF, load_management_url, load_run_config, load_sweep_settings, redact_url
+from ttg.config import backend_for_url, load_management_url, load_run_config, load_sweep_settings, redact_url
 from ttg.errors import ConfigError, TTGError
 from ttg.record import RunRecord
 
@@ -245,7 +244,7 @@ def status(run_id: str | None, management_url: str | None, watch: bool, interval
     settings = load_sweep_settings(_given(**options))
     if not settings.broker_url:
         raise ConfigError("ttg status needs a broker; pass --broker-url or set TTG_BROKER_URL (a private broker lives only as long as its run)")
-    if options.get("backend") and urlsplit(settings.broker_url).scheme not in BACKEND_SCHEMES_OF[settings.backend]:
+    if options.get("backend") and backend_for_url(settings.broker_url) != settings.backend:
         raise ConfigError(f"--broker-url {redact_url(settings.broker_url)} is not a {settings.backend} URL")
     management_url = load_management_url(management_url)
     logs.setup("text", logging.WARNING)

@@ -24,7 +24,16 @@ MODES = ("queue", "static")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _SCHEME_BACKEND = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq"}
-BACKEND_SCHEMES_OF = {b: tuple(s for s, sb in _SCHEME_BACKEND.items() if sb == b) for b in BACKENDS}
+
+
+def backend_for_url(url: str) -> str:
+    """The backend a broker URL's scheme belongs to (``redis`` or ``rabbitmq``); ConfigError for any other scheme."""
+    scheme = urlsplit(url).scheme
+    if scheme not in _SCHEME_BACKEND:
+        raise ConfigError(
+            f"broker URL must start with redis://, rediss://, amqp:// or amqps:// (got {redact_url(url)!r}); pass --broker-url or set TTG_BROKER_URL"
+        )
+    return _SCHEME_BACKEND[scheme]
 
 
 def redact_url(url: str | None) -> str | None:
@@ -124,11 +133,7 @@ def _grid(value: Any) -> tuple[str, ...]:
 def _broker_url(value: Any) -> str | None:
     if value in (None, ""):
         return None
-    scheme = urlsplit(str(value)).scheme
-    if scheme not in _SCHEME_BACKEND:
-        raise ConfigError(
-            f"broker URL must start with redis://, rediss://, amqp:// or amqps:// (got {redact_url(str(value))!r}); pass --broker-url or set TTG_BROKER_URL"
-        )
+    backend_for_url(str(value))
     return str(value)
 
 
@@ -242,7 +247,7 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
         raise ConfigError(f"chunk ({cfg.chunk:,}) must not exceed params ({cfg.params:,}); lower --chunk")
     if cfg.sweep.broker_url:
         scheme = urlsplit(cfg.sweep.broker_url).scheme
-        if _SCHEME_BACKEND[scheme] != cfg.sweep.backend:
+        if backend_for_url(cfg.sweep.broker_url) != cfg.sweep.backend:
             want = "redis://" if cfg.sweep.backend == "redis" else "amqp://"
             raise ConfigError(f"--broker-url scheme {scheme}:// does not match --backend {cfg.sweep.backend}; use a {want} URL or change --backend")
     broker_faults = [str(f) for f in cfg.faults if f.kind in BROKER_FAULTS]

@@ -8,13 +8,11 @@ message carries up to 32 consecutive chunks), and the ``unit`` field says which.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from ttg.errors import UnknownBackend
+from ttg.broker import load_for_scheme
 
 
 @dataclass(frozen=True)
@@ -45,12 +43,7 @@ _READERS = {
 
 def read_status(url: str, *, run_id: str | None = None, management_url: str | None = None) -> list[RunStatus]:
     """Every TTG run on the broker at ``url`` (or just ``run_id``), sorted by run id."""
-    scheme = urlsplit(url).scheme
-    target = _READERS.get(scheme)
-    if target is None:
-        raise UnknownBackend(f"no status reader for {scheme or '(no scheme)'}:// URLs; known schemes: {', '.join(sorted(_READERS))}")
-    module, _, name = target.partition(":")
-    reader: Callable[..., list[RunStatus]] = getattr(importlib.import_module(module), name)
+    reader: Callable[..., list[RunStatus]] = load_for_scheme(_READERS, url, "status reader")
     runs = reader(url, management_url=management_url)
     return sorted((r for r in runs if run_id is None or r.run_id == run_id), key=lambda r: r.run_id)
 
