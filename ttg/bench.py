@@ -16,7 +16,8 @@ import signal
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import redis
 from ttg import algorithms
 from ttg.config import RunConfig
 from ttg.plan import ChunkPlan
-from ttg.run import broker_url_for, execute
+from ttg.run import execute, private_or_given_broker
 
 # Commands that open a round trip. Scripts are left out: a worker's completion script always
 # travels in one pipeline with its next XREADGROUP, and the coordinator's XTRIM with its XREAD;
@@ -59,11 +60,18 @@ def _pool_round(pool: Any, cfg: RunConfig, plan: ChunkPlan) -> float:
     return time.perf_counter() - t0
 
 
+@contextmanager
+def warm_pool(cfg: RunConfig) -> Iterator[Any]:
+    """A forked ``multiprocessing.Pool`` of ``cfg.workers`` processes, started and warm, as TTG's workers are."""
+    with multiprocessing.get_context("fork").Pool(cfg.workers, initializer=_pool_init, initargs=(cfg.sweep.algorithm,)) as pool:
+        pool.map(abs, range(cfg.workers))
+        yield pool
+
+
 def time_pool(cfg: RunConfig, rounds: int) -> list[float]:
     """Seconds per round of a warm ``multiprocessing.Pool`` over ``cfg``'s chunks (for benchmarks measured elsewhere)."""
     plan = ChunkPlan(cfg.params, cfg.chunk)
-    with multiprocessing.get_context("fork").Pool(cfg.workers, initializer=_pool_init, initargs=(cfg.sweep.algorithm,)) as pool:
-        pool.map(abs, range(cfg.workers))
+    with warm_pool(cfg) as pool:
         return [_pool_round(pool, cfg, plan) for _ in range(rounds)]
 
 
@@ -78,11 +86,10 @@ def run_bench(cfg: RunConfig, *, repeat: int = 3, on_round: Callable[[str], None
     ttg_s: list[float] = []
     pool_s: list[float] = []
     records = []
-    with tempfile.TemporaryDirectory(prefix="ttg-bench-") as tmp, broker_url_for(cfg) as (url, broker_startup_s):
+    with tempfile.TemporaryDirectory(prefix="ttg-bench-") as tmp, private_or_given_broker(cfg) as access:
+        url, broker_startup_s = access.url, access.startup_s
         run_cfg = dataclasses.replace(cfg, out=Path(tmp), sweep=dataclasses.replace(cfg.sweep, broker_url=url))
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(cfg.workers, initializer=_pool_init, initargs=(cfg.sweep.algorithm,)) as pool:
-            pool.map(abs, range(cfg.workers))  # warm: Pool's workers are started, as TTG's are
+        with warm_pool(cfg) as pool:
             rt_before = _round_trips(url) if url.startswith("redis") else 0
             for i in range(repeat):
                 rec = execute(run_cfg)

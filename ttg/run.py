@@ -80,13 +80,6 @@ def private_or_given_broker(cfg: RunConfig) -> Iterator[BrokerAccess]:
         yield BrokerAccess(server.url, server.startup_s, server)
 
 
-@contextmanager
-def broker_url_for(cfg: RunConfig) -> Iterator[tuple[str, float | None]]:
-    """:func:`private_or_given_broker`, as ``(url, start-up seconds)``."""
-    with private_or_given_broker(cfg) as access:
-        yield access.url, access.startup_s
-
-
 def worker_launches(cfg: RunConfig, url: str, run_id: str) -> list[WorkerLaunch]:
     """The ``ttg worker`` arguments of each worker: every setting travels explicitly, nothing through the environment."""
     s = cfg.sweep
