@@ -74,6 +74,8 @@ class FaultRecord:
     fired_at: float = float("inf")  # monotonic; inf when the fault could not be injected
     healed_s: float | None = None  # since the run's start, for timed faults
     healed_at: float | None = None  # monotonic
+    timed: bool = False  # healed after a duration (broker and network faults): recovery counts from the heal
+    chunks_at_heal: int = 0
     evidence: str = ""  # what shows the fault happened (traffic the partition held back ...)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,7 +121,6 @@ class FaultSchedule:
         self._active: list[tuple[threading.Timer, Nemesis, FaultRecord]] = []
         self._lock = threading.Lock()
         self._chunks_done = 0
-        self._chunks_at_heal: dict[int, int] = {}
 
     def poll(self, chunks_done: int, redelivered_at: list[float]) -> None:
         now = time.monotonic()
@@ -138,8 +139,8 @@ class FaultSchedule:
         for rec in self.records:
             if rec.recovered_s is not None or rec.note:
                 continue
-            if rec.kind.endswith("-broker") or rec.kind == "latency":
-                if rec.healed_at is not None and chunks_done > self._chunks_at_heal.get(id(rec), chunks_done):
+            if rec.timed:
+                if rec.healed_at is not None and chunks_done > rec.chunks_at_heal:
                     rec.recovered_s = now - rec.healed_at
             else:
                 later = [t for t in redelivered_at if t >= rec.fired_at]
@@ -154,9 +155,9 @@ class FaultSchedule:
         except RuntimeError as e:
             self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}"))
             return
-        rec = FaultRecord(spec.kind, nemesis.target, now - self.started, chunks_done, fired_at=now)
-        self.records.append(rec)
         duration = spec.duration_s if spec.duration_s is not None else DEFAULT_DURATION_S.get(spec.kind)
+        rec = FaultRecord(spec.kind, nemesis.target, now - self.started, chunks_done, fired_at=now, timed=duration is not None)
+        self.records.append(rec)
         if duration is not None:
             # On its own timer: the collector may be stuck in a call to the very broker this fault froze.
             timer = threading.Timer(duration, self._heal, args=(nemesis, rec))
@@ -178,7 +179,7 @@ class FaultSchedule:
             finally:
                 rec.healed_at = time.monotonic()
                 rec.healed_s = rec.healed_at - self.started
-                self._chunks_at_heal[id(rec)] = self._chunks_done
+                rec.chunks_at_heal = self._chunks_done
 
     def wait_s(self, default: float) -> float:
         """How long the collector may block before the next due fault needs it."""
@@ -197,7 +198,7 @@ class FaultSchedule:
             if rec.recovered_s is None and not rec.note:
                 if rec.at_chunks >= self.chunks:
                     rec.note = "fired after every chunk was done: nothing to recover (use a larger sweep or --cost-us)"
-                elif rec.kind.endswith("-broker") or rec.kind == "latency":
+                elif rec.timed:
                     rec.note = "no chunk completed after the fault healed"
                 else:
                     rec.note = "no redelivered chunk seen after the fault (the worker held none, or its chunks were never recovered)"
