@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Protocol
 
 from ttg.nemesis.base import Nemesis
 from ttg.nemesis.proxy import FaultProxy
+from ttg.servers import PrivateServer
 
 log = logging.getLogger(__name__)
 
 
-class BrokerServer(Protocol):
-    @property
-    def url(self) -> str: ...
-    def kill(self, sig: int = ...) -> None: ...
-    def restart(self) -> None: ...
-    def pause(self) -> None: ...
-    def resume(self) -> None: ...
+BrokerServer = PrivateServer  # the private brokers TTG starts; a shared broker is never hit
 
 
 class KillBroker(Nemesis):

@@ -2,3 +2,44 @@
 
 Never the system's broker: these can be killed, paused and restarted freely.
 """
+
+from __future__ import annotations
+
+import signal
+from abc import ABC, abstractmethod
+from typing import Self
+
+
+class PrivateServer(ABC):
+    """What both private brokers offer: start, stop, kill(sig), restart on the same data; pause/resume; ``with``."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str: ...
+
+    @abstractmethod
+    def start(self) -> Self: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the server (SIGKILL, SIGSTOP, SIGCONT ...)."""
+
+    @abstractmethod
+    def restart(self) -> None:
+        """Start again on the same port and data directory (after a kill)."""
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
+        self.kill(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.kill(signal.SIGCONT)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

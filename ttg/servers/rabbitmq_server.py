@@ -25,6 +25,7 @@ import pika.exceptions
 import port_for
 
 from ttg.errors import ServerStartError
+from ttg.servers import PrivateServer
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def find_binary(binary: str | None = None) -> str | None:
     return None
 
 
-class PrivateRabbitMQ:
+class PrivateRabbitMQ(PrivateServer):
     """Start, kill, pause and restart a private RabbitMQ node; usable as a context manager.
 
     Queues are durable and messages persistent, so a SIGKILL of the node
@@ -154,13 +155,6 @@ class PrivateRabbitMQ:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
 
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
-        self.kill(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.kill(signal.SIGCONT)
-
     def restart(self) -> None:
         """Start again on the same ports, node name and data directory (after a kill)."""
         self._reap()
@@ -183,9 +177,3 @@ class PrivateRabbitMQ:
         self._reap()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> PrivateRabbitMQ:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

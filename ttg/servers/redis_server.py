@@ -16,13 +16,14 @@ from mirakuru import TCPExecutor
 from mirakuru.exceptions import ProcessExitedWithError, TimeoutExpired
 
 from ttg.errors import ServerStartError
+from ttg.servers import PrivateServer
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install redis-server) or pass --broker-url redis://HOST:PORT"
 
 
-class PrivateRedis:
+class PrivateRedis(PrivateServer):
     """Start, kill, pause and restart a private Redis; usable as a context manager.
 
     With ``appendonly`` every write is logged (``appendfsync always``) so a
@@ -114,13 +115,6 @@ class PrivateRedis:
             if sig == signal.SIGKILL:
                 self._exec.process.wait()
 
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
-        self.kill(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.kill(signal.SIGCONT)
-
     def restart(self) -> None:
         """Start again on the same port and data directory (after a kill)."""
         if self._exec is not None and self._exec.running():
@@ -139,9 +133,3 @@ class PrivateRedis:
             self._exec = None
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> PrivateRedis:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
