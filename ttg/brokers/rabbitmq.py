@@ -181,7 +181,7 @@ class RabbitMQBroker(Broker):
         return self.control.dead_letters()
 
     def stats(self) -> BrokerStats:
-        c = self.control.counts()
+        c = self.control.counts([self.q.tasks, self.q.retry, self.q.dead, self.q.rejected])
         dead, rejected = c[self.q.dead][0], c[self.q.rejected][0]
         waiting = c[self.q.tasks][0] + c[self.q.retry][0]
         return BrokerStats(
@@ -240,7 +240,7 @@ class RabbitMQBroker(Broker):
         now = time.monotonic()
         if self._end_check is not None and self._end_check.done():
             with contextlib.suppress(BrokerError):  # not declared yet, or a reconnect: look again next time
-                self._ended = self._end_check.result()[0] > 0
+                self._ended = self._end_from(self._end_check, timeout_s=0)
             self._end_check = None
         if not self._ended and self._end_check is None and now >= self._next_end_check:
             self._next_end_check = now + self.end_check_every_s
@@ -292,10 +292,11 @@ class RabbitMQBroker(Broker):
         token = delivery.token if delivery is not None else Token(-1, 0, chunk_id, last=False)
         if delivery is not None and self.adaptive:
             self._adapt_prefetch(time.monotonic() - self._handed_out_at)
-        if not self._pending:
-            self._pending_since = time.monotonic()
-        self._pending.append((token, result))
-        self._pending_bytes += len(result)
+        with self._lock:  # the I/O thread puts back results whose publish failed
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append((token, result))
+            self._pending_bytes += len(result)
         # A task message's results go as soon as its last chunk is done: the ack that follows the confirm
         # frees the prefetch window while the worker computes the next message, so it never waits for it.
         if token.last or self._pending_bytes >= FLUSH_BYTES or time.monotonic() - self._pending_since >= FLUSH_AFTER_S:
@@ -330,9 +331,10 @@ class RabbitMQBroker(Broker):
         self._settle([token])
 
     def _flush(self) -> None:
-        if not self._pending:
-            return
-        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        with self._lock:
+            if not self._pending:
+                return
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
         body = pack_batch([r for _, r in pending])
         (fut,) = self.client.publish(self.q.results, [(body, {BATCH: len(pending)})])
         self._in_flight.add(fut)
@@ -367,16 +369,20 @@ class RabbitMQBroker(Broker):
 
     def drained(self) -> bool:
         self._flush()
-        if self._ended:
-            return True
-        try:
-            ready, _ = self.client.counts(self.q.control).result(timeout=10.0)
-        except QueueMissing:
-            return False  # not declared yet (a worker may start before its coordinator)
-        except FutureTimeout:
-            raise BrokerUnavailable("RabbitMQ did not answer a queue declare within 10s") from None
-        self._ended = ready > 0
+        if not self._ended:
+            try:
+                self._ended = self._end_from(self.client.counts(self.q.control), timeout_s=10.0)
+            except QueueMissing:
+                return False  # not declared yet (a worker may start before its coordinator)
         return self._ended
+
+    @staticmethod
+    def _end_from(count: Future[tuple[int, int]], timeout_s: float) -> bool:
+        """The coordinator ends a run by putting a message in its control queue."""
+        try:
+            return count.result(timeout=timeout_s)[0] > 0
+        except FutureTimeout:
+            raise BrokerUnavailable(f"RabbitMQ did not answer a queue declare within {timeout_s:g}s") from None
 
     def close(self) -> None:
         if self._closed:

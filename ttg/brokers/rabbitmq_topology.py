@@ -108,10 +108,10 @@ class Control:
             ch.queue_declare(name, durable=True)
 
     @_translated
-    def counts(self) -> dict[str, tuple[int, int]]:
-        """(ready messages, consumers) of every queue of the run; (0, 0) for one that does not exist."""
+    def counts(self, names: list[str]) -> dict[str, tuple[int, int]]:
+        """(ready messages, consumers) of each named queue; (0, 0) for one that does not exist."""
         out = {}
-        for name in self.q.all:
+        for name in names:
             try:
                 ok = self._channel().queue_declare(name, passive=True)
                 out[name] = (ok.method.message_count, ok.method.consumer_count)
