@@ -76,7 +76,13 @@ def cli() -> None:
 @click.option("--workers", help="Worker processes. [env TTG_WORKERS; default 2]")
 @click.option("--mode", help="queue (default) or static (fixed ranges, no queue: shows what a crash loses). [env TTG_MODE]")
 @click.option(
-    "--fault", "faults", multiple=True, help="Fault to inject: kill-worker@30%, terminate-worker@50%, kill-broker@30%:2s, pause-broker@30%:5s. Repeatable."
+    "--fault",
+    "faults",
+    multiple=True,
+    help=(
+        "Fault KIND@P%[:Ds][/TARGET]: kill-worker@30%, terminate-worker@50%/2, kill-broker@30%:2s, pause-broker@30%:5s, "
+        "partition-broker@30%:3s/w1, latency@20%:5s, poison-chunk@50%. TARGET: one, N, P%, random, all or a worker id. Repeatable."
+    ),
 )
 @click.option("--out", help="Directory for run directories. [env TTG_OUT; default runs]")
 @click.option("--verify", help="full, sample:N or off. [env TTG_VERIFY; default full]")
@@ -157,7 +163,10 @@ def summary_table(record: RunRecord) -> Table:
 @click.option("--params", type=int, default=None, help="Static mode: the sweep's parameter count.")
 @click.option("--chunk", type=int, default=None, help="Static mode: the sweep's chunk size.")
 @click.option("--broker-wait", type=float, default=60.0, show_default=True, help="Seconds to keep retrying an unreachable broker.")
-def worker(run_id: str, worker_id: str | None, static: str | None, params: int | None, chunk: int | None, broker_wait: float, **options: Any) -> int:
+@click.option("--poison-chunks", default="", metavar="ID,...", help="Fault injection (the poison-chunk fault): these chunk ids fail on every delivery.")
+def worker(
+    run_id: str, worker_id: str | None, static: str | None, params: int | None, chunk: int | None, broker_wait: float, poison_chunks: str, **options: Any
+) -> int:
     """Serve one run until its sweep is drained (burst mode). SIGTERM: finish the chunk, exit 0."""
     from ttg.broker import open_broker
     from ttg.plan import ChunkPlan
@@ -187,7 +196,11 @@ def worker(run_id: str, worker_id: str | None, static: str | None, params: int |
         prefetch=settings.prefetch,
     )
     sweep = SweepSpec.from_axes(settings.grid) if settings.grid else None
-    w = Worker(broker, WorkerSpec(run_id, worker_id, settings.algorithm, settings.cost_us, broker_wait, static_plan, index, of, sweep))
+    try:
+        poisoned = frozenset(int(c) for c in poison_chunks.split(",") if c.strip())
+    except ValueError:
+        raise ConfigError(f"--poison-chunks must be comma-separated chunk ids, for example 3,17 (got {poison_chunks!r})") from None
+    w = Worker(broker, WorkerSpec(run_id, worker_id, settings.algorithm, settings.cost_us, broker_wait, static_plan, index, of, sweep, poisoned))
     w.install_signal_handlers()
     return w.run()
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ttg.errors import ConfigError
-from ttg.faults import BROKER_FAULTS, FaultSpec, parse_fault
+from ttg.faults import BROKER_FAULTS, WORKER_FAULTS, FaultSpec, parse_fault, targets_count
 from ttg.sweep import SweepSpec, parse_axis
 
 BACKENDS = ("redis", "rabbitmq")
@@ -256,9 +256,17 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
     if any(f.kind == "kill-broker" for f in cfg.faults) and cfg.sweep.backend == "redis" and not cfg.persistence:
         cfg = dataclasses.replace(cfg, persistence=True)  # without AOF the restarted Redis would have lost the run
     for f in cfg.faults:
-        if f.kind == "kill-worker" and cfg.workers < 2 and cfg.mode == "queue":
-            raise ConfigError("kill-worker needs at least 2 workers so a survivor can take over; pass --workers 2 or more")
+        hit = targets_count(f.target, cfg.workers)
+        if f.kind in WORKER_FAULTS and cfg.mode == "queue" and hit is not None and hit >= cfg.workers:
+            raise ConfigError(f"{f} would stop all {cfg.workers} worker(s) and leave none to take over; pass more --workers or a smaller /TARGET")
+        if f.kind in WORKER_FAULTS and hit is None and f.target not in worker_ids(cfg.workers):
+            raise ConfigError(f"{f} names worker {f.target!r}, but this run's workers are w0..w{cfg.workers - 1}")
     return cfg
+
+
+def worker_ids(workers: int) -> list[str]:
+    """The ids the coordinator gives its workers, in start order (fault targets name them)."""
+    return [f"w{i}" for i in range(workers)]
 
 
 def load_management_url(given: str | None, env: Mapping[str, str] | None = None) -> str | None:

@@ -1,26 +1,39 @@
-"""Fault specifications: what to inject and when, as written on the command line.
+"""Fault specifications: what to inject, when, and into which targets, as written on the command line.
 
-``kill-worker@30%`` means: SIGKILL one worker once 30 % of the chunks are done.
-``terminate-worker@50%`` sends SIGTERM instead (a graceful stop).
-``kill-broker@30%:2s`` SIGKILLs the private broker and restarts it on its data 2 s later;
-``pause-broker@30%:5s`` freezes it (SIGSTOP) for 5 s; ``partition-broker@30%:3s`` cuts the workers'
-traffic to it for 3 s; ``latency@30%:5s`` adds 50 ms to every piece of that traffic for 5 s.
+``KIND@P%[:Ds][/TARGET]``:
+
+- ``kill-worker@30%`` SIGKILLs one worker once 30 % of the chunks are done;
+  ``terminate-worker@50%`` sends SIGTERM instead (a graceful stop).
+- ``kill-broker@30%:2s`` SIGKILLs the private broker and restarts it on its data 2 s later;
+  ``pause-broker@30%:5s`` freezes it (SIGSTOP) for 5 s.
+- ``partition-broker@30%:3s`` cuts the workers' traffic to the broker for 3 s;
+  ``latency@30%:5s`` adds 50 ms to every piece of that traffic for 5 s.
+- ``poison-chunk@50%`` makes the chunk at 50 % of the plan fail on every delivery: it must end
+  dead-lettered and reported, never lost and never looping.
+
+``/TARGET`` picks the workers: ``one`` (the default of worker faults: the one longest
+without a result, so surely mid-chunk), ``N``, ``P%`` of them, ``random`` (seeded by
+``--seed``), ``all`` (the default of network faults), or a worker id such as ``w1``.
+For ``poison-chunk`` it is the number of consecutive chunks poisoned (default 1).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from ttg.errors import ConfigError
 
-KNOWN_FAULTS = ("kill-worker", "terminate-worker", "kill-broker", "pause-broker", "partition-broker", "latency")
+WORKER_FAULTS = ("kill-worker", "terminate-worker")
 BROKER_FAULTS = ("kill-broker", "pause-broker")  # need the private broker's process
-PROXY_FAULTS = ("partition-broker", "latency")  # need the fault proxy between workers and broker
+PROXY_FAULTS = ("partition-broker", "latency")  # need the fault proxies between workers and broker
+KNOWN_FAULTS = (*WORKER_FAULTS, *BROKER_FAULTS, *PROXY_FAULTS, "poison-chunk")
 # How long a timed fault lasts when the spec gives no ``:Ds``.
 DEFAULT_DURATION_S = {"kill-broker": 1.0, "pause-broker": 3.0, "partition-broker": 3.0, "latency": 5.0}
 
-_FAULT_RE = re.compile(r"(?P<kind>[a-z][a-z-]*)@(?P<pct>\d+(?:\.\d+)?)%(?::(?P<dur>\d+(?:\.\d+)?)s)?")
+_FAULT_RE = re.compile(r"(?P<kind>[a-z][a-z-]*)@(?P<pct>\d+(?:\.\d+)?)%(?::(?P<dur>\d+(?:\.\d+)?)s)?(?:/(?P<target>[A-Za-z0-9_.%-]+))?")
+_TARGET_RE = re.compile(r"one|all|random|\d+|\d+(?:\.\d+)?%|[A-Za-z][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -28,21 +41,59 @@ class FaultSpec:
     kind: str
     at_fraction: float
     duration_s: float | None = None
+    target: str | None = None  # None: the kind's default (one worker; all workers for network faults; one chunk)
 
     def __str__(self) -> str:
         text = f"{self.kind}@{self.at_fraction * 100:g}%"
-        return text + (f":{self.duration_s:g}s" if self.duration_s is not None else "")
+        text += f":{self.duration_s:g}s" if self.duration_s is not None else ""
+        return text + (f"/{self.target}" if self.target is not None else "")
+
+    @property
+    def timed(self) -> bool:
+        return self.kind in DEFAULT_DURATION_S
+
+    @property
+    def duration(self) -> float | None:
+        """How long the fault lasts before it heals (None: a kill or a poison, nothing to heal)."""
+        return self.duration_s if self.duration_s is not None else DEFAULT_DURATION_S.get(self.kind)
+
+    def poisoned_chunks(self, chunks: int) -> list[int]:
+        """The chunk ids a poison-chunk fault poisons in a plan of ``chunks`` chunks."""
+        first = min(chunks - 1, int(self.at_fraction * chunks))
+        return list(range(first, min(chunks, first + int(self.target or 1))))
+
+
+def targets_count(target: str | None, workers: int) -> int | None:
+    """How many of ``workers`` workers ``target`` selects (None: a named worker)."""
+    if target in (None, "one", "random"):
+        return 1
+    if target == "all":
+        return workers
+    if target.isdigit():
+        return int(target)
+    if target.endswith("%"):
+        return max(1, math.ceil(float(target[:-1]) / 100.0 * workers))
+    return None
 
 
 def parse_fault(text: str) -> FaultSpec:
     m = _FAULT_RE.fullmatch(text.strip())
     if not m:
-        raise ConfigError(f"fault must look like KIND@P% (for example kill-worker@30%) (got {text!r}); pass --fault")
+        raise ConfigError(f"fault must look like KIND@P%[:Ds][/TARGET] (for example kill-worker@30% or pause-broker@30%:5s) (got {text!r}); pass --fault")
     kind = m.group("kind")
     if kind not in KNOWN_FAULTS:
         raise ConfigError(f"unknown fault kind {kind!r}; known kinds: {', '.join(KNOWN_FAULTS)}")
     pct = float(m.group("pct"))
     if not 0 <= pct < 100:
         raise ConfigError(f"fault progress point must be in 0..99% (got {pct:g}%) in {text!r}")
-    dur = m.group("dur")
-    return FaultSpec(kind, pct / 100.0, float(dur) if dur else None)
+    dur, target = m.group("dur"), m.group("target")
+    if dur is not None and kind not in DEFAULT_DURATION_S:
+        raise ConfigError(f"{kind} takes no duration (it is not healed, its targets' work is taken over); drop ':{dur}s' from {text!r}")
+    if target is not None:
+        if kind in BROKER_FAULTS:
+            raise ConfigError(f"{kind} hits the one private broker and takes no /TARGET; drop '/{target}' from {text!r}")
+        if kind == "poison-chunk" and not (target.isdigit() and int(target) >= 1):
+            raise ConfigError(f"poison-chunk's /TARGET is the number of chunks to poison, 1 or more (got {target!r}) in {text!r}")
+        if not _TARGET_RE.fullmatch(target) or (target.endswith("%") and not 0 < float(target[:-1]) <= 100) or target == "0":
+            raise ConfigError(f"fault target must be one, all, random, N, P% (0 < P <= 100) or a worker id such as w1 (got {target!r}) in {text!r}")
+    return FaultSpec(kind, pct / 100.0, float(dur) if dur else None, target)

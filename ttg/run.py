@@ -9,20 +9,24 @@ broker state. Whatever happens, workers and any private broker are stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import resource
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from ttg import __version__, algorithms
 from ttg.broker import Broker, check_backend_available, open_broker
-from ttg.config import RunConfig, redact_url
+from ttg.config import RunConfig, redact_url, worker_ids
 from ttg.errors import RuntimeStartError
 from ttg.faults import PROXY_FAULTS
 from ttg.ledger import Ledger
@@ -80,11 +84,11 @@ def private_or_given_broker(cfg: RunConfig) -> Iterator[BrokerAccess]:
         yield BrokerAccess(server.url, server.startup_s, server)
 
 
-def worker_launches(cfg: RunConfig, url: str, run_id: str) -> list[WorkerLaunch]:
+def worker_launches(cfg: RunConfig, urls: Mapping[str, str] | str, run_id: str, chunks: int = 0) -> list[WorkerLaunch]:
     """The ``ttg worker`` arguments of each worker: every setting travels explicitly, nothing through the environment."""
     s = cfg.sweep
+    poisoned = sorted({c for f in cfg.faults if f.kind == "poison-chunk" for c in f.poisoned_chunks(chunks)})
     options = {
-        "--broker-url": url,
         "--run-id": run_id,
         "--algorithm": s.algorithm,
         "--cost-us": repr(s.cost_us),
@@ -96,18 +100,22 @@ def worker_launches(cfg: RunConfig, url: str, run_id: str) -> list[WorkerLaunch]
     }
     common = [part for pair in options.items() for part in pair]
     common += [part for axis in s.grid for part in ("--grid", axis)]
+    common += ["--poison-chunks", ",".join(map(str, poisoned))] if poisoned else []
     launches = []
-    for i in range(cfg.workers):
-        wid = f"w{i}"
+    for i, wid in enumerate(worker_ids(cfg.workers)):
         extra = ["--static", f"{i}/{cfg.workers}", "--params", str(cfg.params), "--chunk", str(cfg.chunk)] if cfg.mode == "static" else []
-        launches.append(WorkerLaunch(wid, tuple([*common, "--worker-id", wid, *extra])))
+        url = urls if isinstance(urls, str) else urls[wid]
+        launches.append(WorkerLaunch(wid, tuple([*common, "--broker-url", url, "--worker-id", wid, *extra])))
     return launches
 
 
-def _proxy_for(url: str) -> FaultProxy:
+def _proxies_for(cfg: RunConfig, url: str, always: bool) -> dict[str, FaultProxy]:
+    """One fault proxy per worker in front of the broker, so a partition can cut all workers or only some."""
+    if not always and not any(f.kind in PROXY_FAULTS for f in cfg.faults):
+        return {}
     parts = urlsplit(url)
     default = 6379 if parts.scheme.startswith("redis") else 5672
-    return FaultProxy(parts.hostname or "127.0.0.1", parts.port or default)
+    return {w: FaultProxy(parts.hostname or "127.0.0.1", parts.port or default) for w in worker_ids(cfg.workers)}
 
 
 def _wait_connected(broker: Broker, runtime: Runtime, want: int, timeout_s: float = 60.0) -> None:
@@ -127,6 +135,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+@dataclass(frozen=True)
+class LiveRun:
+    """A sweep while it runs, for a caller that injects faults from outside (Chaos Toolkit actions)."""
+
+    run_id: str
+    run_dir: Path
+    chunks: int
+    faults: FaultSchedule
+    runtime: Runtime
+    server: BrokerServer | None
+
+
 class _Collector:
     """The result loop: read, record, report progress, fire faults, decide when the sweep is over."""
 
@@ -138,12 +158,15 @@ class _Collector:
         ledger: Ledger,
         on_progress: ProgressFn | None,
         server: BrokerServer | None = None,
-        proxy: FaultProxy | None = None,
+        proxies: Mapping[str, FaultProxy] | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.cfg, self.broker, self.runtime, self.ledger, self.on_progress = cfg, broker, runtime, ledger, on_progress
+        self.cancel = cancel or threading.Event()
         self.timeline: list[list[float]] = [[0.0, 0]]
         self.t0 = time.monotonic()
-        self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0, ledger.last_result, server, proxy)
+        rng = random.Random(cfg.seed)  # seeded: a random fault target replays with the run's --seed
+        self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0, ledger.last_result, server, proxies, rng)
 
     def run(self) -> None:
         chunks = self.ledger.plan.chunks
@@ -168,6 +191,9 @@ class _Collector:
                 if not raws and now - workers_gone_at > 0.5:
                     log.warning("all workers exited with %d chunk(s) outstanding", chunks - self.ledger.completed - dead)
                     return
+            if self.cancel.is_set():
+                log.warning("run cancelled with %d chunk(s) outstanding", chunks - self.ledger.completed - dead)
+                return
             if now - self.t0 > self.cfg.timeout_s:
                 log.error("run timed out after %.0fs with %d chunk(s) outstanding", self.cfg.timeout_s, chunks - self.ledger.completed - dead)
                 return
@@ -186,8 +212,24 @@ class _Collector:
             self.on_progress(Progress(done, self.ledger.plan.chunks, params_done, elapsed))
 
 
-def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: str | None = None, keep_broker_state: bool = False) -> RunRecord:
-    """Run one sweep and return its record (also written to ``<out>/<run_id>/record.json``)."""
+def execute(
+    cfg: RunConfig,
+    *,
+    on_progress: ProgressFn | None = None,
+    run_id: str | None = None,
+    keep_broker_state: bool = False,
+    access: BrokerAccess | None = None,
+    on_start: Callable[[LiveRun], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> RunRecord:
+    """Run one sweep and return its record (also written to ``<out>/<run_id>/record.json``).
+
+    ``access``: a broker the caller started and keeps (a private one can still take broker
+    faults); otherwise the configured or a private per-run broker. ``on_start`` receives the
+    :class:`LiveRun` once the plan is published, and then the workers reach the broker
+    through fault proxies, so faults of every kind can be added while the sweep runs.
+    ``cancel`` ends collection early; the run is judged as it stands.
+    """
     algorithms.load(cfg.sweep.algorithm)  # a typo in --algorithm is a usage error, before any worker starts
     run_id = run_id or new_run_id()
     plan = ChunkPlan(cfg.params, cfg.chunk)
@@ -195,22 +237,24 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
     run_dir.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now(UTC)
     t_start = time.monotonic()
-    with private_or_given_broker(cfg) as access:
-        url, broker_startup_s = access.url, access.startup_s
+    with contextlib.nullcontext(access) if access is not None else private_or_given_broker(cfg) as given:
+        url, broker_startup_s = given.url, given.startup_s
         broker = open_broker(url, run_id, max_deliveries=cfg.sweep.max_deliveries, reclaim_after_s=cfg.sweep.reclaim_after_s, prefetch=cfg.sweep.prefetch)
         runtime = LocalRuntime(run_dir / "logs")
-        # Partition and latency faults need a path to cut: the workers reach the broker through the fault proxy.
-        proxy = _proxy_for(url) if any(f.kind in PROXY_FAULTS for f in cfg.faults) else None
+        # Partition and latency faults need a path to cut: each worker reaches the broker through its own fault proxy.
+        proxies = _proxies_for(cfg, url, always=on_start is not None)
         try:
             broker.declare(plan.chunks)
-            runtime.start(worker_launches(cfg, proxy.url_for(url) if proxy else url, run_id))
+            runtime.start(worker_launches(cfg, {w: p.url_for(url) for w, p in proxies.items()} or url, run_id, plan.chunks))
             if cfg.mode == "queue":
                 _wait_connected(broker, runtime, cfg.workers)
             startup_s = time.monotonic() - t_start
             ledger = Ledger(plan, run_id, run_dir / "results.npy")
-            collector = _Collector(cfg, broker, runtime, ledger, on_progress, access.server, proxy)
+            collector = _Collector(cfg, broker, runtime, ledger, on_progress, given.server, proxies, cancel)
             if cfg.mode == "queue":
                 broker.publish_tasks((c.id, TaskMessage(run_id, c.id, c.start, c.stop).encode()) for c in plan)
+            if on_start is not None:
+                on_start(LiveRun(run_id, run_dir, plan.chunks, collector.faults, runtime, given.server))
             try:
                 collector.run()
             finally:
@@ -222,13 +266,14 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
             # Workers notice the end within a reclaim tick and exit by themselves; stop() catches stragglers.
             runtime.wait(timeout_s=cfg.sweep.reclaim_after_s + 2.0)
             runtime.stop(grace_s=10.0)
-            collector.faults.finish()
             for raw in broker.read_results(max_count=1_000_000, timeout_s=0.01):
                 ledger.add(raw)  # a result that landed while workers stopped still counts
             stats = broker.stats()
+            dead_letters = broker.dead_letters()
+            collector.faults.finish({d.chunk_id for d in dead_letters if d.chunk_id is not None})
             verdict = judge(
                 ledger,
-                broker.dead_letters(),
+                dead_letters,
                 broker_duplicates=stats.duplicates,
                 verify=cfg.verify,
                 algorithm=cfg.sweep.algorithm,
@@ -238,8 +283,8 @@ def execute(cfg: RunConfig, *, on_progress: ProgressFn | None = None, run_id: st
             ledger.flush()
         finally:
             runtime.stop(grace_s=5.0)
-            if proxy is not None:
-                proxy.close()
+            for p in proxies.values():
+                p.close()
             try:
                 if not keep_broker_state:
                     broker.delete_run()

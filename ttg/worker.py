@@ -46,6 +46,11 @@ class WorkerSpec:
     static_index: int = 0
     static_of: int = 1
     sweep: SweepSpec | None = None  # grid axes, for algorithms that take grid values
+    poisoned: frozenset[int] = frozenset()  # the poison-chunk fault: these chunks fail on every delivery
+
+
+class PoisonedChunk(Exception):
+    """Raised in place of computing a chunk the poison-chunk fault poisoned."""
 
 
 class Worker:
@@ -114,6 +119,8 @@ class Worker:
         log.debug("chunk taken", extra={"event": "taken", **ctx})
         t0 = time.perf_counter()
         try:
+            if task.chunk_id in self.spec.poisoned:
+                raise PoisonedChunk(f"chunk {task.chunk_id} is poisoned by the poison-chunk fault and fails on every delivery")
             values = algorithms.evaluate(self.fn, task.start, task.stop, self.spec.cost_us, self.spec.sweep)
         except Exception as e:  # the user's algorithm may raise anything; the chunk is retried or dead-lettered
             log.warning("chunk failed: %s: %s", type(e).__name__, e, extra={"event": "failed", **ctx}, exc_info=True)

@@ -9,18 +9,19 @@ timed fault when its duration is over (and every fault, whatever happens, in
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from ttg.faults import DEFAULT_DURATION_S, FaultSpec
+from ttg.faults import PROXY_FAULTS, FaultSpec
 from ttg.nemesis.base import Nemesis
 from ttg.nemesis.broker import BrokerServer, KillBroker, Latency, PartitionBroker, PauseBroker
 from ttg.nemesis.proxy import FaultProxy
-from ttg.nemesis.workers import SignalWorker
+from ttg.nemesis.workers import SignalWorker, select_workers
 from ttg.runtimes import Runtime
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "PauseBroker",
     "SignalWorker",
     "nemesis_for",
+    "select_workers",
 ]
 log = logging.getLogger(__name__)
 
@@ -44,16 +46,22 @@ def nemesis_for(
     runtime: Runtime,
     last_result: Mapping[str, float] | None = None,
     server: BrokerServer | None = None,
-    proxy: FaultProxy | None = None,
+    proxies: Mapping[str, FaultProxy] | None = None,
+    rng: random.Random | None = None,
 ) -> Nemesis:
     if spec.kind == "kill-worker":
-        return SignalWorker(runtime, signal.SIGKILL, spec.kind, last_result)
+        return SignalWorker(runtime, signal.SIGKILL, spec.kind, last_result, spec.target, rng)
     if spec.kind == "terminate-worker":
-        return SignalWorker(runtime, signal.SIGTERM, spec.kind, last_result)
-    if spec.kind in ("partition-broker", "latency"):
-        if proxy is None:
-            raise RuntimeError(f"{spec.kind} needs the fault proxy between workers and broker")
-        return PartitionBroker(proxy) if spec.kind == "partition-broker" else Latency(proxy)
+        return SignalWorker(runtime, signal.SIGTERM, spec.kind, last_result, spec.target, rng)
+    if spec.kind in PROXY_FAULTS:
+        if not proxies:
+            raise RuntimeError(f"{spec.kind} needs the fault proxies between workers and broker")
+        live = [w for w in runtime.alive() if w in proxies]
+        chosen = live if spec.target in (None, "all") else select_workers(spec.target, live, last_result or {}, rng or random.Random(0))
+        picked = {w: proxies[w] for w in chosen}
+        return PartitionBroker(picked) if spec.kind == "partition-broker" else Latency(picked)
+    if spec.kind == "poison-chunk":
+        raise RuntimeError("poison-chunk is set up when the workers start, not injected into a running sweep")
     if server is None:
         raise RuntimeError(f"{spec.kind} needs a private broker that TTG started (not --broker-url)")
     if spec.kind == "kill-broker":
@@ -77,6 +85,9 @@ class FaultRecord:
     timed: bool = False  # healed after a duration (broker and network faults): recovery counts from the heal
     chunks_at_heal: int = 0
     evidence: str = ""  # what shows the fault happened (traffic the partition held back ...)
+    nemesis: Nemesis | None = field(default=None, repr=False)
+    spec: FaultSpec | None = field(default=None, repr=False)
+    poisoned: list[int] = field(default_factory=list)  # poison-chunk: the chunks made to fail
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +99,7 @@ class FaultRecord:
             "recovered_s": None if self.recovered_s is None else round(self.recovered_s, 3),
             "note": self.note,
             "evidence": self.evidence,
+            **({"poisoned_chunk_ids": self.poisoned} if self.poisoned else {}),
         }
 
 
@@ -96,7 +108,10 @@ class FaultSchedule:
 
     Recovery of a worker fault = time from the fault to the first result that
     needed another delivery (the orphaned chunk, completed by a survivor).
-    Recovery of a broker fault = time from healing it to the next completed chunk.
+    Recovery of a broker or network fault = time from healing it to the next completed chunk.
+
+    The collector thread calls :meth:`poll`; other threads (a Chaos Toolkit action)
+    may :meth:`add` a fault to a running sweep and :meth:`wait_fired` for it.
     """
 
     def __init__(
@@ -107,63 +122,90 @@ class FaultSchedule:
         started: float,
         last_result: Mapping[str, float],
         server: BrokerServer | None = None,
-        proxy: FaultProxy | None = None,
+        proxies: Mapping[str, FaultProxy] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
-        self.proxy = proxy
-        self.pending = sorted(specs, key=lambda s: s.at_fraction)
+        self.proxies = proxies or {}
         self.runtime = runtime
         self.chunks = chunks
         self.started = started
         self.last_result = last_result
         self.server = server
+        self.rng = rng or random.Random(0)
         self.records: list[FaultRecord] = []
+        self.pending: list[FaultSpec] = []
         self._due_at: float | None = None
         self._active: list[tuple[threading.Timer, Nemesis, FaultRecord]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._fired = threading.Condition(self._lock)
         self._chunks_done = 0
+        for spec in specs:
+            self.add(spec)
+
+    def add(self, spec: FaultSpec) -> None:
+        """Schedule ``spec``; a poison is in place from the start (the workers were launched with it)."""
+        with self._lock:
+            if spec.kind == "poison-chunk":
+                ids = spec.poisoned_chunks(self.chunks)
+                target = f"chunk {ids[0]}" if len(ids) == 1 else f"chunks {ids[0]}..{ids[-1]}"
+                self.records.append(FaultRecord(spec.kind, target, 0.0, 0, spec=spec, poisoned=ids))
+                self._fired.notify_all()
+                return
+            self.pending.append(spec)
+            self.pending.sort(key=lambda s: s.at_fraction)
+
+    def wait_fired(self, spec: FaultSpec, timeout_s: float) -> FaultRecord | None:
+        """The record of ``spec`` once it has fired (or failed to), None if it did not within ``timeout_s``."""
+        with self._fired:
+            self._fired.wait_for(lambda: any(r.spec is spec for r in self.records), timeout=timeout_s)
+            return next((r for r in self.records if r.spec is spec), None)
 
     def poll(self, chunks_done: int, redelivered_at: list[float]) -> None:
         now = time.monotonic()
-        self._chunks_done = chunks_done
-        while self.pending and chunks_done >= self.pending[0].at_fraction * self.chunks:
-            # Results arrive the moment a worker finishes a chunk, so firing at once would hit
-            # workers between chunks; half a chunk later, every busy worker is mid-chunk.
-            if self._due_at is None:
-                workers = max(1, len(self.runtime.alive()))
-                per_chunk = (now - self.started) * workers / max(1, chunks_done)
-                self._due_at = now + min(1.0, per_chunk / 2)
-            if now < self._due_at:
-                break
-            self._due_at = None
-            self._fire(self.pending.pop(0), chunks_done)
-        for rec in self.records:
-            if rec.recovered_s is not None or rec.note:
-                continue
-            if rec.timed:
-                if rec.healed_at is not None and chunks_done > rec.chunks_at_heal:
-                    rec.recovered_s = now - rec.healed_at
-            else:
-                later = [t for t in redelivered_at if t >= rec.fired_at]
-                if later:
-                    rec.recovered_s = min(later) - rec.fired_at
+        with self._lock:
+            self._chunks_done = chunks_done
+            while self.pending and chunks_done >= self.pending[0].at_fraction * self.chunks:
+                # Results arrive the moment a worker finishes a chunk, so firing at once would hit
+                # workers between chunks; half a chunk later, every busy worker is mid-chunk.
+                if self._due_at is None:
+                    workers = max(1, len(self.runtime.alive()))
+                    per_chunk = (now - self.started) * workers / max(1, chunks_done)
+                    self._due_at = now + min(1.0, per_chunk / 2)
+                if now < self._due_at:
+                    break
+                self._due_at = None
+                self._fire(self.pending.pop(0), chunks_done)
+            for rec in self.records:
+                if rec.nemesis is not None and not rec.evidence and not rec.timed:
+                    rec.evidence = rec.nemesis.evidence()  # a killed worker's exit status, once it has exited
+                if rec.recovered_s is not None or rec.note or rec.poisoned:
+                    continue
+                if rec.timed:
+                    if rec.healed_at is not None and chunks_done > rec.chunks_at_heal:
+                        rec.recovered_s = now - rec.healed_at
+                else:
+                    later = [t for t in redelivered_at if t >= rec.fired_at]
+                    if later:
+                        rec.recovered_s = min(later) - rec.fired_at
 
     def _fire(self, spec: FaultSpec, chunks_done: int) -> None:
         now = time.monotonic()
         try:
-            nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxy)
+            nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxies, self.rng)
             nemesis.inject()
         except RuntimeError as e:
-            self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}"))
+            self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}", spec=spec))
+            self._fired.notify_all()
             return
-        duration = spec.duration_s if spec.duration_s is not None else DEFAULT_DURATION_S.get(spec.kind)
-        rec = FaultRecord(spec.kind, nemesis.target, now - self.started, chunks_done, fired_at=now, timed=duration is not None)
+        duration = spec.duration
+        rec = FaultRecord(spec.kind, nemesis.target, now - self.started, chunks_done, fired_at=now, timed=duration is not None, nemesis=nemesis, spec=spec)
         self.records.append(rec)
+        self._fired.notify_all()
         if duration is not None:
             # On its own timer: the collector may be stuck in a call to the very broker this fault froze.
             timer = threading.Timer(duration, self._heal, args=(nemesis, rec))
             timer.daemon = True
-            with self._lock:
-                self._active.append((timer, nemesis, rec))
+            self._active.append((timer, nemesis, rec))
             timer.start()
 
     def _heal(self, nemesis: Nemesis, rec: FaultRecord) -> None:
@@ -180,6 +222,12 @@ class FaultSchedule:
                 rec.healed_at = time.monotonic()
                 rec.healed_s = rec.healed_at - self.started
                 rec.chunks_at_heal = self._chunks_done
+                if nemesis.kind == "kill-broker":
+                    rec.evidence = nemesis.evidence()  # now with the restarted broker's pid
+
+    @property
+    def chunks_done(self) -> int:
+        return self._chunks_done
 
     def wait_s(self, default: float) -> float:
         """How long the collector may block before the next due fault needs it."""
@@ -192,13 +240,28 @@ class FaultSchedule:
         for _, nemesis, rec in list(self._active):
             self._heal(nemesis, rec)
 
-    def finish(self) -> None:
+    def finish(self, dead_letter_ids: Collection[int] = ()) -> None:
+        """Heal what is still active, then say, for each fault, what became of it."""
         self.heal_all()
-        for rec in self.records:
-            if rec.recovered_s is None and not rec.note:
-                if rec.at_chunks >= self.chunks:
-                    rec.note = "fired after every chunk was done: nothing to recover (use a larger sweep or --cost-us)"
-                elif rec.timed:
-                    rec.note = "no chunk completed after the fault healed"
-                else:
-                    rec.note = "no redelivered chunk seen after the fault (the worker held none, or its chunks were never recovered)"
+        with self._lock:
+            for spec in self.pending:
+                note = "not injected: the sweep ended before its progress point"
+                self.records.append(FaultRecord(spec.kind, "", 0.0, self._chunks_done, note=note, spec=spec))
+            self.pending.clear()
+            self._fired.notify_all()
+            for rec in self.records:
+                if rec.nemesis is not None and not rec.evidence:
+                    rec.evidence = rec.nemesis.evidence()
+                if rec.poisoned:
+                    dead = [c for c in rec.poisoned if c in dead_letter_ids]
+                    rec.evidence = f"{len(dead)} of {len(rec.poisoned)} poisoned chunk(s) dead-lettered" if dead else ""
+                    rec.note = "poisoned on purpose: dead-lettered, not recovered"
+                elif rec.recovered_s is None and not rec.note:
+                    rec.note = self._why_not_recovered(rec)
+
+    def _why_not_recovered(self, rec: FaultRecord) -> str:
+        if rec.at_chunks >= self.chunks:
+            return "fired after every chunk was done: nothing to recover (use a larger sweep or --cost-us)"
+        if rec.timed:
+            return "no chunk completed after the fault healed"
+        return "no redelivered chunk seen after the fault (the worker held none, or its chunks were never recovered)"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
+from collections.abc import Mapping
 
 from ttg.nemesis.base import Nemesis
 from ttg.nemesis.proxy import FaultProxy
@@ -31,11 +33,20 @@ class KillBroker(Nemesis):
         self.server = server
         self.target = "broker"
         self._down = False
+        self._pids: tuple[int | None, int | None] = (None, None)
 
     def inject(self) -> None:
         log.info("injecting kill-broker")
+        before = self.server.pid
         self.server.kill(signal.SIGKILL)
         self._down = True
+        self._pids = (before, self.server.pid)  # (pid, None): the process is really gone
+
+    def evidence(self) -> str:
+        before, after_kill = self._pids
+        if before is None or after_kill is not None:
+            return ""
+        return f"broker pid {before} killed; restarted as pid {self.server.pid}" if not self._down else f"broker pid {before} killed"
 
     def heal(self) -> None:
         if self._down:
@@ -53,11 +64,19 @@ class PauseBroker(Nemesis):
         self.server = server
         self.target = "broker"
         self._paused = False
+        self._state = ""
 
     def inject(self) -> None:
         log.info("injecting pause-broker")
         self.server.pause()
         self._paused = True
+        deadline = time.monotonic() + 1.0
+        while (state := self.server.state()) != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)  # a stop signal lands within microseconds, but not synchronously
+        self._state = state  # 'T': the kernel has the process stopped
+
+    def evidence(self) -> str:
+        return f"broker pid {self.server.pid} in state {self._state!r} (stopped)" if self._state == "T" else ""
 
     def heal(self) -> None:
         if self._paused:
@@ -67,40 +86,55 @@ class PauseBroker(Nemesis):
 
 
 class PartitionBroker(Nemesis):
-    """Cut the workers off the broker (the proxy blackholes their traffic); heal = forward again."""
+    """Cut the selected workers off the broker (their proxies blackhole the traffic); heal = forward again."""
 
     kind = "partition-broker"
 
-    def __init__(self, proxy: FaultProxy) -> None:
-        self.proxy = proxy
-        self.target = "workers<->broker"
+    def __init__(self, proxies: Mapping[str, FaultProxy]) -> None:
+        self.proxies = dict(proxies)
+        self.target = _describe(self.proxies)
         self._held_before = 0
 
     def inject(self) -> None:
-        log.info("injecting partition-broker")
-        self._held_before = self.proxy.held_while_blackholed
-        self.proxy.blackhole()
+        log.info("injecting partition-broker", extra={"worker_id": self.target})
+        self._held_before = sum(p.held_while_blackholed for p in self.proxies.values())
+        for p in self.proxies.values():
+            p.blackhole()
 
     def evidence(self) -> str:
-        return f"{self.proxy.held_while_blackholed - self._held_before} piece(s) of traffic held back"
+        held = sum(p.held_while_blackholed for p in self.proxies.values()) - self._held_before
+        return f"{held} piece(s) of traffic held back" if held else ""
 
     def heal(self) -> None:
-        self.proxy.restore()
+        for p in self.proxies.values():
+            p.restore()
 
 
 class Latency(Nemesis):
-    """Delay every piece of worker <-> broker traffic by ``latency_s``; heal = no delay."""
+    """Delay every piece of the selected workers' traffic to and from the broker by ``latency_s``; heal = no delay."""
 
     kind = "latency"
 
-    def __init__(self, proxy: FaultProxy, latency_s: float = 0.05) -> None:
-        self.proxy = proxy
+    def __init__(self, proxies: Mapping[str, FaultProxy], latency_s: float = 0.05) -> None:
+        self.proxies = dict(proxies)
         self.latency_s = latency_s
-        self.target = f"workers<->broker +{latency_s * 1000:g} ms"
+        self.target = f"{_describe(self.proxies)} +{latency_s * 1000:g} ms"
+        self._delayed_before = 0
 
     def inject(self) -> None:
         log.info("injecting latency", extra={"latency_ms": self.latency_s * 1000})
-        self.proxy.latency_s = self.latency_s
+        self._delayed_before = sum(p.delayed for p in self.proxies.values())
+        for p in self.proxies.values():
+            p.latency_s = self.latency_s
+
+    def evidence(self) -> str:
+        delayed = sum(p.delayed for p in self.proxies.values()) - self._delayed_before
+        return f"{delayed} piece(s) of traffic delayed by {self.latency_s * 1000:g} ms" if delayed else ""
 
     def heal(self) -> None:
-        self.proxy.restore()
+        for p in self.proxies.values():
+            p.restore()
+
+
+def _describe(proxies: Mapping[str, FaultProxy]) -> str:
+    return ",".join(proxies) + "<->broker"

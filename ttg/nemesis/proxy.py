@@ -39,6 +39,7 @@ class FaultProxy:
         self._thread.start()
         self.forwarded_bytes = 0
         self.held_while_blackholed = 0  # pieces the blackhole kept from the other side: proof it cut traffic
+        self.delayed = 0  # pieces the latency fault delayed: proof it slowed traffic
 
     def url_for(self, url: str) -> str:
         """``url`` with its host and port replaced by the proxy's."""
@@ -110,6 +111,7 @@ class FaultProxy:
                     self.held_while_blackholed += 1
                     self._open.wait()
                 if self.latency_s:
+                    self.delayed += 1
                     time.sleep(self.latency_s)
                 dst.sendall(data)
                 self.forwarded_bytes += len(data)

@@ -1,34 +1,68 @@
-"""Worker nemeses: signal one live worker (SIGKILL: a crash; SIGTERM: a graceful stop)."""
+"""Worker nemeses: signal some live workers (SIGKILL: a crash; SIGTERM: a graceful stop), and the selector that picks them."""
 
 from __future__ import annotations
 
 import logging
+import random
+import signal
 from collections.abc import Mapping
 
+from ttg.faults import targets_count
 from ttg.nemesis.base import Nemesis
 from ttg.runtimes import Runtime
 
 log = logging.getLogger(__name__)
 
 
-class SignalWorker(Nemesis):
-    """Send a signal to one live worker.
+def select_workers(target: str | None, alive: list[str], last_result: Mapping[str, float], rng: random.Random) -> list[str]:
+    """The workers ``target`` names among ``alive`` (see :mod:`ttg.faults` for the forms).
 
-    ``last_result`` (worker id -> time of its latest result) steers the choice to
-    the worker that has gone longest without a result: the one most surely
-    mid-chunk. Without it, or on a tie, the first in start order.
+    Counted selections prefer the workers longest without a result: the ones most
+    surely mid-chunk, so the fault orphans work. ``random`` draws from ``rng`` so a
+    seeded run (and ``ttg chaos fuzz --seed``) replays the same choice.
     """
+    if not alive:
+        raise RuntimeError("no live worker to hit")
+    if target == "random":
+        return [rng.choice(sorted(alive))]
+    count = targets_count(target, len(alive))
+    if count is None:
+        if target not in alive:
+            raise RuntimeError(f"worker {target} is not running (live: {', '.join(alive)})")
+        return [target]
+    return sorted(alive, key=lambda w: last_result.get(w, 0.0))[: min(count, len(alive))]
 
-    def __init__(self, runtime: Runtime, sig: int, kind: str, last_result: Mapping[str, float] | None = None) -> None:
+
+class SignalWorker(Nemesis):
+    """Send a signal to the selected live workers. Evidence: their exit statuses, once they have exited."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        sig: int,
+        kind: str,
+        last_result: Mapping[str, float] | None = None,
+        target: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.runtime = runtime
         self.sig = sig
         self.kind = kind
         self.last_result = last_result or {}
+        self.selector = target
+        self.rng = rng or random.Random(0)
+        self.targets: list[str] = []
 
     def inject(self) -> None:
-        alive = self.runtime.alive()
-        if not alive:
-            raise RuntimeError("no live worker to signal")
-        self.target = min(alive, key=lambda w: self.last_result.get(w, 0.0))
-        log.info("injecting %s", self.kind, extra={"worker_id": self.target})
-        self.runtime.kill(self.target, self.sig)
+        self.targets = select_workers(self.selector, self.runtime.alive(), self.last_result, self.rng)
+        self.target = ",".join(self.targets)
+        for w in self.targets:
+            log.info("injecting %s", self.kind, extra={"worker_id": w})
+            self.runtime.kill(w, self.sig)
+
+    def evidence(self) -> str:
+        codes = self.runtime.exit_codes()
+        exited = {w: codes.get(w) for w in self.targets}
+        if any(rc is None for rc in exited.values()):
+            return ""  # a terminated worker is still finishing its chunk
+        return "; ".join(f"{w} exited with status {rc}" + (" (SIGKILL)" if rc == -signal.SIGKILL else "") for w, rc in exited.items())

@@ -17,6 +17,11 @@ class PrivateServer(ABC):
     @abstractmethod
     def url(self) -> str: ...
 
+    @property
+    @abstractmethod
+    def pid(self) -> int | None:
+        """The server's process id (its process group's leader), None when it is not running."""
+
     @abstractmethod
     def start(self) -> Self: ...
 
@@ -37,6 +42,17 @@ class PrivateServer(ABC):
 
     def resume(self) -> None:
         self.kill(signal.SIGCONT)
+
+    def state(self) -> str:
+        """The kernel's one-letter state of the server process (R, S, T for stopped ...), '' when it is gone."""
+        pid = self.pid
+        if pid is None:
+            return ""
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return ""
 
     def __enter__(self) -> Self:
         return self.start()

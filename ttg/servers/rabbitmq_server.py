@@ -67,6 +67,10 @@ class PrivateRabbitMQ(PrivateServer):
     def management_url(self) -> str:
         return f"http://guest:guest@127.0.0.1:{self.management_port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None and self.process.poll() is None else None
+
     def _environment(self) -> dict[str, str]:
         d = self.data_dir
         (d / "rabbitmq.conf").write_text(

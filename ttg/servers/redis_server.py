@@ -47,6 +47,11 @@ class PrivateRedis(PrivateServer):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        proc = self._exec.process if self._exec is not None else None
+        return proc.pid if proc is not None and proc.poll() is None else None
+
     def _command(self) -> list[str]:
         cmd = [
             self.binary,
