@@ -17,6 +17,14 @@ from ttg.errors import (
 from ttg.plan import Chunk, ChunkPlan
 from ttg.sweep import SweepSpec
 
+
+def discover(discover_system: bool = True) -> dict[str, object]:
+    """``chaos discover ttg``: the Chaos Toolkit actions and probes TTG offers (see :mod:`ttg.chaos`)."""
+    from ttg.chaos import discover as chaos_discover
+
+    return chaos_discover(discover_system)
+
+
 __all__ = [
     "AlgorithmError",
     "Broker",
@@ -33,5 +41,6 @@ __all__ = [
     "TTGError",
     "VerdictFailed",
     "__version__",
+    "discover",
     "open_broker",
 ]

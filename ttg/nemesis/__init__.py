@@ -235,6 +235,11 @@ class FaultSchedule:
             return default
         return max(0.0, min(default, self._due_at - time.monotonic()))
 
+    def active(self) -> list[FaultRecord]:
+        """The faults injected and not healed yet."""
+        with self._lock:
+            return [rec for _, _, rec in self._active]
+
     def heal_all(self) -> None:
         """Heal every active fault now (normal end, error, timeout or signal): no broker is left dead or frozen."""
         for _, nemesis, rec in list(self._active):

@@ -13,6 +13,8 @@ from typing import Self
 class PrivateServer(ABC):
     """What both private brokers offer: start, stop, kill(sig), restart on the same data; pause/resume; ``with``."""
 
+    startup_s: float | None = None  # seconds from start() to ready, once started
+
     @property
     @abstractmethod
     def url(self) -> str: ...
