@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ttg.errors import ConfigError
-from ttg.faults import BROKER_FAULTS, WORKER_FAULTS, FaultSpec, parse_fault, targets_count
+from ttg.faults import BROKER_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec, parse_fault, targets_count
 from ttg.sweep import SweepSpec, parse_axis
 
 BACKENDS = ("redis", "rabbitmq")
@@ -250,18 +250,22 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
         if backend_for_url(cfg.sweep.broker_url) != cfg.sweep.backend:
             want = "redis://" if cfg.sweep.backend == "redis" else "amqp://"
             raise ConfigError(f"--broker-url scheme {scheme}:// does not match --backend {cfg.sweep.backend}; use a {want} URL or change --backend")
-    broker_faults = [str(f) for f in cfg.faults if f.kind in BROKER_FAULTS]
-    if broker_faults and cfg.sweep.broker_url:
-        raise ConfigError(f"{broker_faults[0]} hits the private broker TTG starts, never a shared one; drop --broker-url")
+    for f in cfg.faults:
+        check_fault(cfg, f)
     if any(f.kind == "kill-broker" for f in cfg.faults) and cfg.sweep.backend == "redis" and not cfg.persistence:
         cfg = dataclasses.replace(cfg, persistence=True)  # without AOF the restarted Redis would have lost the run
-    for f in cfg.faults:
-        hit = targets_count(f.target, cfg.workers)
-        if f.kind in WORKER_FAULTS and cfg.mode == "queue" and hit is not None and hit >= cfg.workers:
-            raise ConfigError(f"{f} would stop all {cfg.workers} worker(s) and leave none to take over; pass more --workers or a smaller /TARGET")
-        if f.kind in WORKER_FAULTS and hit is None and f.target not in worker_ids(cfg.workers):
-            raise ConfigError(f"{f} names worker {f.target!r}, but this run's workers are w0..w{cfg.workers - 1}")
     return cfg
+
+
+def check_fault(cfg: RunConfig, f: FaultSpec) -> None:
+    """Raise ConfigError when ``f`` cannot be injected into a run of ``cfg`` (also for faults added to a running sweep)."""
+    if f.kind in BROKER_FAULTS and cfg.sweep.broker_url:
+        raise ConfigError(f"{f} hits the private broker TTG starts, never a shared one; drop --broker-url")
+    hit = targets_count(f.target, cfg.workers)
+    if f.kind in WORKER_FAULTS and cfg.mode == "queue" and hit is not None and hit >= cfg.workers:
+        raise ConfigError(f"{f} would stop all {cfg.workers} worker(s) and leave none to take over; pass more --workers or a smaller /TARGET")
+    if f.kind in (*WORKER_FAULTS, *PROXY_FAULTS) and hit is None and f.target not in worker_ids(cfg.workers):
+        raise ConfigError(f"{f} names worker {f.target!r}, but this run's workers are w0..w{cfg.workers - 1}")
 
 
 def worker_ids(workers: int) -> list[str]:

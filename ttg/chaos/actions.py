@@ -13,6 +13,7 @@ from typing import Any
 from chaoslib.exceptions import ActivityFailed
 
 from ttg.chaos import session
+from ttg.config import check_fault
 from ttg.errors import TTGError
 from ttg.faults import parse_fault
 
@@ -67,10 +68,13 @@ def inject_fault(
     sweep = session.current_sweep()
     if sweep is None or sweep.live is None:
         raise ActivityFailed("no sweep is running: put a start_sweep action before inject_fault in the method")
+    if kind == "poison-chunk":
+        raise ActivityFailed("poison-chunk is set when the workers start: pass faults='poison-chunk@P%' to start_sweep instead")
     spec_text = f"{kind}@{float(at_percent):g}%" + (f":{float(duration_s):g}s" if duration_s is not None else "")
     spec_text += f"/{target}" if target not in (None, "", "default") else ""
     try:
         spec = parse_fault(spec_text)
+        check_fault(sweep.cfg, spec)
     except TTGError as e:
         raise ActivityFailed(str(e)) from None
     sweep.live.faults.add(spec)

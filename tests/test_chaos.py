@@ -1,0 +1,85 @@
+"""The Chaos Toolkit extension without a whole experiment: discovery, validation, errors, and the rollback's clean-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chaoslib.exceptions import ActivityFailed
+
+import ttg
+from ttg.chaos import actions, probes, session
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+CHAOS = Path(sys.executable).parent / "chaos"
+
+
+@pytest.fixture(autouse=True)
+def _clean_session() -> object:
+    yield
+    session.reset()
+
+
+def test_chaos_discover_finds_every_action_and_probe() -> None:
+    discovery = ttg.discover(discover_system=False)
+    names = {(a["type"], a["name"]) for a in discovery["activities"]}
+    assert {("action", n) for n in actions.__all__} <= names
+    assert {("probe", n) for n in probes.__all__} <= names
+
+
+@pytest.mark.skipif(not CHAOS.exists(), reason="no chaos CLI next to this Python (make install puts it in .venv/bin)")
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.json")), ids=lambda p: p.stem)
+def test_chaos_validate_accepts_the_experiment(path: Path) -> None:
+    proc = subprocess.run([str(CHAOS), "--no-log-file", "validate", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "experiment looks valid" in (proc.stdout + proc.stderr).lower()
+
+
+def test_every_experiment_reads_its_settings_from_ttg_environment_variables() -> None:
+    for path in EXPERIMENTS.glob("*.json"):
+        conf = json.loads(path.read_text())["configuration"]
+        assert {"backend", "params", "chunk", "workers", "fault_at_percent"} <= set(conf), path.name
+        assert all(v["type"] == "env" and v["key"].startswith("TTG_") and "default" in v for v in conf.values()), path.name
+
+
+def test_activities_fail_with_what_to_change() -> None:
+    with pytest.raises(ActivityFailed, match="put a start_sweep action before inject_fault"):
+        actions.inject_fault(kind="kill-worker")
+    with pytest.raises(ActivityFailed, match="put a start_sweep action in the method"):
+        actions.wait_for_sweep()
+    with pytest.raises(ActivityFailed, match=r"could not start the sweep: .*backend"):
+        actions.start_sweep(backend="kafka")
+    assert probes.verdict_holds(None) is False and probes.faults_took_effect(None) is False
+
+
+def test_a_wrong_fault_is_refused_before_it_touches_the_sweep(tmp_path: Path) -> None:
+    actions.start_sweep(params=40_000, chunk=1_000, workers=2, cost_us=50, configuration={"out": str(tmp_path)})
+    with pytest.raises(ActivityFailed, match="unknown fault kind 'kill-everything'"):
+        actions.inject_fault(kind="kill-everything")
+    with pytest.raises(ActivityFailed, match="would stop all 2 worker"):
+        actions.inject_fault(kind="kill-worker", target="all")
+    with pytest.raises(ActivityFailed, match="names worker 'w7'"):
+        actions.inject_fault(kind="partition-broker", target="w7", duration_s=1)
+    with pytest.raises(ActivityFailed, match="pass faults='poison-chunk@P%' to start_sweep"):
+        actions.inject_fault(kind="poison-chunk")
+    assert actions.wait_for_sweep()["lost"] == 0
+
+
+def test_the_rollback_heals_an_active_fault_and_stops_workers_and_broker(tmp_path: Path) -> None:
+    live = session.start_sweep(session.run_config({"params": 400_000, "chunk": 1_000, "workers": 2, "cost_us": 50, "out": str(tmp_path)}))
+    rec = actions.inject_fault(kind="pause-broker", at_percent=0, duration_s=600)  # far longer than the test
+    assert live.server is not None and live.server.state() == "T" and rec["evidence"] == ""
+    pid = live.server.pid
+    assert pid is not None
+    stopped = actions.stop_sweep()
+    assert stopped == {"stopped": live.run_id}
+    assert live.runtime.alive() == []
+    assert live.faults.records[0].healed_s is not None  # resumed before anything was stopped
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the broker is gone, not left frozen
+    assert actions.stop_sweep() == {"stopped": None}  # safe to run twice
