@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ttg import __version__, logs
+from ttg.cli_chaos import chaos
 from ttg.config import backend_for_url, load_management_url, load_run_config, load_sweep_settings, redact_url
 from ttg.errors import ConfigError, TTGError
 from ttg.record import RunRecord
@@ -307,6 +308,9 @@ def status_table(runs: list[Any], rates: dict[str, Any], url: str) -> Table:
             "-" if eta is None else f"{eta:,.0f} s",
         )
     return table
+
+
+cli.add_command(chaos)
 
 
 def _interrupt_on_sigterm() -> None:

@@ -182,7 +182,7 @@ class FaultSchedule:
                     continue
                 if rec.timed:
                     if rec.healed_at is not None and chunks_done > rec.chunks_at_heal:
-                        rec.recovered_s = now - rec.healed_at
+                        rec.recovered_s = max(0.0, now - rec.healed_at)  # healed on its timer thread, maybe after ``now``
                 else:
                     later = [t for t in redelivered_at if t >= rec.fired_at]
                     if later:

@@ -1,0 +1,124 @@
+"""``ttg chaos fuzz``: seeded random fault schedules, each run as a real sweep and judged.
+
+Run ``i`` of ``--seed S`` uses seed ``S + i`` for everything random in it (fault
+kinds, progress points, durations, targets, the random worker choice), so a
+failing row replays exactly with ``--seed <its seed> --runs 1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ttg.config import RunConfig, load_run_config, worker_ids
+from ttg.faults import DEFAULT_DURATION_S, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
+from ttg.run import BrokerAccess, execute, private_or_given_broker
+
+FUZZ_KINDS = ("kill-worker", "terminate-worker", "kill-broker", "pause-broker", "partition-broker", "latency", "poison-chunk")
+
+
+@dataclass(frozen=True)
+class FuzzSettings:
+    backend: str = "redis"
+    runs: int = 20
+    seed: int = 0
+    params: int = 200_000
+    chunk: int = 2_000
+    workers: int = 3
+    cost_us: float = 20.0
+    max_faults: int = 3
+    out: Path = Path("runs/fuzz")
+    broker_url: str | None = None  # a shared broker takes no broker faults: they are left out of the draw
+
+
+@dataclass
+class FuzzRow:
+    seed: int
+    faults: list[str]
+    run_id: str = ""
+    lost: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    expected_dead: int = 0
+    mismatches: int | None = 0
+    recovered_s: list[float | None] = field(default_factory=list)
+    wall_s: float = 0.0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.lost == 0 and self.dead_lettered == self.expected_dead and not self.mismatches
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "ok": self.ok}
+
+
+def draw_schedule(seed: int, workers: int, max_faults: int = 3, kinds: tuple[str, ...] = FUZZ_KINDS) -> tuple[FaultSpec, ...]:
+    """A random but reproducible fault schedule that always leaves at least one worker running."""
+    rng = random.Random(seed)
+    stoppable = workers - 1  # worker faults may stop at most this many workers in all
+    specs: list[FaultSpec] = []
+    for _ in range(rng.randint(1, max_faults)):
+        kind = rng.choice([k for k in kinds if k not in WORKER_FAULTS or stoppable > 0])
+        at = round(rng.uniform(0.05, 0.8), 2)
+        duration = round(rng.uniform(0.5, 3.0), 1) if kind in DEFAULT_DURATION_S else None
+        target: str | None = None
+        if kind in WORKER_FAULTS:
+            count = rng.randint(1, stoppable)
+            target = rng.choice([str(count), "random", "one"]) if count == 1 else str(count)
+            stoppable -= count
+        elif kind in PROXY_FAULTS:
+            target = rng.choice(["all", "one", rng.choice(worker_ids(workers))])
+        specs.append(FaultSpec(kind, at, duration, target))
+    return tuple(specs)
+
+
+def _config(s: FuzzSettings, seed: int, faults: tuple[FaultSpec, ...]) -> RunConfig:
+    given = {
+        "backend": s.backend,
+        "broker_url": s.broker_url,
+        "params": s.params,
+        "chunk": s.chunk,
+        "workers": s.workers,
+        "cost_us": s.cost_us,
+        "out": s.out,
+        "seed": seed,
+        "faults": faults,
+        "persistence": True,  # a fuzzed kill-broker must find the run on disk
+        "timeout_s": 600,
+    }
+    return load_run_config({k: v for k, v in given.items() if v is not None})
+
+
+@contextlib.contextmanager
+def _broker(s: FuzzSettings) -> Iterator[BrokerAccess]:
+    """One broker for every run: private (started once, with persistence) unless ``broker_url`` is given."""
+    with private_or_given_broker(_config(s, s.seed, ())) as access:
+        yield access
+
+
+def fuzz(s: FuzzSettings, on_row: Callable[[FuzzRow], None] | None = None) -> list[FuzzRow]:
+    kinds = tuple(k for k in FUZZ_KINDS if not (s.broker_url and k in ("kill-broker", "pause-broker")))
+    rows = []
+    with _broker(s) as access:
+        for seed in range(s.seed, s.seed + s.runs):
+            faults = draw_schedule(seed, s.workers, s.max_faults, kinds)
+            row = FuzzRow(seed, [str(f) for f in faults])
+            row.expected_dead = len({c for f in faults if f.kind == "poison-chunk" for c in f.poisoned_chunks(-(-s.params // s.chunk))})
+            try:
+                record = execute(_config(s, seed, faults), access=access)
+            except Exception as e:  # a run that cannot finish is a finding too: report it with its seed
+                row.error = f"{type(e).__name__}: {e}"
+            else:
+                v = record.verdict
+                row.run_id, row.lost, row.duplicates, row.dead_lettered = record.run_id, v["lost"], v["duplicates"], v["dead_lettered"]
+                row.mismatches, row.wall_s = v["mismatches"], record.wall_s
+                row.recovered_s = [f["recovered_s"] for f in record.faults if f["kind"] != "poison-chunk"]
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    return rows
