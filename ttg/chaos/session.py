@@ -20,7 +20,6 @@ from typing import Any
 
 from ttg.config import RunConfig, load_run_config
 from ttg.errors import TTGError
-from ttg.faults import parse_fault
 from ttg.record import RunRecord
 from ttg.run import BrokerAccess, LiveRun, execute
 from ttg.servers import PrivateServer
@@ -51,9 +50,7 @@ def settings_from(configuration: Mapping[str, Any] | None, overrides: Mapping[st
 def run_config(settings: Mapping[str, Any]) -> RunConfig:
     """A validated RunConfig from the experiment's settings; what they leave out comes from TTG_* or the defaults."""
     given = {k: v for k, v in {**EXPERIMENT_DEFAULTS, **settings}.items() if v is not None and v != ""}
-    if "faults" in given and isinstance(given["faults"], str):
-        given["faults"] = tuple(parse_fault(f) for f in given["faults"].split(",") if f.strip())
-    cfg = load_run_config(given)
+    cfg = load_run_config(given)  # "faults" may be a comma-separated string, as in TTG_FAULTS
     if cfg.sweep.backend == "redis" and not cfg.sweep.broker_url:
         cfg = dataclasses.replace(cfg, persistence=True)  # the session's Redis logs every write: a kill-broker loses nothing
     return cfg
