@@ -114,16 +114,19 @@ def test_a_private_broker_is_started_when_no_url_is_given(tmp_path: Path) -> Non
     assert rec["broker_url"].startswith("redis://127.0.0.1:") and not rec["broker_url"].endswith(":6379/0")
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "--", text], capture_output=True, text=True)
+def _processes_mentioning(text: str, parent: int | None = None) -> list[int]:
+    out = subprocess.run(["pgrep", *(["-P", str(parent)] if parent else []), "-f", "--", text], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists() and _state(pid) not in ("", "Z")
 
 
 def test_sigterm_to_the_coordinator_stops_its_workers_and_private_broker(tmp_path: Path) -> None:
     import signal
     import time
 
-    brokers_before = set(_processes_mentioning("redis-server.*ttg-redis-"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "ttg", "run", "--params", "200000", "--chunk", "1000", "--cost-us", "50", "--out", str(tmp_path)],
         stdout=subprocess.DEVNULL,
@@ -136,12 +139,14 @@ def test_sigterm_to_the_coordinator_stops_its_workers_and_private_broker(tmp_pat
     run_id = next(tmp_path.iterdir()).name
     time.sleep(0.5)  # let the sweep get going
     assert _processes_mentioning(f"--run-id {run_id}"), "workers should be running"
+    brokers = _processes_mentioning("redis-server", parent=proc.pid)  # redis rewrites its title: find it as our child
+    assert len(brokers) == 1, "the run's private broker should be running"
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert not _processes_mentioning(f"--run-id {run_id}"), "workers were orphaned"
-    assert set(_processes_mentioning("redis-server.*ttg-redis-")) <= brokers_before, "the private broker was orphaned"
+    assert not _alive(brokers[0]), "the private broker was orphaned"
 
 
 def test_bench_compares_ttg_with_pool_side_by_side() -> None:
@@ -169,3 +174,33 @@ def test_a_worker_gives_up_on_an_unreachable_broker_with_exit_3() -> None:
     proc = ttg("worker", "--broker-url", url, "--run-id", "x", "--broker-wait", "1")
     assert proc.returncode == 3, proc.stderr
     assert "Redis unreachable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def test_sigterm_during_a_broker_pause_resumes_and_stops_the_broker(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ttg", "run", "--params", "400000", "--chunk", "1000", "--cost-us", "50", "--fault", "pause-broker@10%:600s", "--out", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    paused: list[int] = []
+    while not paused and time.monotonic() < deadline and proc.poll() is None:
+        paused = [p for p in _processes_mentioning("redis-server", parent=proc.pid) if _state(p) == "T"]
+        time.sleep(0.05)
+    assert paused, "the broker should be frozen by the fault"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert not _alive(paused[0]), "the frozen broker was left behind"
