@@ -187,9 +187,9 @@ def test_sigterm_during_a_broker_pause_resumes_and_stops_the_broker(tmp_path: Pa
     import signal
     import time
 
+    args = ["run", "--params", "400000", "--chunk", "1000", "--cost-us", "50", "--fault", "pause-broker@10%:600s", "--out", str(tmp_path)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ttg", "run", "--params", "400000", "--chunk", "1000", "--cost-us", "50", "--fault", "pause-broker@10%:600s"]
-        + ["--out", str(tmp_path)],
+        [sys.executable, "-m", "ttg", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
