@@ -24,11 +24,17 @@ def _clean_session() -> object:
     session.reset()
 
 
-def test_chaos_discover_finds_every_action_and_probe() -> None:
-    discovery = ttg.discover(discover_system=False)
-    names = {(a["type"], a["name"]) for a in discovery["activities"]}
+@pytest.mark.skipif(not CHAOS.exists(), reason="no chaos CLI next to this Python (make install puts it in .venv/bin)")
+def test_chaos_discover_ttg_finds_every_action_and_probe(tmp_path: Path) -> None:
+    # Through the real CLI: chaoslib imports the distribution's first top-level package, which is `fixtures`.
+    out = tmp_path / "discovery.json"
+    cmd = [str(CHAOS), "--no-log-file", "discover", "--no-install", "--no-system-info", "--discovery-path", str(out), "ttg"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and out.exists(), proc.stdout + proc.stderr
+    names = {(a["type"], a["name"]) for a in json.loads(out.read_text())["activities"]}
     assert {("action", n) for n in actions.__all__} <= names
     assert {("probe", n) for n in probes.__all__} <= names
+    assert ttg.discover(discover_system=False)["activities"]
 
 
 @pytest.mark.skipif(not CHAOS.exists(), reason="no chaos CLI next to this Python (make install puts it in .venv/bin)")
