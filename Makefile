@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install brokers demo test scenarios lint bench clean
+.PHONY: install brokers demo test scenarios lint bench image clean
+
+IMAGE ?= ttg-worker:$(shell $(PYTHON) -c 'import re; print(re.search(r"__version__ = \"(.+?)\"", open("ttg/__init__.py").read()).group(1))')
 
 install: $(VENV)/.installed brokers
 
@@ -11,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "TTG needs Python >= 3.11 (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,chaos]'
+	$(PY) -m pip install -q -e '.[dev,chaos,k8s]'
 	@touch $@
 
 brokers:
@@ -34,6 +36,10 @@ lint: install
 
 bench: install
 	$(VENV)/bin/ttg bench --params 10000000 --chunk 10000 --workers 2
+
+image:
+	@command -v docker >/dev/null || { echo "make image needs docker (https://docs.docker.com/engine/install/)"; exit 1; }
+	docker build --build-arg VERSION=$(word 2,$(subst :, ,$(IMAGE))) -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -126,7 +126,7 @@ def test_config_precedence_argument_over_env_over_default() -> None:
         ({"broker_url": "http://x"}, "broker URL must start with redis://"),
         ({"backend": "redis", "broker_url": "amqp://h"}, "does not match --backend redis"),
         ({"faults": ["explode@30%"]}, "unknown fault kind 'explode'"),
-        ({"faults": ["kill-worker@30%"], "workers": 1}, "at least 2 workers"),
+        ({"faults": ["kill-worker@30%"], "workers": 1}, "would stop all 1 worker(s) and leave none to take over"),
     ],
 )
 def test_config_errors_name_the_setting_and_the_fix(given: dict[str, object], message: str) -> None:
@@ -140,6 +140,52 @@ def test_fault_grammar() -> None:
     with pytest.raises(ConfigError, match="KIND@P%"):
         parse_fault("kill-worker")
     assert Verify.parse("sample:50") == Verify("sample", 50)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "duration", "target"),
+    [
+        ("kill-worker@30%/2", "kill-worker", None, "2"),
+        ("terminate-worker@50%/25%", "terminate-worker", None, "25%"),
+        ("kill-pod@30%/random", "kill-pod", None, "random"),
+        ("partition-broker@30%:3s/w1", "partition-broker", 3.0, "w1"),
+        ("latency@20%:1.5s/all", "latency", 1.5, "all"),
+        ("pause-broker@30%", "pause-broker", 3.0, None),  # the kind's default duration
+        ("poison-chunk@50%/3", "poison-chunk", None, "3"),
+    ],
+)
+def test_fault_targets_and_durations_round_trip(text: str, kind: str, duration: float | None, target: str | None) -> None:
+    f = parse_fault(text)
+    assert (f.kind, f.duration, f.target) == (kind, duration, target)
+    assert parse_fault(str(f)) == f
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("kill-worker@30%:2s", "takes no duration"),
+        ("kill-broker@30%/w1", "takes no /TARGET"),
+        ("kill-worker@30%/0", "fault target must be"),
+        ("kill-worker@30%/150%", "fault target must be"),
+        ("poison-chunk@30%/some", "number of chunks to poison"),
+        ("kill-worker@100%", "0..99%"),
+    ],
+)
+def test_fault_errors_say_what_to_change(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_fault(text)
+
+
+def test_fault_targets_must_leave_a_survivor_and_name_real_workers() -> None:
+    with pytest.raises(ConfigError, match="would stop all 3 worker"):
+        load_run_config({"workers": 3, "faults": ["kill-worker@30%/all"]}, env={})
+    with pytest.raises(ConfigError, match="would stop all 3 worker"):
+        load_run_config({"workers": 3, "faults": ["terminate-worker@30%/100%"]}, env={})
+    with pytest.raises(ConfigError, match="names worker 'w5'"):
+        load_run_config({"workers": 3, "faults": ["partition-broker@30%:1s/w5"]}, env={})
+    load_run_config({"workers": 3, "mode": "static", "faults": ["kill-worker@30%/all"]}, env={})  # static mode: losing them all is the point
+    assert parse_fault("poison-chunk@50%/3").poisoned_chunks(10) == [5, 6, 7]
+    assert parse_fault("poison-chunk@99%/3").poisoned_chunks(10) == [9]
 
 
 def test_passwords_are_redacted() -> None:

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from ttg import __version__, logs
 from ttg.cli_chaos import chaos
+from ttg.cli_k8s import k8s
 from ttg.config import backend_for_url, load_management_url, load_run_config, load_sweep_settings, redact_url
 from ttg.errors import ConfigError, TTGError
 from ttg.record import RunRecord
@@ -90,14 +91,19 @@ def cli() -> None:
 @click.option("--persistence/--no-persistence", default=None, help="Private Redis with AOF (fsync always). [env TTG_PERSISTENCE]")
 @click.option("--timeout", "timeout_s", help="Give up collecting after this many seconds. [env TTG_TIMEOUT_S; default 3600]")
 @click.option("--seed", help="Seed of the verification sample. [env TTG_SEED; default 0]")
+@click.option("--runtime", help="local (worker processes) or kubernetes (a worker Job; the coordinator runs in the cluster). [env TTG_RUNTIME]")
+@click.option("--namespace", help="Kubernetes namespace of the run. [env TTG_NAMESPACE; default ttg]")
+@click.option("--image", help="Kubernetes: the TTG image (make image). [env TTG_IMAGE; default ttg-worker:<version>]")
+@click.option("--run-id", "run_id", default=None, help="The run's id (default: a new random one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the coordinator's steps to stderr.")
-def run(as_json: bool, verbose: bool, **options: Any) -> int:
+def run(as_json: bool, verbose: bool, run_id: str | None, **options: Any) -> int:
     """Run one sweep and end with a verdict."""
     from ttg.run import Progress as RunProgress
-    from ttg.run import execute
+    from ttg.run import new_run_id
 
     cfg = load_run_config(_given(**options))
+    run_id = run_id or new_run_id()
     logs.setup("text", logging.INFO if verbose else logging.WARNING)
     columns = [
         TextColumn("[bold]sweep"),
@@ -112,17 +118,42 @@ def run(as_json: bool, verbose: bool, **options: Any) -> int:
     with Progress(*columns, console=err, transient=False, disable=not err.is_terminal and as_json) as bar:
         task = bar.add_task("sweep", total=None, rate="-")
 
+        last_line = [0.0]
+
         def on_progress(p: RunProgress) -> None:
             rate = f"{p.params_done / p.elapsed_s:,.0f}" if p.elapsed_s > 0 else "-"
             bar.update(task, total=p.chunks_total, completed=p.chunks_done, rate=rate)
+            if not err.is_terminal and (p.elapsed_s - last_line[0] >= 5.0 or p.chunks_done == p.chunks_total):
+                # No live bar in a log (a pod, CI): a plain line every 5 s, which `--runtime kubernetes` streams back.
+                last_line[0] = p.elapsed_s
+                err.print(f"progress {p.chunks_done}/{p.chunks_total} chunks, {rate} params/s, {p.elapsed_s:.1f} s", highlight=False)
 
-        record = execute(cfg, on_progress=on_progress)
+        record = _run_somewhere(cfg, run_id, on_progress)
     err.print(summary_table(record))
     if as_json:
         click.echo(json.dumps(record.to_dict(), indent=2))
     else:
         err.print(f"run record: {record.run_dir}/record.json")
     return 0 if record.verdict["ok"] else 1
+
+
+def _run_somewhere(cfg: Any, run_id: str, on_progress: Any) -> RunRecord:
+    """Locally; as the in-cluster coordinator of a Kubernetes run; or, from outside a cluster, by deploying one."""
+    from ttg.run import execute
+
+    if cfg.runtime == "local":
+        return execute(cfg, on_progress=on_progress, run_id=run_id)
+    from ttg.config import in_cluster
+    from ttg.k8s.cluster import connect
+
+    if in_cluster():
+        from ttg.k8s.runtime import KubernetesRuntime
+
+        return execute(cfg, on_progress=on_progress, run_id=run_id, runtime=KubernetesRuntime(connect(), cfg.namespace, run_id))
+    from ttg.k8s.launch import launch
+
+    err.print(f"deploying run {run_id} to namespace {cfg.namespace}; the coordinator runs in the cluster and its log follows")
+    return launch(cfg, run_id, on_line=lambda line: err.print(f"[dim]coordinator[/dim] {line}", highlight=False))
 
 
 def summary_table(record: RunRecord) -> Table:
@@ -311,6 +342,7 @@ def status_table(runs: list[Any], rates: dict[str, Any], url: str) -> Table:
 
 
 cli.add_command(chaos)
+cli.add_command(k8s)
 
 
 def _interrupt_on_sigterm() -> None:

@@ -21,6 +21,7 @@ from ttg.sweep import SweepSpec, parse_axis
 
 BACKENDS = ("redis", "rabbitmq")
 MODES = ("queue", "static")
+RUNTIMES = ("local", "kubernetes")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _SCHEME_BACKEND = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq"}
@@ -179,6 +180,9 @@ class RunConfig:
     persistence: bool = False
     timeout_s: float = 3600.0
     seed: int = 0
+    runtime: str = "local"  # local processes, or pods of a worker Job on Kubernetes
+    namespace: str = "ttg"  # Kubernetes namespace of the run's objects
+    image: str = ""  # Kubernetes: the worker and coordinator image ("" = ttg-worker:<version>)
 
 
 # name -> (converter, default); the name is also the TTG_<NAME> environment variable.
@@ -205,6 +209,9 @@ _RUN_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "persistence": (_bool("persistence"), False),
     "timeout_s": (_float_in("timeout_s", "--timeout", 1.0, 10**7), 3600.0),
     "seed": (_int_in("seed", "--seed", 0, 2**32 - 1), 0),
+    "runtime": (_choice("runtime", "--runtime", RUNTIMES), "local"),
+    "namespace": (str, "ttg"),
+    "image": (str, ""),
 }
 
 
@@ -259,13 +266,20 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
 
 def check_fault(cfg: RunConfig, f: FaultSpec) -> None:
     """Raise ConfigError when ``f`` cannot be injected into a run of ``cfg`` (also for faults added to a running sweep)."""
+    if cfg.runtime == "kubernetes" and f.kind not in (*WORKER_FAULTS, "poison-chunk"):
+        raise ConfigError(f"{f} is a local-runtime fault; on Kubernetes use kill-pod, kill-worker, terminate-worker or poison-chunk")
     if f.kind in BROKER_FAULTS and cfg.sweep.broker_url:
         raise ConfigError(f"{f} hits the private broker TTG starts, never a shared one; drop --broker-url")
     hit = targets_count(f.target, cfg.workers)
     if f.kind in WORKER_FAULTS and cfg.mode == "queue" and hit is not None and hit >= cfg.workers:
         raise ConfigError(f"{f} would stop all {cfg.workers} worker(s) and leave none to take over; pass more --workers or a smaller /TARGET")
-    if f.kind in (*WORKER_FAULTS, *PROXY_FAULTS) and hit is None and f.target not in worker_ids(cfg.workers):
+    if f.kind in (*WORKER_FAULTS, *PROXY_FAULTS) and hit is None and cfg.runtime == "local" and f.target not in worker_ids(cfg.workers):
         raise ConfigError(f"{f} names worker {f.target!r}, but this run's workers are w0..w{cfg.workers - 1}")
+
+
+def in_cluster(env: Mapping[str, str] | None = None) -> bool:
+    """True inside a Kubernetes pod (the service account's API endpoint is in the environment)."""
+    return "KUBERNETES_SERVICE_HOST" in (os.environ if env is None else env)
 
 
 def worker_ids(workers: int) -> list[str]:

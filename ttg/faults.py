@@ -2,7 +2,8 @@
 
 ``KIND@P%[:Ds][/TARGET]``:
 
-- ``kill-worker@30%`` SIGKILLs one worker once 30 % of the chunks are done;
+- ``kill-worker@30%`` SIGKILLs one worker once 30 % of the chunks are done (``kill-pod@30%`` says the same
+  for a pod: the Kubernetes runtime deletes it with no grace period);
   ``terminate-worker@50%`` sends SIGTERM instead (a graceful stop).
 - ``kill-broker@30%:2s`` SIGKILLs the private broker and restarts it on its data 2 s later;
   ``pause-broker@30%:5s`` freezes it (SIGSTOP) for 5 s.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from ttg.errors import ConfigError
 
-WORKER_FAULTS = ("kill-worker", "terminate-worker")
+WORKER_FAULTS = ("kill-worker", "terminate-worker", "kill-pod")  # kill-pod: kill-worker by its Kubernetes name
 BROKER_FAULTS = ("kill-broker", "pause-broker")  # need the private broker's process
 PROXY_FAULTS = ("partition-broker", "latency")  # need the fault proxies between workers and broker
 KNOWN_FAULTS = (*WORKER_FAULTS, *BROKER_FAULTS, *PROXY_FAULTS, "poison-chunk")

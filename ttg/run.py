@@ -221,6 +221,7 @@ def execute(
     access: BrokerAccess | None = None,
     on_start: Callable[[LiveRun], None] | None = None,
     cancel: threading.Event | None = None,
+    runtime: Runtime | None = None,
 ) -> RunRecord:
     """Run one sweep and return its record (also written to ``<out>/<run_id>/record.json``).
 
@@ -228,7 +229,8 @@ def execute(
     faults); otherwise the configured or a private per-run broker. ``on_start`` receives the
     :class:`LiveRun` once the plan is published, and then the workers reach the broker
     through fault proxies, so faults of every kind can be added while the sweep runs.
-    ``cancel`` ends collection early; the run is judged as it stands.
+    ``cancel`` ends collection early; the run is judged as it stands. ``runtime``: where the
+    workers run (default: local processes; the in-cluster coordinator passes its worker Job's).
     """
     algorithms.load(cfg.sweep.algorithm)  # a typo in --algorithm is a usage error, before any worker starts
     run_id = run_id or new_run_id()
@@ -240,14 +242,15 @@ def execute(
     with contextlib.nullcontext(access) if access is not None else private_or_given_broker(cfg) as given:
         url, broker_startup_s = given.url, given.startup_s
         broker = open_broker(url, run_id, max_deliveries=cfg.sweep.max_deliveries, reclaim_after_s=cfg.sweep.reclaim_after_s, prefetch=cfg.sweep.prefetch)
-        runtime = LocalRuntime(run_dir / "logs")
+        runtime = runtime or LocalRuntime(run_dir / "logs")
         # Partition and latency faults need a path to cut: each worker reaches the broker through its own fault proxy.
         proxies = _proxies_for(cfg, url, always=on_start is not None)
         try:
             broker.declare(plan.chunks)
             runtime.start(worker_launches(cfg, {w: p.url_for(url) for w, p in proxies.items()} or url, run_id, plan.chunks))
             if cfg.mode == "queue":
-                _wait_connected(broker, runtime, cfg.workers)
+                # Pods may wait for a node and pull an image first; local processes connect within a second or two.
+                _wait_connected(broker, runtime, cfg.workers, timeout_s=60.0 if runtime.name == "local" else 600.0)
             startup_s = time.monotonic() - t_start
             ledger = Ledger(plan, run_id, run_dir / "results.npy")
             collector = _Collector(cfg, broker, runtime, ledger, on_progress, given.server, proxies, cancel)

@@ -49,7 +49,7 @@ def nemesis_for(
     proxies: Mapping[str, FaultProxy] | None = None,
     rng: random.Random | None = None,
 ) -> Nemesis:
-    if spec.kind == "kill-worker":
+    if spec.kind in ("kill-worker", "kill-pod"):
         return SignalWorker(runtime, signal.SIGKILL, spec.kind, last_result, spec.target, rng)
     if spec.kind == "terminate-worker":
         return SignalWorker(runtime, signal.SIGTERM, spec.kind, last_result, spec.target, rng)

@@ -1,0 +1,65 @@
+"""``ttg run --runtime kubernetes`` from outside the cluster: apply the run's manifests, follow its coordinator.
+
+The coordinator runs in the cluster (results on its PVC); this side only
+streams the coordinator pod's log back, line by line, and reads the run record
+it prints last (``ttg run --json``), so no result crosses a port-forward.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ttg.config import RunConfig
+from ttg.errors import RuntimeStartError
+from ttg.k8s.cluster import RUN_LABEL, Cluster, ClusterError, connect
+from ttg.k8s.manifests import IMAGE, ManifestSettings, documents
+from ttg.record import RunRecord
+
+
+def record_from_log(text: str) -> RunRecord:
+    """The run record the coordinator printed last: the final top-level JSON object of its log."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line == "{"]
+    for i in reversed(starts):
+        try:
+            doc = json.loads("\n".join(lines[i:]))
+            return RunRecord(**{k: v for k, v in doc.items() if k in RunRecord.__dataclass_fields__})
+        except (json.JSONDecodeError, TypeError):  # not JSON, or JSON that is not a run record
+            continue
+    raise ClusterError("the coordinator's log holds no run record: it failed before judging; see `kubectl logs` of its pod")
+
+
+def launch(cfg: RunConfig, run_id: str, on_line: Callable[[str], None], timeout_s: float = 600.0, context: str | None = None) -> RunRecord:
+    api_client = connect(context)
+    cluster = Cluster(api_client, cfg.namespace)
+    settings = ManifestSettings(run_id, cfg, namespace=cfg.namespace, image=cfg.image or IMAGE)
+    cluster.apply(documents(settings))
+    pod = _coordinator_pod(cluster, run_id, timeout_s)
+    from kubernetes import client, watch
+
+    core = client.CoreV1Api(api_client)
+    for line in watch.Watch().stream(core.read_namespaced_pod_log, pod, cfg.namespace, follow=True):
+        on_line(str(line))
+    return record_from_log(str(core.read_namespaced_pod_log(pod, cfg.namespace)))
+
+
+def _coordinator_pod(cluster: Cluster, run_id: str, timeout_s: float) -> str:
+    """The coordinator pod's name once it has started (its log can be followed)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api_client)
+    selector = f"app.kubernetes.io/component=coordinator,{RUN_LABEL}={run_id}"
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        pods = core.list_namespaced_pod(cluster.namespace, label_selector=selector).items
+        for p in pods:
+            last = p
+            if p.status.phase in ("Running", "Succeeded", "Failed"):
+                return str(p.metadata.name)
+        time.sleep(1.0)
+    state = f"{last.metadata.name} is {last.status.phase}" if last is not None else "no coordinator pod was created"
+    raise RuntimeStartError(f"the coordinator did not start within {timeout_s:.0f}s: {state}; check `kubectl -n {cluster.namespace} describe pods`")

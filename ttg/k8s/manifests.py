@@ -1,0 +1,137 @@
+"""Render a run's Kubernetes manifests (``ttg k8s render``) from the package's Jinja2 templates."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+
+from ttg import __version__
+from ttg.config import RunConfig
+from ttg.errors import ConfigError
+
+IMAGE = f"ttg-worker:{__version__}"
+REDIS_IMAGE = "redis:7.2.5"
+RABBITMQ_IMAGE = "rabbitmq:3.13.7-management"
+TEMPLATES = ("namespace", "secret", "{backend}", "networkpolicy", "coordinator", "workers")
+
+
+@dataclass(frozen=True)
+class ManifestSettings:
+    """What the templates need, derived from a RunConfig plus the cluster-side choices."""
+
+    run_id: str
+    cfg: RunConfig
+    namespace: str = "ttg"
+    image: str = IMAGE
+    redis_image: str = REDIS_IMAGE
+    rabbitmq_image: str = RABBITMQ_IMAGE
+    broker_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    broker_storage: str = "2Gi"
+    results_storage: str = "2Gi"
+    broker_cpu: str = "500m"
+    broker_memory: str = "1Gi"
+    coordinator_cpu: str = "500m"
+    coordinator_memory: str = "1Gi"
+    worker_cpu: str = "1"
+    worker_memory: str = "512Mi"
+    consumer_timeout_ms: int = 3_600_000  # RabbitMQ: one task message may stay with a worker this long
+    ttl_seconds: int = 86_400  # finished Jobs (and their pods' logs) are kept a day
+    grace_seconds: int = 60  # a SIGTERMed worker finishes its chunk within this
+
+    # -- derived values the templates use ------------------------------------------------
+    @property
+    def version(self) -> str:
+        return __version__
+
+    @property
+    def backend(self) -> str:
+        return self.cfg.sweep.backend
+
+    @property
+    def mode(self) -> str:
+        return self.cfg.mode
+
+    @property
+    def workers(self) -> int:
+        return self.cfg.workers
+
+    @property
+    def broker_user(self) -> str:
+        return "ttg"
+
+    @property
+    def broker_host(self) -> str:
+        return f"ttg-{self.backend}-{self.run_id}"
+
+    @property
+    def broker_ports(self) -> list[int]:
+        return [6379] if self.backend == "redis" else [5672, 15672]
+
+    @property
+    def broker_url(self) -> str:
+        host = f"{self.broker_host}-0.{self.broker_host}.{self.namespace}.svc"
+        if self.backend == "redis":
+            return f"redis://:{self.broker_password}@{host}:6379/0"
+        return f"amqp://{self.broker_user}:{self.broker_password}@{host}:5672/%2F"
+
+    @property
+    def backoff_limit(self) -> int:
+        # Crashes that are not disruptions (OOM, a broker outage beyond --broker-wait) get a few retries per worker.
+        return max(6, 2 * self.workers)
+
+    @property
+    def worker_args(self) -> list[str]:
+        s = self.cfg.sweep
+        args = ["worker", "--run-id", self.run_id, "--worker-id", "$(POD_NAME)", "--algorithm", s.algorithm, "--cost-us", f"{s.cost_us:g}"]
+        args += ["--max-deliveries", str(s.max_deliveries), "--reclaim-after", f"{s.reclaim_after_s:g}", "--log-format", "json"]
+        args += [part for axis in s.grid for part in ("--grid", axis)]
+        if self.mode == "static":
+            args += ["--static", f"$(JOB_INDEX)/{self.workers}", "--params", str(self.cfg.params), "--chunk", str(self.cfg.chunk)]
+        return args
+
+    @property
+    def coordinator_args(self) -> list[str]:
+        c, s = self.cfg, self.cfg.sweep
+        args = ["run", "--runtime", "kubernetes", "--run-id", self.run_id, "--backend", s.backend, "--params", str(c.params), "--chunk", str(c.chunk)]
+        args += ["--workers", str(c.workers), "--mode", c.mode, "--algorithm", s.algorithm, "--cost-us", f"{s.cost_us:g}", "--verify", str(c.verify)]
+        args += ["--max-deliveries", str(s.max_deliveries), "--reclaim-after", f"{s.reclaim_after_s:g}", "--out", "/results", "--json"]
+        args += [part for axis in s.grid for part in ("--grid", axis)]
+        args += [part for f in c.faults for part in ("--fault", str(f))]
+        return args
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("ttg.k8s", "templates"),
+        undefined=jinja2.StrictUndefined,  # a typo in a template is an error, not an empty field
+        keep_trailing_newline=True,
+        autoescape=False,  # YAML, not HTML; every free-text value goes through |tojson or is generated
+    )
+    return env
+
+
+def render(settings: ManifestSettings) -> str:
+    """All of the run's manifests as one multi-document YAML stream, in the order they must be applied."""
+    if settings.cfg.sweep.broker_url:
+        raise ConfigError("ttg k8s render deploys the run's own broker; drop --broker-url (TTG_BROKER_URL)")
+    env = _environment()
+    docs = []
+    for name in TEMPLATES:
+        text = env.get_template(f"{name.format(backend=settings.backend)}.yaml.j2").render(s=settings)
+        docs.append(text.strip() + "\n")
+    return "---\n".join(docs)
+
+
+def documents(settings: ManifestSettings) -> list[dict[str, Any]]:
+    """The rendered manifests as objects (for the API client and the tests)."""
+    import yaml
+
+    return [d for d in yaml.safe_load_all(render(settings)) if d]
+
+
+def with_image(settings: ManifestSettings, image: str) -> ManifestSettings:
+    return dataclasses.replace(settings, image=image)
