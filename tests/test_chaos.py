@@ -38,7 +38,7 @@ def test_chaos_discover_ttg_finds_every_action_and_probe(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(not CHAOS.exists(), reason="no chaos CLI next to this Python (make install puts it in .venv/bin)")
-@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.rglob("*.json")), ids=lambda p: str(p.relative_to(EXPERIMENTS).with_suffix("")))
 def test_chaos_validate_accepts_the_experiment(path: Path) -> None:
     proc = subprocess.run([str(CHAOS), "--no-log-file", "validate", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -46,7 +46,7 @@ def test_chaos_validate_accepts_the_experiment(path: Path) -> None:
 
 
 def test_every_experiment_reads_its_settings_from_ttg_environment_variables() -> None:
-    for path in EXPERIMENTS.glob("*.json"):
+    for path in EXPERIMENTS.rglob("*.json"):
         conf = json.loads(path.read_text())["configuration"]
         assert {"backend", "params", "chunk", "workers", "fault_at_percent"} <= set(conf), path.name
         assert all(v["type"] == "env" and v["key"].startswith("TTG_") and "default" in v for v in conf.values()), path.name
@@ -88,3 +88,30 @@ def test_the_rollback_heals_an_active_fault_and_stops_workers_and_broker(tmp_pat
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the broker is gone, not left frozen
     assert actions.stop_sweep() == {"stopped": None}  # safe to run twice
+
+
+def test_kubernetes_activities_say_why_they_cannot_run_without_a_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ttg.chaos import kubernetes as k8s_chaos
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ActivityFailed, match="no cluster to talk to"):
+        k8s_chaos.start_kubernetes_sweep(run_id="x", configuration={"kube_context": None})
+    with pytest.raises(ActivityFailed, match="put start_kubernetes_sweep first"):
+        k8s_chaos.wait_for_progress(percent=30)
+    assert k8s_chaos.worker_pods_seen() == {"phase": "baseline", "faults": []}
+
+
+def test_a_pod_that_went_away_mid_run_is_the_kill_pod_evidence() -> None:
+    from ttg.chaos import kubernetes as k8s_chaos
+
+    follower = k8s_chaos._Follower(cluster=None, run_id="r1")  # type: ignore[arg-type]  # no cluster is used by these two
+    follower.lines = ["deploying", "progress 10/200 chunks, 1,000 params/s, 5.0 s", "progress 80/200 chunks, 1,200 params/s, 10.0 s", "{"]
+    assert follower.progress() == 40.0
+    k8s_chaos._state["sweep"] = follower
+    try:
+        assert probes.faults_took_effect(k8s_chaos.worker_pods_seen(), kinds=["kill-pod"]) is False  # nothing died: no proof
+        follower.pods_seen, follower.pods_gone = {"w-a": 0.0, "w-b": 0.0, "w-c": 1.0}, ["w-a"]
+        assert probes.faults_took_effect(k8s_chaos.worker_pods_seen(), kinds=["kill-pod"]) is True
+    finally:
+        k8s_chaos._state.clear()

@@ -37,7 +37,7 @@ def launch(cfg: RunConfig, run_id: str, on_line: Callable[[str], None], timeout_
     cluster = Cluster(api_client, cfg.namespace)
     settings = ManifestSettings(run_id, cfg, namespace=cfg.namespace, image=cfg.image or IMAGE)
     cluster.apply(documents(settings))
-    pod = _coordinator_pod(cluster, run_id, timeout_s)
+    pod = coordinator_pod(cluster, run_id, timeout_s)
     from kubernetes import client, watch
 
     core = client.CoreV1Api(api_client)
@@ -46,7 +46,7 @@ def launch(cfg: RunConfig, run_id: str, on_line: Callable[[str], None], timeout_
     return record_from_log(str(core.read_namespaced_pod_log(pod, cfg.namespace)))
 
 
-def _coordinator_pod(cluster: Cluster, run_id: str, timeout_s: float) -> str:
+def coordinator_pod(cluster: Cluster, run_id: str, timeout_s: float) -> str:
     """The coordinator pod's name once it has started (its log can be followed)."""
     from kubernetes import client
 
