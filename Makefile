@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install brokers demo test scenarios lint bench image clean
+.PHONY: install brokers demo test scenarios lint bench image report clean
 
 IMAGE ?= ttg-worker:$(shell $(PYTHON) -c 'import re; print(re.search(r"__version__ = \"(.+?)\"", open("ttg/__init__.py").read()).group(1))')
 
@@ -36,6 +36,17 @@ lint: install
 
 bench: install
 	$(VENV)/bin/ttg bench --params 10000000 --chunk 10000 --workers 2
+
+# The milestone results report: small and medium sweeps on both backends (with their fault scenarios and the
+# benchmarks), the chaos experiments' journals, rendered into reports/milestone/ (Markdown, .docx, HTML).
+REPORT_RUNS := runs/report
+report: install
+	rm -rf $(REPORT_RUNS) && mkdir -p $(REPORT_RUNS)
+	$(PY) -m pytest -q -p no:cacheprovider scenarios/test_sweeps.py scenarios/test_faults.py scenarios/test_benchmarks.py \
+		--ttg-scales small,medium --ttg-results $(REPORT_RUNS) --benchmark-json $(REPORT_RUNS)/benchmarks.json
+	for e in kill-worker static-kill-worker kill-broker partition-broker poison-chunk; do \
+		TTG_OUT=$(REPORT_RUNS)/chaos $(VENV)/bin/chaos --no-log-file run experiments/$$e.json --journal-path $(REPORT_RUNS)/$$e.journal.json || true; done
+	$(VENV)/bin/ttg report $(REPORT_RUNS) --format md,docx,html --out reports/milestone --title "TTG milestone results"
 
 image:
 	@command -v docker >/dev/null || { echo "make image needs docker (https://docs.docker.com/engine/install/)"; exit 1; }

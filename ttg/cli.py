@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -135,6 +136,22 @@ def run(as_json: bool, verbose: bool, run_id: str | None, **options: Any) -> int
     else:
         err.print(f"run record: {record.run_dir}/record.json")
     return 0 if record.verdict["ok"] else 1
+
+
+@cli.command()
+@click.argument("inputs", type=click.Path(path_type=Path))
+@click.option("--format", "formats", default="md,docx,html", show_default=True, help="Comma-separated: md, docx, html.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("reports/out"), show_default=True, help="Directory for report.* and img/.")
+@click.option("--title", default="TTG results", show_default=True, help="The report's title.")
+def report(inputs: Path, formats: str, out: Path, title: str) -> int:
+    """Render a results report from run records, benchmark JSON and chaos journals found under INPUTS."""
+    from ttg.report.render import make_report
+
+    logs.setup("text", logging.WARNING)
+    written = make_report(inputs, out, tuple(f.strip() for f in formats.split(",") if f.strip()), title)
+    for path in written:
+        click.echo(str(path))
+    return 0
 
 
 def _run_somewhere(cfg: Any, run_id: str, on_progress: Any) -> RunRecord:

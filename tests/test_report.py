@@ -1,0 +1,118 @@
+"""``ttg report`` from real inputs made in this session: sweeps on a private broker, a chaos journal, a benchmark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import docx
+import pytest
+
+from fixtures.plugin import BrokerHandle
+from ttg.config import load_run_config
+from ttg.report.inputs import ReportError
+from ttg.report.render import make_report
+from ttg.run import execute
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def inputs(redis_broker: BrokerHandle, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    """Real run records (a queue run with a kill, a static run that loses chunks, a poisoned chunk), a journal, a benchmark."""
+    d = tmp_path_factory.mktemp("inputs")
+    base = {"backend": "redis", "broker_url": redis_broker.url, "params": 40_000, "chunk": 1_000, "workers": 2, "cost_us": 20, "out": d}
+    runs = [
+        {**base, "faults": ["kill-worker@30%"], "reclaim_after_s": 1.0},
+        {**base, "mode": "static", "faults": ["kill-worker@30%"]},
+        {**base, "faults": ["poison-chunk@50%"], "max_deliveries": 2, "reclaim_after_s": 1.0},
+        {**base, "params": 20_000},
+    ]
+    records = [execute(load_run_config(settings, env={})).to_dict() for settings in runs]
+    chaos = Path(sys.executable).parent / "chaos"
+    env = {"TTG_OUT": str(d / "chaos-runs"), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(d)}
+    journal = d / "kill-worker.journal.json"
+    subprocess.run([str(chaos), "--no-log-file", "run", str(ROOT / "experiments/kill-worker.json"), "--journal-path", str(journal)], env=env, timeout=120)
+    bench = d / "benchmarks.json"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "scenarios/test_benchmarks.py"), "-k", "redis and chunk10k"]
+    subprocess.run([*cmd, "--benchmark-json", str(bench)], cwd=ROOT, timeout=300, capture_output=True)
+    assert journal.exists() and bench.exists()
+    return d, records
+
+
+@pytest.fixture(scope="module")
+def report(inputs: tuple[Path, list[dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    written = make_report(inputs[0], out, ("md", "docx", "html"), "Session results")
+    assert [p.name for p in written] == ["report.md", "report.docx", "report.html"]
+    return out
+
+
+def test_the_markdown_holds_the_records_numbers_and_links_its_figures(inputs: tuple[Path, list[dict[str, Any]]], report: Path) -> None:
+    md = (report / "report.md").read_text()
+    for rec in inputs[1]:
+        assert f"`{rec['run_id']}`" in md and f"{rec['params']:,}" in md and f"{rec['wall_s']:.2f}" in md
+    static = next(r for r in inputs[1] if r["mode"] == "static")
+    failures = md.split("## Failures", 1)[1].split("## What ran", 1)[0]
+    assert static["run_id"] in failures and ", ".join(map(str, static["verdict"]["lost_chunk_ids"][:20])) in failures  # first, with its lost ids
+    assert "A worker SIGKILLed mid-sweep loses no chunk" in md  # the journal
+    assert "ratio" in md and "## Milestone parity" in md and "| static |" in md and "| queue |" in md
+    for name in ("timeline", "throughput", "benchmark", "recovery"):
+        assert f"(img/{name}.png)" in md and (report / "img" / f"{name}.png").stat().st_size > 1000
+
+
+def test_the_docx_opens_and_its_tables_hold_the_numbers_with_the_failure_in_red(inputs: tuple[Path, list[dict[str, Any]]], report: Path) -> None:
+    document = docx.Document(str(report / "report.docx"))
+    cells = [c.text for t in document.tables for row in t.rows for c in row.cells]
+    for rec in inputs[1]:
+        assert rec["run_id"] in cells and f"{rec['params']:,}" in cells and str(rec["verdict"]["lost"]) in cells
+    assert len(document.inline_shapes) == 4
+    static = next(r for r in inputs[1] if r["mode"] == "static")
+    failures = {row.cells[0].text: row for row in document.tables[0].rows[1:]}  # the first table lists the failures
+    assert static["run_id"] in failures and "w:fill" in failures[static["run_id"]]._tr.xml  # shaded, so it stands out on paper
+    runs = next(t for t in document.tables if t.rows[0].cells[0].text == "run" and len(t.columns) == 14)
+    shaded = {row.cells[0].text for row in runs.rows[1:] if "w:fill" in row._tr.xml}
+    assert shaded == {r["run_id"] for r in inputs[1] if not r["verdict"]["ok"]}
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.images: list[str] = []
+        self.failing_rows = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag not in ("img", "meta", "br"):
+            self.stack.append(tag)
+        if tag == "img":
+            self.images.append(a.get("src") or "")
+        if tag == "tr" and a.get("class") in ("fail", "expected"):
+            self.failing_rows += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.stack and self.stack.pop() == tag, f"</{tag}> does not close the open <{self.stack[-1] if self.stack else ''}>"
+
+
+def test_the_html_is_well_formed_and_embeds_its_figures(report: Path) -> None:
+    page = _Page()
+    page.feed((report / "report.html").read_text())
+    page.close()
+    assert page.stack == []
+    assert len(page.images) == 4 and all(src.startswith("data:image/png;base64,") and len(src) > 2000 for src in page.images)
+    assert page.failing_rows >= 2  # in the failures table and in the runs table
+
+
+def test_a_directory_without_inputs_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ReportError, match="no run records, benchmark results or chaos journals under"):
+        make_report(tmp_path, tmp_path / "out", ("md",), "t")
+    with pytest.raises(ReportError, match="unknown report format"):
+        make_report(tmp_path, tmp_path / "out", ("pdf",), "t")
+    proc = subprocess.run([sys.executable, "-m", "ttg", "report", str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "is not a directory" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,213 @@
+"""The report's content: environment, per-run rows (failures first), faults, benchmarks, journals, milestone parity."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from glob import glob
+from typing import Any
+
+from ttg import __version__
+from ttg.report.inputs import Inputs
+
+WORKER_KILLS = ("kill-worker", "kill-pod")
+
+
+def scale_name(params: int) -> str:
+    for size, suffix in ((1_000_000, "M"), (1_000, "K")):
+        if params >= size:
+            return f"{params / size:g}{suffix}"
+    return str(params)
+
+
+def _broker_versions() -> dict[str, str]:
+    """The broker versions on this machine (the private brokers of local runs are these binaries)."""
+    out = {"redis": "not found", "rabbitmq": "not found"}
+    if shutil.which("redis-server"):
+        text = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
+        m = re.search(r"v=(\S+)", text)
+        out["redis"] = m.group(1) if m else text.strip()
+    dirs = sorted(glob("/usr/lib/rabbitmq/lib/rabbitmq_server-*"))
+    if dirs:
+        out["rabbitmq"] = dirs[-1].rsplit("-", 1)[1]
+    return out
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    scenario: str
+    backend: str
+    mode: str
+    runtime: str
+    scale: str
+    workers: int
+    params: int
+    wall_s: float
+    params_per_s: float
+    completed: int
+    expected: int
+    lost: int
+    lost_ids: list[int]
+    duplicates: int
+    dead_lettered: int
+    checksum_ok: bool | None
+    mismatches: int | None
+    dead_ids: list[int]
+    ok: bool
+    faults: list[dict[str, Any]]
+    timeline: list[list[float]]
+
+    @property
+    def expected_failure(self) -> bool:
+        """A failure the run was set up to show: static mode under a worker kill loses chunks; a poisoned chunk is
+        dead-lettered. Either way, every value that came back must still be right."""
+        if self.ok or self.mismatches:
+            return False
+        if self.mode == "static" and any(f["kind"] in WORKER_KILLS for f in self.faults):
+            return True
+        poisoned = {c for f in self.faults for c in f.get("poisoned_chunk_ids", [])}
+        return bool(poisoned) and self.lost == 0 and set(self.dead_ids) == poisoned
+
+    @property
+    def why_expected(self) -> str:
+        return "static mode loses a killed worker's block" if self.mode == "static" else "the poisoned chunk(s) were dead-lettered, as they must be"
+
+    @property
+    def checksum_text(self) -> str:
+        if self.checksum_ok is None:
+            return "not checked"
+        if self.checksum_ok:
+            return "ok"
+        if not self.mismatches and (self.lost or self.dead_lettered):
+            return "values ok; chunks missing"  # every value that came back matches; the sum lacks the missing chunks
+        return f"MISMATCH ({self.mismatches} values)"
+
+    @property
+    def fault_text(self) -> str:
+        parts = []
+        for f in self.faults:
+            rec = f.get("recovered_s")
+            parts.append(f"{f['kind']} at {f['at_s']:.2f} s" + (f", recovered {rec:.2f} s" if rec is not None else ""))
+        return "; ".join(parts) or "-"
+
+
+@dataclass
+class Report:
+    title: str
+    generated_at: str
+    environment: dict[str, str]
+    runs: list[RunRow]
+    benchmarks: list[dict[str, Any]]
+    journals: list[dict[str, Any]]
+    faults: list[dict[str, Any]]
+    parity: dict[str, Any]
+    skipped: list[str] = field(default_factory=list)
+    images: dict[str, str] = field(default_factory=dict)  # plot name -> file name under img/
+
+    @property
+    def failing_runs(self) -> list[RunRow]:
+        return [r for r in self.runs if not r.ok]
+
+    @property
+    def failing_journals(self) -> list[dict[str, Any]]:
+        return [j for j in self.journals if (j["deviated"] != j["expected_deviation"]) or j["status"] != "completed"]
+
+    @property
+    def unexpected_failures(self) -> int:
+        return sum(1 for r in self.failing_runs if not r.expected_failure) + len(self.failing_journals)
+
+    @property
+    def verdict(self) -> str:
+        if self.unexpected_failures:
+            return f"FAILED: {self.unexpected_failures} run(s) or experiment(s) failed"
+        expected = sum(1 for r in self.failing_runs if r.expected_failure)
+        note = f" ({expected} run(s) failed as they were set up to: static mode's loss, poisoned chunks dead-lettered)" if expected else ""
+        return f"PASSED: {len(self.runs)} run(s), {len(self.benchmarks)} benchmark(s), {len(self.journals)} experiment(s){note}"
+
+
+def _row(rec: dict[str, Any]) -> RunRow:
+    v = rec["verdict"]
+    return RunRow(
+        run_id=rec["run_id"],
+        scenario=rec.get("scenario", "-"),
+        backend=rec.get("backend", "?"),
+        mode=rec.get("mode", "queue"),
+        runtime=rec.get("runtime", "local"),
+        scale=scale_name(int(rec.get("params", 0))),
+        workers=int(rec.get("workers", 0)),
+        params=int(rec.get("params", 0)),
+        wall_s=float(rec.get("wall_s", 0.0)),
+        params_per_s=float(rec.get("params_per_s", 0.0)),
+        completed=int(v.get("chunks_completed", 0)),
+        expected=int(v.get("chunks_expected", 0)),
+        lost=int(v.get("lost", 0)),
+        lost_ids=list(v.get("lost_chunk_ids", []))[:20],
+        duplicates=int(v.get("duplicates", 0)),
+        dead_lettered=int(v.get("dead_lettered", 0)),
+        checksum_ok=v.get("checksum_ok"),
+        mismatches=v.get("mismatches"),
+        dead_ids=list(v.get("dead_letter_ids", [])),
+        ok=bool(v.get("ok")),
+        faults=list(rec.get("faults", [])),
+        timeline=list(rec.get("timeline", [])),
+    )
+
+
+def _parity(rows: list[RunRow]) -> dict[str, Any]:
+    """Milestone 1 vs 2 (static vs queue under a worker kill) and Milestone 3 (Redis vs RabbitMQ), from the runs present."""
+    killed = [r for r in rows if any(f["kind"] in WORKER_KILLS for f in r.faults)]
+    by_mode: dict[str, list[RunRow]] = defaultdict(list)
+    for r in killed:
+        by_mode[r.mode].append(r)
+    modes = {}
+    for mode, rs in sorted(by_mode.items()):
+        lost = sum(r.lost for r in rs)
+        modes[mode] = {"runs": len(rs), "lost": lost, "ok": sum(r.ok for r in rs), "lost_share": lost / max(1, sum(r.expected for r in rs))}
+    clean = [r for r in rows if r.mode == "queue" and not r.faults and r.ok]
+    speed: dict[str, dict[str, float]] = defaultdict(dict)
+    for (scale, backend), rs in _group(clean, lambda r: (r.scale, r.backend)).items():
+        speed[scale][backend] = statistics.median(r.params_per_s for r in rs)
+    backends = {b: {"runs": len(rs), "ok": sum(r.ok for r in rs)} for b, rs in sorted(_group(rows, lambda r: r.backend).items())}
+    return {"worker_kill": modes, "throughput": dict(speed), "backends": backends}
+
+
+def _group(rows: list[RunRow], key: Any) -> dict[Any, list[RunRow]]:
+    out: dict[Any, list[RunRow]] = defaultdict(list)
+    for r in rows:
+        out[key(r)].append(r)
+    return out
+
+
+def build(inputs: Inputs, title: str) -> Report:
+    rows = sorted((_row(r) for r in inputs.runs), key=lambda r: (r.ok or r.expected_failure, r.ok, r.backend, r.params, r.scenario))
+    faults = [{"run_id": r.run_id, "backend": r.backend, "mode": r.mode, **f} for r in rows for f in r.faults]
+    runtimes = sorted({r.runtime for r in rows}) or ["local"]
+    env = {
+        "ttg": ", ".join(sorted({str(rec.get("ttg_version", "?")) for rec in inputs.runs}) or {__version__}),
+        "report made with ttg": __version__,
+        "python": platform.python_version(),
+        **{f"{k}-server" if k == "redis" else k: v for k, v in _broker_versions().items()},
+        "cores": str(os.cpu_count()),
+        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "runtime": ", ".join(runtimes),
+    }
+    journals = sorted(inputs.journals, key=lambda j: (j["deviated"] == j["expected_deviation"] and j["status"] == "completed", j["title"]))
+    return Report(
+        title=title,
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        environment=env,
+        runs=rows,
+        benchmarks=sorted(inputs.benchmarks, key=lambda b: (b.get("backend", ""), b.get("params", 0), b.get("chunk", 0))),
+        journals=journals,
+        faults=faults,
+        parity=_parity(rows),
+        skipped=inputs.skipped,
+    )

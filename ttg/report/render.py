@@ -1,0 +1,67 @@
+"""Write the report: Markdown (figures linked), HTML (figures embedded) via Jinja2, and .docx via :mod:`ttg.report.docx`."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ttg.report import docx as docx_writer
+from ttg.report import plots
+from ttg.report.inputs import ReportError, load
+from ttg.report.model import Report, build
+
+FORMATS = ("md", "docx", "html")
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def probes(items: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{p['name']} {'met' if p['met'] else 'NOT met'}" for p in items) or "-"
+
+
+HELPERS = {"seconds": seconds, "probes": probes}
+
+
+def _environment(autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("ttg.report", "templates"), undefined=jinja2.StrictUndefined, autoescape=autoescape)
+    env.globals.update(HELPERS)
+    return env
+
+
+def markdown(report: Report, img: str = "img") -> str:
+    return _environment(False).get_template("report.md.j2").render(r=report, img=img)
+
+
+def html(report: Report, img_dir: Path) -> str:
+    images = {name: "data:image/png;base64," + base64.b64encode((img_dir / file).read_bytes()).decode() for name, file in report.images.items()}
+    return _environment(True).get_template("report.html.j2").render(r=report, images=images)
+
+
+def make_report(inputs_dir: Path, out: Path, formats: tuple[str, ...], title: str) -> list[Path]:
+    """Read ``inputs_dir``, write ``report.<format>`` for each format (and ``img/``) into ``out``; returns the files."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ReportError(f"unknown report format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}, for example --format md,docx")
+    report = build(load(inputs_dir), title)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        img_dir = out / "img"
+        report.images = plots.draw_all(report, img_dir)
+    except OSError as e:
+        raise ReportError(f"cannot write the report into {out}: {e}") from None
+    written = []
+    for fmt in formats:
+        path = out / f"report.{fmt}"
+        if fmt == "md":
+            path.write_text(markdown(report))
+        elif fmt == "html":
+            path.write_text(html(report, img_dir))
+        else:
+            docx_writer.write(report, img_dir, path)
+        written.append(path)
+    return written
