@@ -62,15 +62,22 @@ class RunRow:
     mismatches: int | None
     dead_ids: list[int]
     ok: bool
+    scenario_passed: bool | None  # the pytest scenario that made the run passed (None: not from a scenario)
     faults: list[dict[str, Any]]
     timeline: list[list[float]]
+
+    @property
+    def fine(self) -> bool:
+        return self.ok and self.scenario_passed is not False
 
     @property
     def expected_failure(self) -> bool:
         """A failure the run was set up to show: static mode under a worker kill loses chunks; a poisoned chunk is
         dead-lettered. Either way, every value that came back must still be right."""
-        if self.ok or self.mismatches:
+        if self.ok or self.mismatches or self.scenario_passed is False:
             return False
+        if self.scenario_passed:
+            return True  # its scenario asserted this very failure and passed
         if self.mode == "static" and any(f["kind"] in WORKER_KILLS for f in self.faults):
             return True
         poisoned = {c for f in self.faults for c in f.get("poisoned_chunk_ids", [])}
@@ -78,7 +85,11 @@ class RunRow:
 
     @property
     def why_expected(self) -> str:
-        return "static mode loses a killed worker's block" if self.mode == "static" else "the poisoned chunk(s) were dead-lettered, as they must be"
+        if self.mode == "static":
+            return "static mode loses a killed worker's block"
+        if self.dead_lettered and not self.lost:
+            return "the poisoned chunk(s) were dead-lettered, as they must be"
+        return "its scenario asserted this outcome and passed"
 
     @property
     def checksum_text(self) -> str:
@@ -114,7 +125,8 @@ class Report:
 
     @property
     def failing_runs(self) -> list[RunRow]:
-        return [r for r in self.runs if not r.ok]
+        """Runs whose verdict failed, and runs whose scenario failed even though the verdict held."""
+        return [r for r in self.runs if not r.fine]
 
     @property
     def failing_journals(self) -> list[dict[str, Any]]:
@@ -156,6 +168,7 @@ def _row(rec: dict[str, Any]) -> RunRow:
         mismatches=v.get("mismatches"),
         dead_ids=list(v.get("dead_letter_ids", [])),
         ok=bool(v.get("ok")),
+        scenario_passed=rec.get("scenario_passed"),
         faults=list(rec.get("faults", [])),
         timeline=list(rec.get("timeline", [])),
     )
@@ -187,7 +200,7 @@ def _group(rows: list[RunRow], key: Any) -> dict[Any, list[RunRow]]:
 
 
 def build(inputs: Inputs, title: str) -> Report:
-    rows = sorted((_row(r) for r in inputs.runs), key=lambda r: (r.ok or r.expected_failure, r.ok, r.backend, r.params, r.scenario))
+    rows = sorted((_row(r) for r in inputs.runs), key=lambda r: (r.expected_failure or r.fine, r.ok, r.backend, r.params, r.scenario))
     faults = [{"run_id": r.run_id, "backend": r.backend, "mode": r.mode, **f} for r in rows for f in r.faults]
     runtimes = sorted({r.runtime for r in rows}) or ["local"]
     env = {
