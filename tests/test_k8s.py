@@ -54,6 +54,13 @@ def test_the_queue_worker_job_tolerates_a_killed_pod() -> None:
     assert job["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
 
 
+def test_a_disrupted_coordinator_is_replaced_and_resumes_the_run() -> None:
+    job = by_kind(documents(settings(workers=6)), "Job", "coordinator")[0]["spec"]
+    assert job["podFailurePolicy"]["rules"][0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert job["backoffLimit"] > 0 and job["podReplacementPolicy"] == "Failed"  # never two coordinators at once
+    assert "--resume" in job["template"]["spec"]["containers"][0]["args"]
+
+
 def test_the_static_mode_is_an_indexed_job_whose_lost_index_is_reported_not_retried() -> None:
     docs = documents(settings(mode="static", workers=4, params=100_000, chunk=1_000))
     job = by_kind(docs, "Job", "worker")[0]["spec"]

@@ -87,10 +87,12 @@ class Broker(ABC):
 
     @abstractmethod
     def read_results(self, max_count: int, timeout_s: float) -> list[bytes]:
-        """Take up to ``max_count`` encoded results, in arrival order.
+        """Take about ``max_count`` encoded results (a batch is never split), in arrival order.
 
         Blocks for at most ``timeout_s``; returns an empty list when nothing came.
-        Each result is returned once; what is returned is removed from the broker.
+        What one call returns is removed from the broker by the *next* call (or stays there
+        if the caller dies first): the caller records results before asking for more, so a
+        coordinator that crashes in between loses nothing; a successor reads them again.
         """
 
     @abstractmethod

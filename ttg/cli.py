@@ -96,14 +96,19 @@ def cli() -> None:
 @click.option("--namespace", help="Kubernetes namespace of the run. [env TTG_NAMESPACE; default ttg]")
 @click.option("--image", help="Kubernetes: the TTG image (make image). [env TTG_IMAGE; default ttg-worker:<version>]")
 @click.option("--run-id", "run_id", default=None, help="The run's id (default: a new random one).")
+@click.option(
+    "--resume", is_flag=True, help="Continue run --run-id from the ledger a killed coordinator left in --out (start it if there is none); needs --broker-url."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the coordinator's steps to stderr.")
-def run(as_json: bool, verbose: bool, run_id: str | None, **options: Any) -> int:
+def run(as_json: bool, verbose: bool, run_id: str | None, resume: bool, **options: Any) -> int:
     """Run one sweep and end with a verdict."""
     from ttg.run import Progress as RunProgress
     from ttg.run import new_run_id
 
     cfg = load_run_config(_given(**options))
+    if resume and not (run_id and cfg.sweep.broker_url):
+        raise ConfigError("--resume continues a run on the broker that holds it: pass --run-id and --broker-url (a private broker dies with its coordinator)")
     run_id = run_id or new_run_id()
     logs.setup("text", logging.INFO if verbose else logging.WARNING)
     columns = [
@@ -129,7 +134,7 @@ def run(as_json: bool, verbose: bool, run_id: str | None, **options: Any) -> int
                 last_line[0] = p.elapsed_s
                 err.print(f"progress {p.chunks_done}/{p.chunks_total} chunks, {rate} params/s, {p.elapsed_s:.1f} s", highlight=False)
 
-        record = _run_somewhere(cfg, run_id, on_progress)
+        record = _run_somewhere(cfg, run_id, on_progress, resume)
     err.print(summary_table(record))
     if as_json:
         click.echo(json.dumps(record.to_dict(), indent=2))
@@ -154,19 +159,20 @@ def report(inputs: Path, formats: str, out: Path, title: str) -> int:
     return 0
 
 
-def _run_somewhere(cfg: Any, run_id: str, on_progress: Any) -> RunRecord:
+def _run_somewhere(cfg: Any, run_id: str, on_progress: Any, resume: bool = False) -> RunRecord:
     """Locally; as the in-cluster coordinator of a Kubernetes run; or, from outside a cluster, by deploying one."""
     from ttg.run import execute
 
     if cfg.runtime == "local":
-        return execute(cfg, on_progress=on_progress, run_id=run_id)
+        return execute(cfg, on_progress=on_progress, run_id=run_id, resume=resume)
     from ttg.config import in_cluster
     from ttg.k8s.cluster import connect
 
     if in_cluster():
         from ttg.k8s.runtime import KubernetesRuntime
 
-        return execute(cfg, on_progress=on_progress, run_id=run_id, runtime=KubernetesRuntime(connect(), cfg.namespace, run_id))
+        runtime = KubernetesRuntime(connect(), cfg.namespace, run_id)
+        return execute(cfg, on_progress=on_progress, run_id=run_id, runtime=runtime, resume=resume)
     from ttg.k8s.launch import launch
 
     err.print(f"deploying run {run_id} to namespace {cfg.namespace}; the coordinator runs in the cluster and its log follows")

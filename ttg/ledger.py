@@ -13,25 +13,40 @@ from pathlib import Path
 
 import numpy as np
 
-from ttg.errors import MessageError
+from ttg.errors import ConfigError, MessageError
 from ttg.messages import ResultMessage, decode_result
 from ttg.plan import ChunkPlan
 
 log = logging.getLogger(__name__)
 
 
+class ResumeError(ConfigError):
+    """The run directory cannot be resumed (no ledger there, or one of another plan)."""
+
+
 class Ledger:
-    def __init__(self, plan: ChunkPlan, run_id: str, path: Path | None = None) -> None:
+    """``path``: ``results.npy``, with the chunks seen so far in ``seen.npy`` next to it, both memory-mapped, so a
+    successor coordinator (``resume=True``) continues from what this one recorded, even if it was killed."""
+
+    def __init__(self, plan: ChunkPlan, run_id: str, path: Path | None = None, resume: bool = False) -> None:
         self.plan = plan
         self.run_id = run_id
         self.path = path
-        if path is not None:
-            self.values: np.ndarray = np.lib.format.open_memmap(path, mode="w+", dtype="<f8", shape=(plan.params,))
+        self.values: np.ndarray
+        self.seen: np.ndarray
+        if path is not None and resume:
+            self.values = np.lib.format.open_memmap(path, mode="r+")
+            self.seen = np.lib.format.open_memmap(path.with_name("seen.npy"), mode="r+")
+            if self.values.shape != (plan.params,) or self.seen.shape != (plan.chunks,):
+                raise ResumeError(f"{path.parent} holds a run of {self.values.shape[0]:,} parameters in {self.seen.shape[0]:,} chunks, not this plan's")
+        elif path is not None:
+            self.values = np.lib.format.open_memmap(path, mode="w+", dtype="<f8", shape=(plan.params,))
+            self.values[:] = np.nan
+            self.seen = np.lib.format.open_memmap(path.with_name("seen.npy"), mode="w+", dtype=bool, shape=(plan.chunks,))
         else:
-            self.values = np.empty(plan.params, dtype="<f8")
-        self.values[:] = np.nan
-        self.seen = np.zeros(plan.chunks, dtype=bool)
-        self.completed = 0
+            self.values = np.full(plan.params, np.nan, dtype="<f8")
+            self.seen = np.zeros(plan.chunks, dtype=bool)
+        self.completed = int(self.seen.sum())
         self.duplicates = 0
         self.rejected = 0
         self.redelivered_at: list[float] = []  # monotonic times of first results that needed more than one delivery
@@ -69,5 +84,7 @@ class Ledger:
             raise MessageError(f"result for chunk {msg.chunk_id} covers [{msg.start}, {msg.stop}), the plan says [{chunk.start}, {chunk.stop})")
 
     def flush(self) -> None:
-        if isinstance(self.values, np.memmap):
-            self.values.flush()
+        """Write the mapped pages out: values first, so a chunk marked seen on disk has its values there too."""
+        for arr in (self.values, self.seen):
+            if isinstance(arr, np.memmap):
+                arr.flush()

@@ -41,6 +41,7 @@ class RunRecord:
     worker_exit_codes: dict[str, int | None] = field(default_factory=dict)
     broker_stats: dict[str, int] = field(default_factory=dict)
     coordinator_peak_rss_mb: float = 0.0
+    resumed_at_chunks: int | None = None  # --resume: chunks a previous coordinator had recorded (None: not resumed)
     record_version: int = RECORD_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ broker state. Whatever happens, workers and any private broker are stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import resource
@@ -172,6 +173,7 @@ class _Collector:
         chunks = self.ledger.plan.chunks
         dead = 0
         next_stats = 0.0
+        next_flush = time.monotonic() + 2.0
         workers_gone_at: float | None = None
         while True:
             raws = self._patiently(lambda: self.broker.read_results(max_count=512, timeout_s=self.faults.wait_s(0.1)))
@@ -183,6 +185,9 @@ class _Collector:
             if now >= next_stats:  # dead letters end a chunk too; ask the broker a few times a second
                 dead = self._patiently(self.broker.stats).dead_lettered
                 next_stats = now + 0.25
+            if now >= next_flush:  # a successor coordinator (--resume) finds on disk what this one recorded
+                self.ledger.flush()
+                next_flush = now + 2.0
             if self.ledger.completed + dead >= chunks:
                 return
             if not self.runtime.alive():
@@ -222,6 +227,7 @@ def execute(
     on_start: Callable[[LiveRun], None] | None = None,
     cancel: threading.Event | None = None,
     runtime: Runtime | None = None,
+    resume: bool = False,
 ) -> RunRecord:
     """Run one sweep and return its record (also written to ``<out>/<run_id>/record.json``).
 
@@ -231,6 +237,9 @@ def execute(
     through fault proxies, so faults of every kind can be added while the sweep runs.
     ``cancel`` ends collection early; the run is judged as it stands. ``runtime``: where the
     workers run (default: local processes; the in-cluster coordinator passes its worker Job's).
+    ``resume``: if ``<out>/<run_id>`` holds the ledger of a coordinator that died, continue that
+    run (its recorded results kept, only unrecorded chunks published again if the plan never was
+    published completely); otherwise start it.
     """
     algorithms.load(cfg.sweep.algorithm)  # a typo in --algorithm is a usage error, before any worker starts
     run_id = run_id or new_run_id()
@@ -252,10 +261,20 @@ def execute(
                 # Pods may wait for a node and pull an image first; local processes connect within a second or two.
                 _wait_connected(broker, runtime, cfg.workers, timeout_s=60.0 if runtime.name == "local" else 600.0)
             startup_s = time.monotonic() - t_start
-            ledger = Ledger(plan, run_id, run_dir / "results.npy")
+            resuming = resume and (run_dir / "results.npy").exists() and (run_dir / "seen.npy").exists()
+            ledger = Ledger(plan, run_id, run_dir / "results.npy", resume=resuming)
+            resumed_at = ledger.completed if resuming else None
+            if resuming:
+                log.warning("resuming run %s with %d of %d chunks recorded", run_id, ledger.completed, plan.chunks)
+                # A fault whose point has passed fired in the previous coordinator's life.
+                cfg = dataclasses.replace(cfg, faults=tuple(f for f in cfg.faults if f.at_fraction * plan.chunks > ledger.completed))
             collector = _Collector(cfg, broker, runtime, ledger, on_progress, given.server, proxies, cancel)
-            if cfg.mode == "queue":
-                broker.publish_tasks((c.id, TaskMessage(run_id, c.id, c.start, c.stop).encode()) for c in plan)
+            published = run_dir / "published"
+            if cfg.mode == "queue" and not (resuming and published.exists()):
+                # A plan published only in part: publish what is not recorded again; a duplicate is dropped, never counted twice.
+                todo = (c for c in plan if not ledger.seen[c.id])
+                broker.publish_tasks((c.id, TaskMessage(run_id, c.id, c.start, c.stop).encode()) for c in todo)
+                published.touch()
             if on_start is not None:
                 on_start(LiveRun(run_id, run_dir, plan.chunks, collector.faults, runtime, given.server))
             try:
@@ -323,6 +342,7 @@ def execute(
         worker_exit_codes=runtime.exit_codes(),
         broker_stats=asdict(stats),
         coordinator_peak_rss_mb=round(_peak_rss_mb(), 1),
+        resumed_at_chunks=resumed_at,
     )
     record.write(run_dir / "record.json")
     return record

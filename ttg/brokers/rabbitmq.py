@@ -92,7 +92,7 @@ class RabbitMQBroker(Broker):
         self._results_seen = 0
         self._results: queue.Queue[tuple[int, int, bytes]] = queue.Queue()
         self._results_consuming = False
-        self._leftover: list[bytes] = []
+        self._unacked: dict[int, list[int]] = {}  # result deliveries returned by the last read_results, acked by the next
         # worker state
         self._inbox: queue.Queue[Delivery] = queue.Queue()
         self._consuming = False
@@ -156,21 +156,21 @@ class RabbitMQBroker(Broker):
         if not self._results_consuming:
             self._wait_registered(self.client.consume(self.q.results, 64, self._on_result), self.q.results)
             self._results_consuming = True
-        out, self._leftover = self._leftover, []
+        # Ack what the previous call returned only now: the caller has recorded it, so a coordinator that dies
+        # between reading and recording leaves those results in the queue for the next one (``ttg run --resume``).
+        for generation, tags in self._unacked.items():
+            self.client.ack(generation, tags)
+        self._unacked = {}
+        out: list[bytes] = []
         deadline = time.monotonic() + timeout_s
-        acks: dict[int, list[int]] = {}
-        while len(out) < max_count:
+        while len(out) < max_count:  # a batch message is returned whole, so out may exceed max_count by one batch
             try:
                 generation, tag, body = self._results.get(timeout=max(0.0, deadline - time.monotonic()) if not out else 0)
             except queue.Empty:
                 break
             parts = unpack_batch(body)
             out.extend(parts if parts is not None else [body])  # not a batch: one result, judged by the ledger
-            acks.setdefault(generation, []).append(tag)
-        for generation, tags in acks.items():
-            self.client.ack(generation, tags)
-        if len(out) > max_count:
-            out, self._leftover = out[:max_count], out[max_count:]
+            self._unacked.setdefault(generation, []).append(tag)
         self._results_seen += len(out)
         return out
 
