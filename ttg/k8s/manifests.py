@@ -96,7 +96,9 @@ class ManifestSettings:
     @property
     def coordinator_args(self) -> list[str]:
         c, s = self.cfg, self.cfg.sweep
-        args = ["run", "--runtime", "kubernetes", "--run-id", self.run_id, "--resume", "--backend", s.backend, "--params", str(c.params), "--chunk", str(c.chunk)]
+        # --resume: a replacement of a disrupted coordinator pod continues the run from the ledger on the PVC.
+        args = ["run", "--runtime", "kubernetes", "--run-id", self.run_id, "--resume", "--backend", s.backend]
+        args += ["--params", str(c.params), "--chunk", str(c.chunk)]
         args += ["--workers", str(c.workers), "--mode", c.mode, "--algorithm", s.algorithm, "--cost-us", f"{s.cost_us:g}", "--verify", str(c.verify)]
         args += ["--max-deliveries", str(s.max_deliveries), "--reclaim-after", f"{s.reclaim_after_s:g}", "--out", "/results", "--json"]
         args += [part for axis in s.grid for part in ("--grid", axis)]
