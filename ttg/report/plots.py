@@ -65,6 +65,7 @@ def throughput(report: Report, path: Path) -> bool:
         ys = [max(groups.get((s, b), [0.0])) for s in scales]
         ax.bar(xs, ys, width=width, label=b)
     ax.set_xticks([j + width * (len(backends) - 1) / 2 for j in range(len(scales))], scales)
+    ax.set_yscale("log")  # small sweeps are start-up bound, large ones not: a linear axis would hide the small ones
     ax.set(xlabel="scale (parameters)", ylabel="parameters / s (best fault-free run)", title="Throughput by backend and scale")
     ax.legend()
     _save(fig, path)
