@@ -51,6 +51,7 @@ class Ledger:
         self.rejected = 0
         self.redelivered_at: list[float] = []  # monotonic times of first results that needed more than one delivery
         self.last_result: dict[str, float] = {}  # worker id -> monotonic time of its latest result
+        self.results_by_worker: dict[str, float] = {}  # worker id -> first results received from it
 
     def add(self, raw: bytes) -> ResultMessage | None:
         """Record one encoded result; returns it when it was the chunk's first, None otherwise."""
@@ -66,6 +67,7 @@ class Ledger:
             log.info("duplicate result dropped", extra={"chunk_id": msg.chunk_id, "worker_id": msg.worker_id})
             return None
         self.last_result[msg.worker_id] = time.monotonic()
+        self.results_by_worker[msg.worker_id] = self.results_by_worker.get(msg.worker_id, 0) + 1
         values = msg.array()
         self.values[msg.start : msg.stop] = values
         self.seen[msg.chunk_id] = True

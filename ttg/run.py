@@ -167,7 +167,11 @@ class _Collector:
         self.timeline: list[list[float]] = [[0.0, 0]]
         self.t0 = time.monotonic()
         rng = random.Random(cfg.seed)  # seeded: a random fault target replays with the run's --seed
-        self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0, ledger.last_result, server, proxies, rng)
+        # Queue mode: hit the worker longest without a result (surely mid-chunk). Static mode: the one with the most of
+        # its block left, at once; a static sweep with no work per parameter is over in a few tens of milliseconds.
+        static = cfg.mode == "static"
+        priority = ledger.results_by_worker if static else ledger.last_result
+        self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0, priority, server, proxies, rng, immediate=static)
 
     def run(self) -> None:
         chunks = self.ledger.plan.chunks

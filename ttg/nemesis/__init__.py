@@ -124,7 +124,9 @@ class FaultSchedule:
         server: BrokerServer | None = None,
         proxies: Mapping[str, FaultProxy] | None = None,
         rng: random.Random | None = None,
+        immediate: bool = False,
     ) -> None:
+        self.immediate = immediate  # fire at the progress point itself, not half a chunk later
         self.proxies = proxies or {}
         self.runtime = runtime
         self.chunks = chunks
@@ -170,7 +172,7 @@ class FaultSchedule:
                 if self._due_at is None:
                     workers = max(1, len(self.runtime.alive()))
                     per_chunk = (now - self.started) * workers / max(1, chunks_done)
-                    self._due_at = now + min(1.0, per_chunk / 2)
+                    self._due_at = now if self.immediate else now + min(1.0, per_chunk / 2)
                 if now < self._due_at:
                     break
                 self._due_at = None

@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 def select_workers(target: str | None, alive: list[str], last_result: Mapping[str, float], rng: random.Random) -> list[str]:
     """The workers ``target`` names among ``alive`` (see :mod:`ttg.faults` for the forms).
 
-    Counted selections prefer the workers longest without a result: the ones most
-    surely mid-chunk, so the fault orphans work. ``random`` draws from ``rng`` so a
+    Counted selections take the workers with the lowest ``last_result`` first: by default the
+    time of each one's latest result, so the ones longest without one, most surely mid-chunk
+    (static mode passes result counts instead: the ones with the most work left). ``random`` draws from ``rng`` so a
     seeded run (and ``ttg chaos fuzz --seed``) replays the same choice.
     """
     if not alive:
