@@ -202,3 +202,16 @@ def test_the_runtime_lists_kills_and_reads_exit_codes_of_the_worker_pods(api: St
     assert deletes[1] == ("w-b", {})  # SIGTERM: the pod's grace period, the worker finishes its chunk
     assert runtime.exit_codes()["w-a"] == -signal.SIGKILL
     assert runtime.alive() == [] and runtime.wait(timeout_s=1)
+
+
+def test_the_runtime_asks_the_api_server_at_most_once_per_poll_interval(api: StandInAPI) -> None:
+    runtime = KubernetesRuntime(api.client(), "ttg", "r1", poll_s=60.0)
+    api.put("pods", _pod("w-a", "Running"))
+
+    def pod_lists() -> int:
+        return sum(1 for m, path, _ in api.requests if m == "GET" and path.endswith("/pods"))
+
+    assert runtime.alive() == ["w-a"] and runtime.alive() == ["w-a"] and runtime.exit_codes() == {"w-a": None}
+    assert pod_lists() == 1  # the collector's many calls a second cost one request per interval
+    runtime.kill("w-a", signal.SIGKILL)
+    assert runtime.alive() == [] and pod_lists() == 2  # a kill makes the next look fresh

@@ -32,16 +32,22 @@ class KubernetesRuntime(Runtime):
         self.run_id = run_id
         self.job = f"ttg-workers-{run_id}"
         self.selector = f"app.kubernetes.io/component=worker,{RUN_LABEL}={run_id}"
-        self.poll_s = poll_s
+        self.poll_s = poll_s  # the collector asks alive() many times a second; the API server is asked at most this often
         self._seen: dict[str, int | None] = {}  # every worker pod ever seen -> exit code (None while running)
+        self._pods_cache: list[Any] = []
+        self._pods_at = float("-inf")
 
     def _pods(self) -> list[Any]:
         return list(self.core.list_namespaced_pod(self.namespace, label_selector=self.selector).items)
 
     def _refresh(self) -> list[Any]:
+        if time.monotonic() - self._pods_at < self.poll_s:
+            return self._pods_cache
         pods = self._pods()
         for p in pods:
-            self._seen[p.metadata.name] = _exit_code(p)
+            if self._seen.get(p.metadata.name) != -signal.SIGKILL:  # a pod we killed reads as killed, whatever it reports
+                self._seen[p.metadata.name] = _exit_code(p)
+        self._pods_cache, self._pods_at = pods, time.monotonic()
         return pods
 
     def start(self, launches: list[WorkerLaunch]) -> None:
@@ -61,6 +67,7 @@ class KubernetesRuntime(Runtime):
         self.core.delete_namespaced_pod(worker_id, self.namespace, grace_period_seconds=grace)
         if sig == signal.SIGKILL:
             self._seen[worker_id] = -signal.SIGKILL  # as a local SIGKILL reads; the pod object may vanish before it reports
+        self._pods_at = float("-inf")  # the next look goes to the API server
 
     def exit_codes(self) -> dict[str, int | None]:
         self._refresh()
