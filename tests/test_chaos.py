@@ -115,3 +115,20 @@ def test_a_pod_that_went_away_mid_run_is_the_kill_pod_evidence() -> None:
         assert probes.faults_took_effect(k8s_chaos.worker_pods_seen(), kinds=["kill-pod"]) is True
     finally:
         k8s_chaos._state.clear()
+
+
+def test_a_stall_of_the_coordinators_progress_is_the_kubernetes_partitions_evidence(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ttg.chaos import kubernetes as k8s_chaos
+
+    clock = iter([0.0, 5.0, 10.0, 15.0, 20.0])
+    monkeypatch.setattr(k8s_chaos.time, "monotonic", lambda: next(clock))
+    follower = k8s_chaos._Follower(cluster=None, run_id="r1")  # type: ignore[arg-type]  # no cluster is used here
+    for done in (10, 20, 20, 20, 30):  # stood still from 5 s to 15 s
+        follower.add_line(f"progress {done}/100 chunks, 1,000 params/s")
+    assert follower.longest_stall_s() == 10.0
+    k8s_chaos._state["sweep"] = follower
+    try:
+        assert probes.faults_took_effect(k8s_chaos.progress_stalled(min_s=4), kinds=["partition-broker"]) is True
+        assert probes.faults_took_effect(k8s_chaos.progress_stalled(min_s=12), kinds=["partition-broker"]) is False  # too short a stall proves nothing
+    finally:
+        k8s_chaos._state.clear()

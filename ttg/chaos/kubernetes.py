@@ -10,6 +10,7 @@ they fail with the reason, and ``chaos validate`` is all that runs.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import threading
 import time
@@ -25,7 +26,15 @@ from ttg.k8s.launch import coordinator_pod, record_from_log
 from ttg.k8s.manifests import IMAGE, ManifestSettings, documents
 from ttg.record import RunRecord
 
-__all__ = ["heal_broker_partition", "kubernetes_sweep_verdict", "start_kubernetes_sweep", "stop_kubernetes_sweep", "wait_for_progress", "worker_pods_seen"]
+__all__ = [
+    "heal_broker_partition",
+    "kubernetes_sweep_verdict",
+    "progress_stalled",
+    "start_kubernetes_sweep",
+    "stop_kubernetes_sweep",
+    "wait_for_progress",
+    "worker_pods_seen",
+]
 
 _PROGRESS = re.compile(r"progress (\d+)/(\d+) chunks")
 DEFAULTS = {"params": 2_000_000, "chunk": 10_000, "workers": 4, "cost_us": 5.0}
@@ -38,6 +47,7 @@ class _Follower:
     cluster: Cluster
     run_id: str
     lines: list[str] = dataclasses.field(default_factory=list)
+    progress_at: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (monotonic, chunks done) per progress line
     pods_seen: dict[str, float] = dataclasses.field(default_factory=dict)  # name -> first seen (monotonic)
     pods_gone: list[str] = dataclasses.field(default_factory=list)  # seen, then gone while the run went on
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
@@ -54,7 +64,7 @@ class _Follower:
         core = client.CoreV1Api(self.cluster.api_client)
         try:
             for line in watch.Watch().stream(core.read_namespaced_pod_log, pod, self.cluster.namespace, follow=True):
-                self.lines.append(str(line))
+                self.add_line(str(line))
         except Exception as e:  # reported by the probe that waits for the run
             self.error = f"{type(e).__name__}: {e}"
         finally:
@@ -74,6 +84,23 @@ class _Follower:
                 self.pods_seen.setdefault(n, time.monotonic())
             self.pods_gone += [n for n in self.pods_seen if n not in names and n not in self.pods_gone]
             time.sleep(1.0)
+
+    def add_line(self, line: str) -> None:
+        self.lines.append(line)
+        m = _PROGRESS.search(line)
+        if m:
+            self.progress_at.append((time.monotonic(), int(m.group(1))))
+
+    def longest_stall_s(self) -> float:
+        """The longest time between two progress lines with the same chunk count: the sweep stood still."""
+        longest, start = 0.0, None
+        for (t0, d0), (t1, d1) in itertools.pairwise(self.progress_at):
+            if d1 == d0:
+                start = t0 if start is None else start
+                longest = max(longest, t1 - start)
+            else:
+                start = None
+        return longest
 
     def progress(self) -> float:
         for line in reversed(self.lines):
@@ -150,6 +177,16 @@ def worker_pods_seen() -> dict[str, Any]:
     # The shape of fault_evidence's output, so faults_took_effect judges it: one kill-pod fault per pod that went away.
     faults = [{"kind": "kill-pod", "note": "", "evidence": f"pod {name} went away mid-run"} for name in gone]
     return {"phase": "chaos", "faults": faults, "pods_seen": sorted(follower.pods_seen)}
+
+
+def progress_stalled(min_s: float = 4.0) -> dict[str, Any]:
+    """Proof the partition cut the broker off: the coordinator's progress stood still for ``min_s`` or more."""
+    follower = _state.get("sweep")
+    if follower is None:
+        return {"phase": "baseline", "faults": []}
+    stall = follower.longest_stall_s()
+    evidence = f"no chunk completed for {stall:.1f} s while the broker was cut off" if stall >= float(min_s) else ""
+    return {"phase": "chaos", "faults": [{"kind": "partition-broker", "note": "", "evidence": evidence}], "longest_stall_s": round(stall, 1)}
 
 
 def heal_broker_partition(run_id: str, configuration: dict[str, Any] | None = None) -> str:
