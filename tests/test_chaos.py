@@ -126,6 +126,9 @@ def test_a_stall_of_the_coordinators_progress_is_the_kubernetes_partitions_evide
     for done in (10, 20, 20, 20, 30):  # stood still from 5 s to 15 s
         follower.add_line(f"progress {done}/100 chunks, 1,000 params/s")
     assert follower.longest_stall_s() == 10.0
+    silent = k8s_chaos._Follower(cluster=None, run_id="r2")  # type: ignore[arg-type]
+    silent.progress_at = [(0.0, 10), (5.0, 20), (17.0, 60)]  # cut off from the broker, the coordinator printed nothing for 12 s
+    assert silent.longest_stall_s() == 7.0
     k8s_chaos._state["sweep"] = follower
     try:
         assert probes.faults_took_effect(k8s_chaos.progress_stalled(min_s=4), kinds=["partition-broker"]) is True

@@ -103,8 +103,8 @@ def cli() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log the coordinator's steps to stderr.")
 def run(as_json: bool, verbose: bool, run_id: str | None, resume: bool, **options: Any) -> int:
     """Run one sweep and end with a verdict."""
+    from ttg.run import PROGRESS_LINE_EVERY_S, new_run_id
     from ttg.run import Progress as RunProgress
-    from ttg.run import new_run_id
 
     cfg = load_run_config(_given(**options))
     if resume and not (run_id and cfg.sweep.broker_url):
@@ -129,7 +129,7 @@ def run(as_json: bool, verbose: bool, run_id: str | None, resume: bool, **option
         def on_progress(p: RunProgress) -> None:
             rate = f"{p.params_done / p.elapsed_s:,.0f}" if p.elapsed_s > 0 else "-"
             bar.update(task, total=p.chunks_total, completed=p.chunks_done, rate=rate)
-            if not err.is_terminal and (p.elapsed_s - last_line[0] >= 5.0 or p.chunks_done == p.chunks_total):
+            if not err.is_terminal and (p.elapsed_s - last_line[0] >= PROGRESS_LINE_EVERY_S or p.chunks_done == p.chunks_total):
                 # No live bar in a log (a pod, CI): a plain line every 5 s, which `--runtime kubernetes` streams back.
                 last_line[0] = p.elapsed_s
                 err.print(f"progress {p.chunks_done}/{p.chunks_total} chunks, {rate} params/s, {p.elapsed_s:.1f} s", highlight=False)

@@ -56,6 +56,7 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 T = TypeVar("T")
 BROKER_WAIT_S = 60.0  # how long the coordinator rides out an unreachable broker
+PROGRESS_LINE_EVERY_S = 5.0  # `ttg run` prints a progress line this often when its output is not a terminal (a pod's log)
 
 
 def new_run_id() -> str:

@@ -25,6 +25,7 @@ from ttg.k8s.cluster import RUN_LABEL, Cluster, connect
 from ttg.k8s.launch import coordinator_pod, record_from_log
 from ttg.k8s.manifests import IMAGE, ManifestSettings, documents
 from ttg.record import RunRecord
+from ttg.run import PROGRESS_LINE_EVERY_S
 
 __all__ = [
     "heal_broker_partition",
@@ -92,9 +93,11 @@ class _Follower:
             self.progress_at.append((time.monotonic(), int(m.group(1))))
 
     def longest_stall_s(self) -> float:
-        """The longest time between two progress lines with the same chunk count: the sweep stood still."""
+        """How long the sweep stood still: progress lines repeating one chunk count, or a silence longer than the
+        coordinator's line interval (a coordinator cut off from the broker prints nothing until it reaches it again)."""
         longest, start = 0.0, None
         for (t0, d0), (t1, d1) in itertools.pairwise(self.progress_at):
+            longest = max(longest, t1 - t0 - PROGRESS_LINE_EVERY_S)
             if d1 == d0:
                 start = t0 if start is None else start
                 longest = max(longest, t1 - start)
