@@ -43,6 +43,14 @@ def test_fuzz_runs_real_sweeps_and_a_seed_replays_its_schedule(tmp_path: Path) -
     rc, replay, stderr = _fuzz(tmp_path, "--runs", "1", "--seed", "12")
     assert rc == 0, stderr
     assert replay[0]["faults"] == rows[1]["faults"]
+    table = json.loads((tmp_path / "fuzz-redis-seed11-runs2.json").read_text())
+    assert [r["seed"] for r in table["rows"]] == [11, 12] and table["rows"][1]["faults"] == rows[1]["faults"]
+    from ttg.report.render import make_report
+
+    make_report(tmp_path, tmp_path / "report", ("md",), "fuzz")
+    md = (tmp_path / "report" / "report.md").read_text()
+    fuzz_section = md.split("## Fuzz", 1)[1].split("## Milestone parity", 1)[0]
+    assert all(" ".join(r["faults"]) in fuzz_section for r in rows)  # the report shows the table, row by row
     for r in rows + replay:  # each run's record holds the faults the row names, injected or explained
         record = json.loads((tmp_path / str(r["run_id"]) / "record.json").read_text())
         assert sorted(f["kind"] for f in record["faults"]) == sorted(str(x).split("@")[0] for x in r["faults"])

@@ -8,6 +8,7 @@ failing row replays exactly with ``--seed <its seed> --runs 1``.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -121,4 +122,8 @@ def fuzz(s: FuzzSettings, on_row: Callable[[FuzzRow], None] | None = None) -> li
             rows.append(row)
             if on_row is not None:
                 on_row(row)
+    # The table as JSON next to the runs' records, so `ttg report` shows it.
+    s.out.mkdir(parents=True, exist_ok=True)
+    doc = {"ttg_fuzz": 1, "backend": s.backend, "seed": s.seed, "runs": s.runs, "rows": [{**r.to_dict(), "backend": s.backend} for r in rows]}
+    (s.out / f"fuzz-{s.backend}-seed{s.seed}-runs{s.runs}.json").write_text(json.dumps(doc, indent=1))
     return rows

@@ -110,6 +110,18 @@ def write(report: Report, img_dir: Path, path: Path) -> None:
         ]  # fmt: skip
         _table(doc, ["experiment", "status", "deviated", "steady state before", "steady state after", "actions"], rows)
 
+    if report.fuzz:
+        doc.add_heading("Fuzz (ttg chaos fuzz)", 1)
+        doc.add_paragraph("Each row is one sweep under a random fault schedule drawn from its seed; ttg chaos fuzz --backend B --seed S --runs 1 replays it.")
+        rows = [
+            ([str(f.get("backend")), str(f["seed"]), " ".join(f["faults"]), str(f["lost"]), str(f["duplicates"]),
+              f"{f['dead_lettered']} / {f['expected_dead']}", ", ".join(seconds(x) for x in f["recovered_s"]) or "-", f"{f['wall_s']:.2f}",
+              "ok" if f["ok"] else f"FAILED {f.get('error', '')}"],
+             None if f["ok"] else RED)
+            for f in report.fuzz
+        ]  # fmt: skip
+        _table(doc, ["backend", "seed", "faults", "lost", "dup", "dead / expected", "recovery s", "wall s", "verdict"], rows)
+
     doc.add_heading("Milestone parity", 1)
     doc.add_paragraph("Static mode vs queue mode under a worker kill (the earlier system's Milestone 1 vs 2):")
     wk = report.parity["worker_kill"]

@@ -1,4 +1,5 @@
-"""Find a report's inputs under a directory: run records, pytest-benchmark results, Chaos Toolkit journals."""
+"""Find a report's inputs under a directory: run records, pytest-benchmark results, Chaos Toolkit journals and
+``ttg chaos fuzz`` tables."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ class Inputs:
     runs: list[dict[str, Any]] = field(default_factory=list)
     benchmarks: list[dict[str, Any]] = field(default_factory=list)
     journals: list[dict[str, Any]] = field(default_factory=list)
+    fuzz: list[dict[str, Any]] = field(default_factory=list)  # rows of `ttg chaos fuzz` tables
     skipped: list[str] = field(default_factory=list)  # files that were not JSON or not one of the three kinds
 
     @property
     def empty(self) -> bool:
-        return not (self.runs or self.benchmarks or self.journals)
+        return not (self.runs or self.benchmarks or self.journals or self.fuzz)
 
 
 def _benchmarks(doc: dict[str, Any], source: str) -> list[dict[str, Any]]:
@@ -79,6 +81,8 @@ def load(directory: Path) -> Inputs:
             inputs.benchmarks += _benchmarks(doc, source)
         elif isinstance(doc, dict) and "experiment" in doc and "deviated" in doc:
             inputs.journals.append(_journal(doc, source))
+        elif isinstance(doc, dict) and "ttg_fuzz" in doc and isinstance(doc.get("rows"), list):
+            inputs.fuzz += [{**row, "source": source} for row in doc["rows"]]
         else:
             inputs.skipped.append(source)
     inputs.runs = list(runs.values())

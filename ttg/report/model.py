@@ -120,6 +120,7 @@ class Report:
     journals: list[dict[str, Any]]
     faults: list[dict[str, Any]]
     parity: dict[str, Any]
+    fuzz: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     images: dict[str, str] = field(default_factory=dict)  # plot name -> file name under img/
 
@@ -133,8 +134,12 @@ class Report:
         return [j for j in self.journals if (j["deviated"] != j["expected_deviation"]) or j["status"] != "completed"]
 
     @property
+    def failing_fuzz(self) -> list[dict[str, Any]]:
+        return [f for f in self.fuzz if not f.get("ok")]
+
+    @property
     def unexpected_failures(self) -> int:
-        return sum(1 for r in self.failing_runs if not r.expected_failure) + len(self.failing_journals)
+        return sum(1 for r in self.failing_runs if not r.expected_failure) + len(self.failing_journals) + len(self.failing_fuzz)
 
     @property
     def verdict(self) -> str:
@@ -142,7 +147,8 @@ class Report:
             return f"FAILED: {self.unexpected_failures} run(s) or experiment(s) failed"
         expected = sum(1 for r in self.failing_runs if r.expected_failure)
         note = f" ({expected} run(s) failed as they were set up to: static mode's loss, poisoned chunks dead-lettered)" if expected else ""
-        return f"PASSED: {len(self.runs)} run(s), {len(self.benchmarks)} benchmark(s), {len(self.journals)} experiment(s){note}"
+        fuzz = f", {len(self.fuzz)} fuzz run(s)" if self.fuzz else ""
+        return f"PASSED: {len(self.runs)} run(s), {len(self.benchmarks)} benchmark(s), {len(self.journals)} experiment(s){fuzz}{note}"
 
 
 def _row(rec: dict[str, Any]) -> RunRow:
@@ -222,5 +228,6 @@ def build(inputs: Inputs, title: str) -> Report:
         journals=journals,
         faults=faults,
         parity=_parity(rows),
+        fuzz=sorted(inputs.fuzz, key=lambda f: (bool(f.get("ok")), f.get("backend", ""), f.get("seed", 0))),
         skipped=inputs.skipped,
     )

@@ -30,6 +30,7 @@ HELPERS = {"seconds": seconds, "probes": probes}
 def _environment(autoescape: bool) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("ttg.report", "templates"), undefined=jinja2.StrictUndefined, autoescape=autoescape)
     env.globals.update(HELPERS)
+    env.filters["seconds"] = seconds
     return env
 
 
