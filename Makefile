@@ -38,7 +38,7 @@ bench: install
 	$(VENV)/bin/ttg bench --params 10000000 --chunk 10000 --workers 2
 
 # The milestone results report: small and medium sweeps on both backends (with their fault scenarios and the
-# benchmarks), the chaos experiments' journals, rendered into reports/milestone/ (Markdown, .docx, HTML).
+# benchmarks), the chaos experiments' journals and a short fuzz per backend, rendered into reports/milestone/.
 REPORT_RUNS := runs/report
 report: install
 	rm -rf $(REPORT_RUNS) && mkdir -p $(REPORT_RUNS)
@@ -46,6 +46,7 @@ report: install
 		--ttg-scales small,medium --ttg-results $(REPORT_RUNS) --benchmark-json $(REPORT_RUNS)/benchmarks.json
 	for e in kill-worker static-kill-worker kill-broker partition-broker poison-chunk; do \
 		TTG_OUT=$(REPORT_RUNS)/chaos $(VENV)/bin/chaos --no-log-file run experiments/$$e.json --journal-path $(REPORT_RUNS)/$$e.journal.json || true; done
+	for b in redis rabbitmq; do $(VENV)/bin/ttg chaos fuzz --backend $$b --runs 5 --seed 1 --out $(REPORT_RUNS)/fuzz || true; done
 	$(VENV)/bin/ttg report $(REPORT_RUNS) --format md,docx,html --out reports/milestone --title "TTG milestone results"
 
 image:
