@@ -60,6 +60,7 @@ FLUSH_AFTER_S = 0.02  # a completed chunk's result is on its way within this
 FLUSH_BYTES = 4 << 20
 DEFAULT_PREFETCH = 2  # task messages a worker holds at first: one being computed, one ready
 MAX_PREFETCH = 16
+RESULTS_PREFETCH = 128  # result messages the coordinator holds unacked; it takes at most half per read (see read_results)
 WINDOW_TARGET_S = 0.02  # work a worker holds once it knows its speed: enough to cover a confirm's round trip
 
 
@@ -154,7 +155,7 @@ class RabbitMQBroker(Broker):
 
     def read_results(self, max_count: int, timeout_s: float) -> list[bytes]:
         if not self._results_consuming:
-            self._wait_registered(self.client.consume(self.q.results, 64, self._on_result), self.q.results)
+            self._wait_registered(self.client.consume(self.q.results, RESULTS_PREFETCH, self._on_result), self.q.results)
             self._results_consuming = True
         # Ack what the previous call returned only now: the caller has recorded it, so a coordinator that dies
         # between reading and recording leaves those results in the queue for the next one (``ttg run --resume``).
@@ -163,7 +164,10 @@ class RabbitMQBroker(Broker):
         self._unacked = {}
         out: list[bytes] = []
         deadline = time.monotonic() + timeout_s
-        while len(out) < max_count:  # a batch message is returned whole, so out may exceed max_count by one batch
+        taken = 0
+        # A batch message is returned whole, so out may exceed max_count by one batch. At most half the prefetch per call:
+        # the rest stays unacked credit, so the broker keeps sending while the caller records this batch.
+        while len(out) < max_count and taken < RESULTS_PREFETCH // 2:
             try:
                 generation, tag, body = self._results.get(timeout=max(0.0, deadline - time.monotonic()) if not out else 0)
             except queue.Empty:
@@ -171,6 +175,7 @@ class RabbitMQBroker(Broker):
             parts = unpack_batch(body)
             out.extend(parts if parts is not None else [body])  # not a batch: one result, judged by the ledger
             self._unacked.setdefault(generation, []).append(tag)
+            taken += 1
         self._results_seen += len(out)
         return out
 
