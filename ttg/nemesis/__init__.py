@@ -218,14 +218,12 @@ class FaultSchedule:
             self._active = [a for a in self._active if a[1] is not nemesis]
             mine[0][0].cancel()
             try:
-                rec.evidence = nemesis.evidence()
                 nemesis.heal()
             finally:
                 rec.healed_at = time.monotonic()
                 rec.healed_s = rec.healed_at - self.started
                 rec.chunks_at_heal = self._chunks_done
-                if nemesis.kind == "kill-broker":
-                    rec.evidence = nemesis.evidence()  # now with the restarted broker's pid
+                rec.evidence = nemesis.evidence()  # after the heal: a restarted broker's pid is known by then
 
     @property
     def chunks_done(self) -> int:

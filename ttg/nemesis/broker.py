@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from abc import abstractmethod
 from collections.abc import Mapping
 
 from ttg.nemesis.base import Nemesis
@@ -24,52 +25,56 @@ log = logging.getLogger(__name__)
 BrokerServer = PrivateServer  # the private brokers TTG starts; a shared broker is never hit
 
 
-class KillBroker(Nemesis):
+class _BrokerProcessFault(Nemesis):
+    """A fault on the private broker's process; heal undoes it once, however often it is called."""
+
+    def __init__(self, server: BrokerServer) -> None:
+        self.server = server
+        self.target = "broker"
+        self._active = False
+
+    def heal(self) -> None:
+        if self._active:
+            self._active = False
+            self._undo()
+
+    @abstractmethod
+    def _undo(self) -> None: ...
+
+
+class KillBroker(_BrokerProcessFault):
     """SIGKILL the broker; heal = restart it on the same data (Redis AOF, durable RabbitMQ queues: nothing is lost)."""
 
     kind = "kill-broker"
-
-    def __init__(self, server: BrokerServer) -> None:
-        self.server = server
-        self.target = "broker"
-        self._down = False
-        self._pids: tuple[int | None, int | None] = (None, None)
+    _killed: int | None = None  # the pid that was killed, once the process is really gone
 
     def inject(self) -> None:
         log.info("injecting kill-broker")
-        before = self.server.pid
+        pid = self.server.pid
         self.server.kill(signal.SIGKILL)
-        self._down = True
-        self._pids = (before, self.server.pid)  # (pid, None): the process is really gone
+        self._active = True
+        self._killed = pid if self.server.pid is None else None
 
     def evidence(self) -> str:
-        before, after_kill = self._pids
-        if before is None or after_kill is not None:
+        if self._killed is None:
             return ""
-        return f"broker pid {before} killed; restarted as pid {self.server.pid}" if not self._down else f"broker pid {before} killed"
+        return f"broker pid {self._killed} killed" + ("" if self._active else f"; restarted as pid {self.server.pid}")
 
-    def heal(self) -> None:
-        if self._down:
-            self._down = False
-            self.server.restart()
-            log.info("broker restarted")
+    def _undo(self) -> None:
+        self.server.restart()
+        log.info("broker restarted")
 
 
-class PauseBroker(Nemesis):
+class PauseBroker(_BrokerProcessFault):
     """SIGSTOP the broker (connections stay open, nothing is answered); heal = SIGCONT."""
 
     kind = "pause-broker"
-
-    def __init__(self, server: BrokerServer) -> None:
-        self.server = server
-        self.target = "broker"
-        self._paused = False
-        self._state = ""
+    _state = ""
 
     def inject(self) -> None:
         log.info("injecting pause-broker")
         self.server.pause()
-        self._paused = True
+        self._active = True
         deadline = time.monotonic() + 1.0
         while (state := self.server.state()) != "T" and time.monotonic() < deadline:
             time.sleep(0.01)  # a stop signal lands within microseconds, but not synchronously
@@ -78,63 +83,66 @@ class PauseBroker(Nemesis):
     def evidence(self) -> str:
         return f"broker pid {self.server.pid} in state {self._state!r} (stopped)" if self._state == "T" else ""
 
-    def heal(self) -> None:
-        if self._paused:
-            self._paused = False
-            self.server.resume()
-            log.info("broker resumed")
+    def _undo(self) -> None:
+        self.server.resume()
+        log.info("broker resumed")
 
 
-class PartitionBroker(Nemesis):
-    """Cut the selected workers off the broker (their proxies blackhole the traffic); heal = forward again."""
+class _ProxyFault(Nemesis):
+    """A fault on the selected workers' fault proxies; evidence counts what the proxies did to traffic meanwhile."""
 
-    kind = "partition-broker"
+    counter: str  # the FaultProxy attribute that counts the pieces of traffic this fault affected
 
     def __init__(self, proxies: Mapping[str, FaultProxy]) -> None:
         self.proxies = dict(proxies)
-        self.target = _describe(self.proxies)
-        self._held_before = 0
+        self.target = ",".join(self.proxies) + "<->broker"
+        self._before = 0
+
+    def _count(self) -> int:
+        return sum(int(getattr(p, self.counter)) for p in self.proxies.values())
 
     def inject(self) -> None:
-        log.info("injecting partition-broker", extra={"worker_id": self.target})
-        self._held_before = sum(p.held_while_blackholed for p in self.proxies.values())
+        log.info("injecting %s", self.kind, extra={"worker_id": self.target})
+        self._before = self._count()
         for p in self.proxies.values():
-            p.blackhole()
+            self._apply(p)
 
-    def evidence(self) -> str:
-        held = sum(p.held_while_blackholed for p in self.proxies.values()) - self._held_before
-        return f"{held} piece(s) of traffic held back" if held else ""
+    @abstractmethod
+    def _apply(self, proxy: FaultProxy) -> None: ...
 
     def heal(self) -> None:
         for p in self.proxies.values():
             p.restore()
 
 
-class Latency(Nemesis):
+class PartitionBroker(_ProxyFault):
+    """Cut the selected workers off the broker (their proxies blackhole the traffic); heal = forward again."""
+
+    kind = "partition-broker"
+    counter = "held_while_blackholed"
+
+    def _apply(self, proxy: FaultProxy) -> None:
+        proxy.blackhole()
+
+    def evidence(self) -> str:
+        held = self._count() - self._before
+        return f"{held} piece(s) of traffic held back" if held else ""
+
+
+class Latency(_ProxyFault):
     """Delay every piece of the selected workers' traffic to and from the broker by ``latency_s``; heal = no delay."""
 
     kind = "latency"
+    counter = "delayed"
 
     def __init__(self, proxies: Mapping[str, FaultProxy], latency_s: float = 0.05) -> None:
-        self.proxies = dict(proxies)
+        super().__init__(proxies)
         self.latency_s = latency_s
-        self.target = f"{_describe(self.proxies)} +{latency_s * 1000:g} ms"
-        self._delayed_before = 0
+        self.target += f" +{latency_s * 1000:g} ms"
 
-    def inject(self) -> None:
-        log.info("injecting latency", extra={"latency_ms": self.latency_s * 1000})
-        self._delayed_before = sum(p.delayed for p in self.proxies.values())
-        for p in self.proxies.values():
-            p.latency_s = self.latency_s
+    def _apply(self, proxy: FaultProxy) -> None:
+        proxy.latency_s = self.latency_s
 
     def evidence(self) -> str:
-        delayed = sum(p.delayed for p in self.proxies.values()) - self._delayed_before
+        delayed = self._count() - self._before
         return f"{delayed} piece(s) of traffic delayed by {self.latency_s * 1000:g} ms" if delayed else ""
-
-    def heal(self) -> None:
-        for p in self.proxies.values():
-            p.restore()
-
-
-def _describe(proxies: Mapping[str, FaultProxy]) -> str:
-    return ",".join(proxies) + "<->broker"
