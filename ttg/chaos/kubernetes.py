@@ -22,8 +22,8 @@ from ttg.chaos.session import settings_from
 from ttg.config import load_run_config
 from ttg.errors import TTGError
 from ttg.k8s.cluster import RUN_LABEL, Cluster, connect
-from ttg.k8s.launch import coordinator_pod, record_from_log
-from ttg.k8s.manifests import IMAGE, ManifestSettings, documents
+from ttg.k8s.launch import coordinator_pod, deploy, follow_log, record_from_log
+from ttg.k8s.manifests import ManifestSettings, documents
 from ttg.record import RunRecord
 from ttg.run import PROGRESS_LINE_EVERY_S
 
@@ -60,12 +60,8 @@ class _Follower:
         threading.Thread(target=self._watch_pods, daemon=True).start()
 
     def _follow(self, pod: str) -> None:
-        from kubernetes import client, watch
-
-        core = client.CoreV1Api(self.cluster.api_client)
         try:
-            for line in watch.Watch().stream(core.read_namespaced_pod_log, pod, self.cluster.namespace, follow=True):
-                self.add_line(str(line))
+            follow_log(self.cluster, pod, self.add_line)
         except Exception as e:  # reported by the probe that waits for the run
             self.error = f"{type(e).__name__}: {e}"
         finally:
@@ -127,10 +123,10 @@ _state: dict[str, _Follower] = {}
 def _deploy(configuration: dict[str, Any] | None, run_id: str, timeout_s: float) -> _Follower:
     conf = configuration or {}
     try:
-        cfg = load_run_config({**DEFAULTS, **settings_from(conf, {}), "runtime": "kubernetes", "namespace": conf.get("namespace", "ttg")})
-        cluster = Cluster(connect(conf.get("kube_context")), cfg.namespace)
-        cluster.apply(documents(ManifestSettings(run_id, cfg, namespace=cfg.namespace, image=conf.get("image") or IMAGE)))
-        follower = _Follower(cluster, run_id)
+        cfg = load_run_config(
+            {**DEFAULTS, **settings_from(conf, {}), "runtime": "kubernetes", "namespace": conf.get("namespace", "ttg"), "image": conf.get("image") or ""}
+        )
+        follower = _Follower(deploy(cfg, run_id, conf.get("kube_context")), run_id)
         follower.start(timeout_s)
     except TTGError as e:
         raise ActivityFailed(f"could not deploy run {run_id}: {e}") from None

@@ -32,18 +32,33 @@ def record_from_log(text: str) -> RunRecord:
     raise ClusterError("the coordinator's log holds no run record: it failed before judging; see `kubectl logs` of its pod")
 
 
-def launch(cfg: RunConfig, run_id: str, on_line: Callable[[str], None], timeout_s: float = 600.0, context: str | None = None) -> RunRecord:
-    api_client = connect(context)
-    cluster = Cluster(api_client, cfg.namespace)
-    settings = ManifestSettings(run_id, cfg, namespace=cfg.namespace, image=cfg.image or IMAGE)
-    cluster.apply(documents(settings))
-    pod = coordinator_pod(cluster, run_id, timeout_s)
+def deploy(cfg: RunConfig, run_id: str, context: str | None = None) -> Cluster:
+    """Apply the run's manifests (broker, coordinator, worker Job) to the cluster; returns the cluster handle."""
+    cluster = Cluster(connect(context), cfg.namespace)
+    cluster.apply(documents(ManifestSettings(run_id, cfg, namespace=cfg.namespace, image=cfg.image or IMAGE)))
+    return cluster
+
+
+def follow_log(cluster: Cluster, pod: str, on_line: Callable[[str], None]) -> None:
+    """Call ``on_line`` with each line of the pod's log as it is written, until the pod's container ends."""
     from kubernetes import client, watch
 
-    core = client.CoreV1Api(api_client)
-    for line in watch.Watch().stream(core.read_namespaced_pod_log, pod, cfg.namespace, follow=True):
+    core = client.CoreV1Api(cluster.api_client)
+    for line in watch.Watch().stream(core.read_namespaced_pod_log, pod, cluster.namespace, follow=True):
         on_line(str(line))
-    return record_from_log(str(core.read_namespaced_pod_log(pod, cfg.namespace)))
+
+
+def launch(cfg: RunConfig, run_id: str, on_line: Callable[[str], None], timeout_s: float = 600.0, context: str | None = None) -> RunRecord:
+    cluster = deploy(cfg, run_id, context)
+    pod = coordinator_pod(cluster, run_id, timeout_s)
+    lines: list[str] = []
+
+    def keep(line: str) -> None:
+        lines.append(line)
+        on_line(line)
+
+    follow_log(cluster, pod, keep)
+    return record_from_log("\n".join(lines))  # the streamed lines already hold the record: no second read of the log
 
 
 def coordinator_pod(cluster: Cluster, run_id: str, timeout_s: float) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,7 +132,3 @@ def documents(settings: ManifestSettings) -> list[dict[str, Any]]:
     import yaml
 
     return [d for d in yaml.safe_load_all(render(settings)) if d]
-
-
-def with_image(settings: ManifestSettings, image: str) -> ManifestSettings:
-    return dataclasses.replace(settings, image=image)
