@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -25,19 +25,17 @@ from rich.table import Table
 from ttg import __version__, logs
 from ttg.cli_chaos import chaos
 from ttg.cli_k8s import k8s
-from ttg.config import backend_for_url, load_management_url, load_run_config, load_sweep_settings, redact_url
+from ttg.config import RunConfig, backend_for_url, load_management_url, load_run_config, load_sweep_settings, passed_options, redact_url
 from ttg.errors import ConfigError, TTGError
 from ttg.record import RunRecord
+
+if TYPE_CHECKING:
+    from ttg.run import ProgressFn  # the run machinery is imported only by the commands that run sweeps
 
 err = Console(stderr=True)
 EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 3
 EXIT_INTERNAL = 4
-
-
-def _given(**kwargs: Any) -> dict[str, Any]:
-    """Only the options the user actually passed: the rest falls through to TTG_* env, then defaults."""
-    return {k: v for k, v in kwargs.items() if v is not None and v != ()}
 
 
 def _sweep_options(fn: Any) -> Any:
@@ -106,7 +104,7 @@ def run(as_json: bool, verbose: bool, run_id: str | None, resume: bool, **option
     from ttg.run import PROGRESS_LINE_EVERY_S, new_run_id
     from ttg.run import Progress as RunProgress
 
-    cfg = load_run_config(_given(**options))
+    cfg = load_run_config(passed_options(**options))
     if resume and not (run_id and cfg.sweep.broker_url):
         raise ConfigError("--resume continues a run on the broker that holds it: pass --run-id and --broker-url (a private broker dies with its coordinator)")
     run_id = run_id or new_run_id()
@@ -159,7 +157,7 @@ def report(inputs: Path, formats: str, out: Path, title: str) -> int:
     return 0
 
 
-def _run_somewhere(cfg: Any, run_id: str, on_progress: Any, resume: bool = False) -> RunRecord:
+def _run_somewhere(cfg: RunConfig, run_id: str, on_progress: ProgressFn, resume: bool = False) -> RunRecord:
     """Locally; as the in-cluster coordinator of a Kubernetes run; or, from outside a cluster, by deploying one."""
     from ttg.run import execute
 
@@ -228,7 +226,7 @@ def worker(
     from ttg.sweep import SweepSpec
     from ttg.worker import Worker, WorkerSpec
 
-    settings = load_sweep_settings(_given(**options))
+    settings = load_sweep_settings(passed_options(**options))
     if not settings.broker_url:
         raise ConfigError("ttg worker needs a broker; pass --broker-url or set TTG_BROKER_URL")
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -271,7 +269,7 @@ def bench(repeat: int, as_json: bool, **options: Any) -> int:
     """Throughput of TTG against multiprocessing.Pool over the same chunks, measured side by side."""
     from ttg.bench import run_bench
 
-    given = _given(**options)
+    given = passed_options(**options)
     given.setdefault("params", 10_000_000)
     cfg = load_run_config({**given, "verify": "off", "out": given.get("out")})
     logs.setup("text", logging.WARNING)
@@ -309,7 +307,7 @@ def status(run_id: str | None, management_url: str | None, watch: bool, interval
 
     from ttg.status import Rate, read_status
 
-    settings = load_sweep_settings(_given(**options))
+    settings = load_sweep_settings(passed_options(**options))
     if not settings.broker_url:
         raise ConfigError("ttg status needs a broker; pass --broker-url or set TTG_BROKER_URL (a private broker lives only as long as its run)")
     if options.get("backend") and backend_for_url(settings.broker_url) != settings.backend:

@@ -12,10 +12,6 @@ from rich.table import Table
 err = Console(stderr=True)
 
 
-def _given(**kwargs: Any) -> dict[str, Any]:
-    return {k: v for k, v in kwargs.items() if v is not None and v != ()}
-
-
 @click.group()
 def k8s() -> None:
     """Kubernetes: manifests for kubectl or GitOps, and TTG's objects on a cluster (only TTG-labelled ones are touched)."""
@@ -35,12 +31,12 @@ def k8s() -> None:
 @click.option("--run-id", "run_id", default=None, help="The run's id (default: a new random one).")
 def render(run_id: str | None, **options: Any) -> int:
     """Print a run's manifests as YAML: namespace, Secret, broker, NetworkPolicy, coordinator, workers."""
-    from ttg.config import load_run_config
+    from ttg.config import load_run_config, passed_options
     from ttg.k8s.manifests import IMAGE, ManifestSettings
     from ttg.k8s.manifests import render as render_manifests
     from ttg.run import new_run_id
 
-    cfg = load_run_config({**_given(**options), "runtime": "kubernetes"})
+    cfg = load_run_config({**passed_options(**options), "runtime": "kubernetes"})
     settings = ManifestSettings(run_id or new_run_id(), cfg, namespace=cfg.namespace, image=cfg.image or IMAGE)
     click.echo(render_manifests(settings), nl=False)
     err.print(f"run {settings.run_id}: {cfg.workers} {cfg.sweep.backend} workers in namespace {cfg.namespace}; the Secret holds a generated password")

@@ -215,6 +215,12 @@ _RUN_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 }
 
 
+def passed_options(**options: Any) -> dict[str, Any]:
+    """Only the options the user actually passed (None or an empty repeatable means not passed): the rest falls
+    through to TTG_* variables, then defaults."""
+    return {k: v for k, v in options.items() if v is not None and v != ()}
+
+
 def _resolve(table: Mapping[str, tuple[Callable[[Any], Any], Any]], given: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, (conv, default) in table.items():

@@ -86,9 +86,12 @@ def private_or_given_broker(cfg: RunConfig) -> Iterator[BrokerAccess]:
         yield BrokerAccess(server.url, server.startup_s, server)
 
 
-def worker_launches(cfg: RunConfig, urls: Mapping[str, str] | str, run_id: str, chunks: int = 0) -> list[WorkerLaunch]:
-    """The ``ttg worker`` arguments of each worker: every setting travels explicitly, nothing through the environment."""
+def worker_launches(cfg: RunConfig, urls: Mapping[str, str] | str, run_id: str) -> list[WorkerLaunch]:
+    """The ``ttg worker`` arguments of each worker: every setting travels explicitly, nothing through the environment.
+
+    ``urls``: the broker URL, or one per worker id (each worker's own fault proxy)."""
     s = cfg.sweep
+    chunks = ChunkPlan(cfg.params, cfg.chunk).chunks
     poisoned = sorted({c for f in cfg.faults if f.kind == "poison-chunk" for c in f.poisoned_chunks(chunks)})
     options = {
         "--run-id": run_id,
@@ -261,7 +264,7 @@ def execute(
         proxies = _proxies_for(cfg, url, always=on_start is not None)
         try:
             broker.declare(plan.chunks)
-            runtime.start(worker_launches(cfg, {w: p.url_for(url) for w, p in proxies.items()} or url, run_id, plan.chunks))
+            runtime.start(worker_launches(cfg, {w: p.url_for(url) for w, p in proxies.items()} or url, run_id))
             if cfg.mode == "queue":
                 # Pods may wait for a node and pull an image first; local processes connect within a second or two.
                 _wait_connected(broker, runtime, cfg.workers, timeout_s=60.0 if runtime.name == "local" else 600.0)

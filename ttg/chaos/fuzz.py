@@ -7,17 +7,17 @@ failing row replays exactly with ``--seed <its seed> --runs 1``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ttg.config import RunConfig, load_run_config, worker_ids
 from ttg.faults import DEFAULT_DURATION_S, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
-from ttg.run import BrokerAccess, execute, private_or_given_broker
+from ttg.plan import ChunkPlan
+from ttg.run import execute, private_or_given_broker
 
 FUZZ_KINDS = ("kill-worker", "terminate-worker", "kill-broker", "pause-broker", "partition-broker", "latency", "poison-chunk")
 
@@ -95,21 +95,15 @@ def _config(s: FuzzSettings, seed: int, faults: tuple[FaultSpec, ...]) -> RunCon
     return load_run_config({k: v for k, v in given.items() if v is not None})
 
 
-@contextlib.contextmanager
-def _broker(s: FuzzSettings) -> Iterator[BrokerAccess]:
-    """One broker for every run: private (started once, with persistence) unless ``broker_url`` is given."""
-    with private_or_given_broker(_config(s, s.seed, ())) as access:
-        yield access
-
-
 def fuzz(s: FuzzSettings, on_row: Callable[[FuzzRow], None] | None = None) -> list[FuzzRow]:
     kinds = tuple(k for k in FUZZ_KINDS if not (s.broker_url and k in ("kill-broker", "pause-broker")))
     rows = []
-    with _broker(s) as access:
+    # One broker for every run: private (started once, with persistence) unless ``broker_url`` is given.
+    with private_or_given_broker(_config(s, s.seed, ())) as access:
         for seed in range(s.seed, s.seed + s.runs):
             faults = draw_schedule(seed, s.workers, s.max_faults, kinds)
             row = FuzzRow(seed, [str(f) for f in faults])
-            row.expected_dead = len({c for f in faults if f.kind == "poison-chunk" for c in f.poisoned_chunks(-(-s.params // s.chunk))})
+            row.expected_dead = len({c for f in faults if f.kind == "poison-chunk" for c in f.poisoned_chunks(ChunkPlan(s.params, s.chunk).chunks)})
             try:
                 record = execute(_config(s, seed, faults), access=access)
             except Exception as e:  # a run that cannot finish is a finding too: report it with its seed
