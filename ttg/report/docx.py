@@ -11,7 +11,7 @@ from docx.oxml import OxmlElement
 from docx.oxml.ns import qn
 from docx.shared import Inches, RGBColor
 
-from ttg.report.model import Report
+from ttg.report.model import Report, probes, seconds
 
 Row = tuple[list[str], str | None]  # cell texts, background fill (None: none)
 RED = "F8D0D0"
@@ -46,8 +46,6 @@ def _picture(doc: Any, img_dir: Path, report: Report, name: str) -> None:
 
 
 def write(report: Report, img_dir: Path, path: Path) -> None:
-    from ttg.report.render import probes, seconds
-
     rows: list[Row]
     doc = Document()
     doc.add_heading(report.title, 0)

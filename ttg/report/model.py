@@ -40,6 +40,15 @@ def _broker_versions() -> dict[str, str]:
     return out
 
 
+# Cell texts shared by the Jinja2 templates and the .docx writer.
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def probes(items: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{p['name']} {'met' if p['met'] else 'NOT met'}" for p in items) or "-"
+
+
 @dataclass
 class RunRow:
     run_id: str

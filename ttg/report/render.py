@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any
 
 import jinja2
 
 from ttg.report import docx as docx_writer
 from ttg.report import plots
 from ttg.report.inputs import ReportError, load
-from ttg.report.model import Report, build
+from ttg.report.model import Report, build, probes, seconds
 
 FORMATS = ("md", "docx", "html")
-
-
-def seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def probes(items: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{p['name']} {'met' if p['met'] else 'NOT met'}" for p in items) or "-"
 
 
 HELPERS = {"seconds": seconds, "probes": probes}
