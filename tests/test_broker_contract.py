@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ttg.broker import Broker, Delivery, open_broker
+from ttg.errors import RunConflict
 from ttg.messages import TaskMessage
 
 from .backends import publish_raw_task
@@ -119,21 +120,65 @@ def test_a_failing_chunk_is_retried_after_a_delay_then_dead_lettered_with_its_er
     assert coord.dead_letters() == [dead], "reading dead letters must not consume them"
 
 
-def test_an_unreadable_message_is_dead_lettered_at_once_and_counted_apart_from_chunks(backend: str, broker_url: str, opener: Opener) -> None:
+def test_a_rejected_message_leaves_the_queue_at_once_and_never_counts_as_a_chunk_death(backend: str, broker_url: str, opener: Opener) -> None:
     coord, a = opener(), opener("a")
     coord.declare(1)
     publish_raw_task(backend, broker_url, coord.run_id, b"\xc1junk")
     d = a.receive(2.0)
     assert d is not None and d.body == b"\xc1junk"
-    a.fail(d, "malformed: not valid msgpack", retry=False)
+    a.reject(d, "rejected: not valid msgpack")
     deadline = time.monotonic() + 5
-    while not coord.dead_letters() and time.monotonic() < deadline:
+    while not coord.rejections() and time.monotonic() < deadline:
         time.sleep(0.05)
-    (dead,) = coord.dead_letters()
-    assert dead.chunk_id is None and "malformed" in dead.reason
+    (rejected,) = coord.rejections()
+    assert "not valid msgpack" in rejected.reason and rejected.body == b"\xc1junk"
+    assert coord.dead_letters() == [], "a rejected message is not a dead letter"
     stats = coord.stats()
     assert stats.rejected == 1 and stats.dead_lettered == 0
-    assert a.receive(0.5) is None, "a dead-lettered message must not come back"
+    assert a.receive(0.5) is None, "a rejected message must not come back"
+
+
+def test_one_coordinator_per_run_the_lease_is_refused_while_held_and_free_once_released(opener: Opener) -> None:
+    first, second_same_run = opener(), opener()
+    first.claim("host-a/1/x")
+    with pytest.raises(RunConflict, match="another coordinator"):
+        second_same_run.claim("host-b/2/y")
+    t0 = time.monotonic()
+    with pytest.raises(RunConflict):
+        second_same_run.claim("host-b/2/y", wait_s=0.5)
+    assert time.monotonic() - t0 >= 0.4, "claim waits up to wait_s for the lease to lapse"
+    first.release()
+    second_same_run.claim("host-b/2/y")  # free once released
+    second_same_run.release()
+
+
+def test_a_dead_local_coordinators_lease_is_taken_over_at_once(opener: Opener) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    first = opener()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead_owner = f"{socket.gethostname()}/{gone.stdout.strip()}/dead"
+    if first.__class__.__name__ == "RabbitMQBroker":
+        pytest.skip("RabbitMQ's lease is an exclusive queue: the broker frees it when the holder's connection closes")
+    first.claim(dead_owner)
+    first._lease_stop.set()  # type: ignore[attr-defined]  # as if that process had been SIGKILLed: no more refreshes
+    successor = opener()
+    successor.claim("me/1/z")  # the holder's pid is gone on this host: no wait for its TTL
+    successor.release()
+
+
+def test_has_state_tells_a_declared_run_from_a_new_one(opener: Opener) -> None:
+    coord = opener()
+    assert coord.has_state() is False
+    coord.claim("host/1/x")
+    assert coord.has_state() is False, "the lease alone is not state"
+    coord.declare(3)
+    assert coord.has_state() is True
+    coord.delete_run()
+    assert coord.has_state() is False
+    coord.release()
 
 
 def test_runs_on_one_broker_are_isolated_and_delete_run_removes_only_its_own(opener: Opener) -> None:

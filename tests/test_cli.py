@@ -171,7 +171,7 @@ def test_a_worker_gives_up_on_an_unreachable_broker_with_exit_3() -> None:
     import port_for
 
     url = f"redis://127.0.0.1:{port_for.select_random()}/0"  # nothing listens there
-    proc = ttg("worker", "--broker-url", url, "--run-id", "x", "--broker-wait", "1")
+    proc = ttg("worker", "--broker-url", url, "--run-id", "x", "--params", "10", "--chunk", "5", "--broker-wait", "1")
     assert proc.returncode == 3, proc.stderr
     assert "Redis unreachable" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -100,7 +100,7 @@ def test_a_user_algorithm_is_verified_on_a_seeded_sample(run_sweep: Any) -> None
     assert v["ok"] and v["verify"] == "sample:200" and v["checksum_ok"] and v["mismatches"] == 0, explain(rec)
 
 
-def test_a_malformed_message_is_dead_lettered_and_the_sweep_still_completes(backend: str, broker_url: str, tmp_path: Path) -> None:
+def test_a_malformed_message_is_rejected_and_the_sweep_still_completes(backend: str, broker_url: str, tmp_path: Path) -> None:
     run_id = "mal" + uuid.uuid4().hex[:6]
     plan = ChunkPlan(3_000, 300)
     coord = open_broker(broker_url, run_id)
@@ -122,6 +122,10 @@ def test_a_malformed_message_is_dead_lettered_and_the_sweep_still_completes(back
         run_id,
         "--worker-id",
         "solo",
+        "--params",
+        str(plan.params),
+        "--chunk",
+        str(plan.chunk_size),
         "--log-format",
         "json",
         "--log-level",
@@ -139,10 +143,11 @@ def test_a_malformed_message_is_dead_lettered_and_the_sweep_still_completes(back
             assert proc.wait(timeout=30) == 0, logs.read_text()
         finally:
             proc.kill()
-    dead = coord.dead_letters()
-    verdict = judge(ledger, dead, broker_duplicates=coord.stats().duplicates, verify=Verify("full"), algorithm="demo")
-    assert verdict.ok and verdict.chunks_completed == 10 and verdict.rejected_messages == 2, verdict
-    assert any("not valid msgpack" in d.reason for d in dead) and any("belongs to run 'another-run'" in d.reason for d in dead), dead
+    rejected = coord.rejections()
+    verdict = judge(ledger, coord.dead_letters(), broker_duplicates=coord.stats().duplicates, verify=Verify("full"), algorithm="demo", rejected=rejected)
+    assert verdict.ok and verdict.chunks_completed == 10 and verdict.rejected_messages == 2 and verdict.dead_lettered == 0, verdict
+    reasons = [r.reason for r in rejected]
+    assert any("not valid msgpack" in r for r in reasons) and any("belongs to run 'another-run'" in r for r in reasons), reasons
     events = [json.loads(line) for line in logs.read_text().splitlines() if line.startswith("{")]
     assert {"started", "taken", "finished", "rejected", "exited"} <= {e.get("event") for e in events}
     taken = next(e for e in events if e.get("event") == "taken")

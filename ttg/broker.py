@@ -38,11 +38,17 @@ class Delivery:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A message the broker gave up on, with the reason. ``chunk_id`` is None when the message was unreadable."""
+    """A task the broker gave up on, with the reason and the task message itself.
+
+    ``chunk_id`` is what the broker's framing says (None when it says nothing readable); it is
+    only a claim: the coordinator counts a chunk as dead only when ``body`` is a task of this run
+    whose range matches the plan for that chunk id (see :meth:`ttg.ledger.Ledger.note_dead_letters`).
+    """
 
     chunk_id: int | None
     reason: str
     deliveries: int
+    body: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,31 @@ class Broker(ABC):
       for a chunk id already recorded are dropped and counted as duplicates.
     * A task delivered ``max_deliveries`` times without completing, or failed
       with ``retry=False``, goes to the dead-letter channel with its reason.
+    * A message that is not a task of this run's plan is :meth:`reject`-ed: it goes to
+      the rejected channel, is counted there, and never counts as a chunk's death.
+    * One coordinator per run: :meth:`claim` takes the run's lease, which lapses when
+      that coordinator dies (Redis: a key with a TTL it refreshes; RabbitMQ: an
+      exclusive queue, gone with its connection).
     """
 
     run_id: str
+
+    # -- the run's lease ----------------------------------------------------
+    @abstractmethod
+    def claim(self, owner: str, *, wait_s: float = 0.0) -> None:
+        """Become the run's one live coordinator, or raise :class:`~ttg.errors.RunConflict` naming the holder.
+
+        ``owner`` says who (``host/pid/nonce``). A lease held by a dead process on this host is
+        taken over at once; otherwise wait up to ``wait_s`` for the holder's lease to lapse.
+        """
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give the lease back (only if this broker object holds it). Safe to call twice."""
+
+    @abstractmethod
+    def has_state(self) -> bool:
+        """Whether the run has anything on the broker besides its lease (it was started before)."""
 
     # -- coordinator side ---------------------------------------------------
     @abstractmethod
@@ -98,6 +126,10 @@ class Broker(ABC):
     @abstractmethod
     def dead_letters(self) -> list[DeadLetter]:
         """Every message of this run that was dead-lettered, oldest first."""
+
+    @abstractmethod
+    def rejections(self) -> list[DeadLetter]:
+        """Every message of this run the workers rejected as not a task of the plan, oldest first, with its reason."""
 
     @abstractmethod
     def stats(self) -> BrokerStats:
@@ -138,6 +170,14 @@ class Broker(ABC):
         With ``retry`` the task is delivered again after a delay, unless it has
         used up its deliveries, in which case it is dead-lettered; without
         ``retry`` (the message is unreadable) it is dead-lettered at once.
+        """
+
+    @abstractmethod
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        """Take a message that is not a task of this run's plan out of the queue, into the rejected channel.
+
+        Unlike :meth:`fail`, a rejected message never counts as a chunk's death, whatever chunk id
+        its framing claims: junk that names a real chunk must not end that chunk early.
         """
 
     @abstractmethod

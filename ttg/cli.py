@@ -25,7 +25,8 @@ from rich.table import Table
 from ttg import __version__, logs
 from ttg.cli_chaos import chaos
 from ttg.cli_k8s import k8s
-from ttg.config import RunConfig, backend_for_url, load_management_url, load_run_config, load_sweep_settings, passed_options, redact_url
+from ttg.cli_runs import runs
+from ttg.config import RunConfig, backend_for_url, check_run_id, load_management_url, load_run_config, load_sweep_settings, passed_options, redact_url
 from ttg.errors import ConfigError, TTGError
 from ttg.record import RunRecord
 
@@ -107,7 +108,7 @@ def run(as_json: bool, verbose: bool, run_id: str | None, resume: bool, **option
     cfg = load_run_config(passed_options(**options))
     if resume and not (run_id and cfg.sweep.broker_url):
         raise ConfigError("--resume continues a run on the broker that holds it: pass --run-id and --broker-url (a private broker dies with its coordinator)")
-    run_id = run_id or new_run_id()
+    run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     logs.setup("text", logging.INFO if verbose else logging.WARNING)
     columns = [
         TextColumn("[bold]sweep"),
@@ -213,8 +214,8 @@ def summary_table(record: RunRecord) -> Table:
 @click.option("--run-id", required=True, help="The run this worker serves.")
 @click.option("--worker-id", default=None, help="This worker's name (consumer name). [default HOST-PID]")
 @click.option("--static", "static", default=None, metavar="I/W", help="Static mode: evaluate block I of W blocks of chunks, no queue.")
-@click.option("--params", type=int, default=None, help="Static mode: the sweep's parameter count.")
-@click.option("--chunk", type=int, default=None, help="Static mode: the sweep's chunk size.")
+@click.option("--params", type=int, default=None, help="The run's parameter count (as given to ttg run): every task is checked against the plan.")
+@click.option("--chunk", type=int, default=None, help="The run's chunk size (as given to ttg run).")
 @click.option("--broker-wait", type=float, default=60.0, show_default=True, help="Seconds to keep retrying an unreachable broker.")
 @click.option("--poison-chunks", default="", metavar="ID,...", help="Fault injection (the poison-chunk fault): these chunk ids fail on every delivery.")
 def worker(
@@ -226,20 +227,22 @@ def worker(
     from ttg.sweep import SweepSpec
     from ttg.worker import Worker, WorkerSpec
 
+    run_id = check_run_id(run_id)
     settings = load_sweep_settings(passed_options(**options))
     if not settings.broker_url:
         raise ConfigError("ttg worker needs a broker; pass --broker-url or set TTG_BROKER_URL")
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
     logs.setup(settings.log_format, getattr(logging, settings.log_level.upper()), run_id=run_id, worker_id=worker_id)
-    static_plan, index, of = None, 0, 1
+    if params is None or chunk is None:
+        raise ConfigError("ttg worker checks every task against the run's plan: pass --params N --chunk K, as given to ttg run")
+    plan = ChunkPlan(params, chunk)
+    block: tuple[int, int] | None = None
     if static is not None:
         try:
             index, of = (int(x) for x in static.split("/"))
         except ValueError:
             raise ConfigError(f"--static must look like I/W, for example 0/4 (got {static!r})") from None
-        if params is None or chunk is None:
-            raise ConfigError("static mode needs --params and --chunk")
-        static_plan = ChunkPlan(params, chunk)
+        block = (index, of)
     broker = open_broker(
         settings.broker_url,
         run_id,
@@ -253,7 +256,8 @@ def worker(
         poisoned = frozenset(int(c) for c in poison_chunks.split(",") if c.strip())
     except ValueError:
         raise ConfigError(f"--poison-chunks must be comma-separated chunk ids, for example 3,17 (got {poison_chunks!r})") from None
-    w = Worker(broker, WorkerSpec(run_id, worker_id, settings.algorithm, settings.cost_us, broker_wait, static_plan, index, of, sweep, poisoned))
+    spec = WorkerSpec(run_id, worker_id, plan, settings.algorithm, settings.cost_us, broker_wait_s=broker_wait, static=block, sweep=sweep, poisoned=poisoned)
+    w = Worker(broker, spec)
     w.install_signal_handlers()
     return w.run()
 
@@ -364,6 +368,7 @@ def status_table(runs: list[Any], rates: dict[str, Any], url: str) -> Table:
 
 cli.add_command(chaos)
 cli.add_command(k8s)
+cli.add_command(runs)
 
 
 def _interrupt_on_sigterm() -> None:

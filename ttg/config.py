@@ -299,3 +299,13 @@ def load_management_url(given: str | None, env: Mapping[str, str] | None = None)
     if value is not None and urlsplit(value).scheme not in ("http", "https"):
         raise ConfigError(f"management URL must start with http:// or https:// (got {redact_url(value)!r}); pass --management-url or set TTG_MANAGEMENT_URL")
     return value
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id names a directory and broker keys: 1-64 of ``A-Z a-z 0-9 _ . -``, not starting with ``.`` or ``-``, no ``..``."""
+    if not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ConfigError(f"run id must be 1-64 of A-Z a-z 0-9 _ . - without '..', not starting with '.' or '-' (got {run_id!r}); pass another --run-id")
+    return run_id

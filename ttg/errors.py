@@ -31,6 +31,13 @@ class UnknownBackend(ConfigError):
     """A broker URL scheme or backend name that no registered backend handles."""
 
 
+class RunConflict(ConfigError):
+    """The run id is taken: its state exists (results on disk, keys or queues on the broker) or another coordinator holds it.
+
+    Exit status 2: the message names the command that resumes the run and the one that discards it.
+    """
+
+
 class MessageError(TTGError):
     """A broker message failed decoding or schema checks.
 

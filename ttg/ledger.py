@@ -1,4 +1,12 @@
-"""The coordinator's ledger: every result received, de-duplicated by chunk id.
+"""The coordinator's ledger: every planned chunk id, in exactly one state.
+
+A chunk is *completed* (its first result that matches the plan was recorded), *dead*
+(a dead letter whose task matches the plan, and no result), or outstanding. Completed
+and dead are disjoint sets of planned chunk ids: a later result for a dead chunk makes it
+completed, a dead letter for a completed chunk is noise, counted apart. Anything that
+names no planned chunk, or disagrees with the plan, is rejected and counted. The run is
+over when every planned chunk id is completed or dead (:attr:`Ledger.accounted`), never
+on a count of messages.
 
 Per-parameter results go straight into a float64 ``.npy`` file mapped in memory,
 so a 10M sweep never holds its results as Python objects. Checksums are the
@@ -13,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ttg.broker import DeadLetter
 from ttg.errors import ConfigError, MessageError
-from ttg.messages import ResultMessage, decode_result
+from ttg.messages import ResultMessage, decode_planned_task, decode_result
 from ttg.plan import ChunkPlan
 
 log = logging.getLogger(__name__)
@@ -47,11 +56,21 @@ class Ledger:
             self.values = np.full(plan.params, np.nan, dtype="<f8")
             self.seen = np.zeros(plan.chunks, dtype=bool)
         self.completed = int(self.seen.sum())
+        self.dead = np.zeros(plan.chunks, dtype=bool)  # dead-lettered and never completed
+        self.dead_open = 0  # == dead.sum(), kept as a counter
+        self.dead_reasons: dict[int, str] = {}
+        self.dead_noise = 0  # dead letters for a chunk that completed anyway, or a second one for a dead chunk
+        self.dead_rejected = 0  # dead letters whose task is not one of the plan (junk, forged, another run)
         self.duplicates = 0
         self.rejected = 0
         self.redelivered_at: list[float] = []  # monotonic times of first results that needed more than one delivery
         self.last_result: dict[str, float] = {}  # worker id -> monotonic time of its latest result
         self.results_by_worker: dict[str, float] = {}  # worker id -> first results received from it
+
+    @staticmethod
+    def exists(path: Path) -> bool:
+        """Whether ``path`` (``results.npy``) and its ``seen.npy`` hold a ledger a coordinator left."""
+        return path.exists() and path.with_name("seen.npy").exists()
 
     def add(self, raw: bytes) -> ResultMessage | None:
         """Record one encoded result; returns it when it was the chunk's first, None otherwise."""
@@ -72,9 +91,44 @@ class Ledger:
         self.values[msg.start : msg.stop] = values
         self.seen[msg.chunk_id] = True
         self.completed += 1
+        if self.dead[msg.chunk_id]:  # a dead letter came first (a copy of the task); the result wins
+            self.dead[msg.chunk_id] = False
+            self.dead_reasons.pop(msg.chunk_id, None)
+            self.dead_open -= 1
+            self.dead_noise += 1
         if msg.deliveries > 1:
             self.redelivered_at.append(time.monotonic())
         return msg
+
+    @property
+    def accounted(self) -> int:
+        """Planned chunks that are completed or dead: the run is over when this reaches ``plan.chunks``."""
+        return self.completed + self.dead_open
+
+    def note_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Fold the broker's dead letters (all of them, as read now) into the chunk states; idempotent.
+
+        A dead letter counts as its chunk's death only if its task body is a task of this run whose
+        range is the plan's for that chunk id, and the chunk has not completed.
+        """
+        self.dead[:] = False
+        self.dead_reasons = {}
+        self.dead_noise = self.dead_rejected = 0
+        for letter in letters:
+            try:
+                task = decode_planned_task(letter.body, self.run_id, self.plan)
+                if letter.chunk_id is not None and letter.chunk_id != task.chunk_id:
+                    raise MessageError(f"dead letter names chunk {letter.chunk_id}, its task is chunk {task.chunk_id}")
+            except MessageError as e:
+                self.dead_rejected += 1
+                log.warning("dead letter ignored: %s", e)
+                continue
+            if self.seen[task.chunk_id] or self.dead[task.chunk_id]:
+                self.dead_noise += 1
+                continue
+            self.dead[task.chunk_id] = True
+            self.dead_reasons[task.chunk_id] = letter.reason
+        self.dead_open = len(self.dead_reasons)
 
     def _check(self, msg: ResultMessage) -> None:
         if msg.run_id != self.run_id:

@@ -14,6 +14,7 @@ import msgpack
 import numpy as np
 
 from ttg.errors import MessageError
+from ttg.plan import ChunkPlan
 
 VERSION = 1
 _F64 = np.dtype("<f8")
@@ -111,3 +112,20 @@ def decode_result(raw: bytes) -> ResultMessage:
     if len(msg.values) != (msg.stop - msg.start) * _F64.itemsize:
         raise MessageError(f"result for chunk {msg.chunk_id} holds {len(msg.values) // 8} values for {msg.stop - msg.start} parameters")
     return msg
+
+
+def decode_planned_task(raw: bytes, run_id: str, plan: ChunkPlan) -> TaskMessage:
+    """A task of run ``run_id`` whose range is the plan's for its chunk id, or MessageError saying how it is not.
+
+    Workers check every task before computing it: a well-formed task whose range disagrees with
+    its chunk id would otherwise be recorded as that chunk, and the real chunk dropped as a duplicate.
+    """
+    task = decode_task(raw)
+    if task.run_id != run_id:
+        raise MessageError(f"task belongs to run {task.run_id!r}, not {run_id!r}")
+    if not 0 <= task.chunk_id < plan.chunks:
+        raise MessageError(f"task names chunk {task.chunk_id}, outside the plan's 0..{plan.chunks - 1}")
+    chunk = plan.chunk(task.chunk_id)
+    if (task.start, task.stop) != (chunk.start, chunk.stop):
+        raise MessageError(f"task for chunk {task.chunk_id} covers [{task.start}, {task.stop}), the plan says [{chunk.start}, {chunk.stop})")
+    return task

@@ -27,9 +27,10 @@ from urllib.parse import urlsplit
 
 from ttg import __version__, algorithms
 from ttg.broker import Broker, check_backend_available, open_broker
-from ttg.config import RunConfig, redact_url, worker_ids
-from ttg.errors import RuntimeStartError
+from ttg.config import RunConfig, check_run_id, redact_url, worker_ids
+from ttg.errors import RunConflict, RuntimeStartError
 from ttg.faults import PROXY_FAULTS
+from ttg.lease import LEASE_TTL_S, new_owner
 from ttg.ledger import Ledger
 from ttg.messages import TaskMessage
 from ttg.nemesis import BrokerServer, FaultProxy, FaultSchedule
@@ -102,13 +103,15 @@ def worker_launches(cfg: RunConfig, urls: Mapping[str, str] | str, run_id: str) 
         **({"--prefetch": str(s.prefetch)} if s.prefetch is not None else {}),
         "--log-format": s.log_format,
         "--log-level": s.log_level,
+        "--params": str(cfg.params),  # the plan: every task is checked against it before it is computed
+        "--chunk": str(cfg.chunk),
     }
     common = [part for pair in options.items() for part in pair]
     common += [part for axis in s.grid for part in ("--grid", axis)]
     common += ["--poison-chunks", ",".join(map(str, poisoned))] if poisoned else []
     launches = []
     for i, wid in enumerate(worker_ids(cfg.workers)):
-        extra = ["--static", f"{i}/{cfg.workers}", "--params", str(cfg.params), "--chunk", str(cfg.chunk)] if cfg.mode == "static" else []
+        extra = ["--static", f"{i}/{cfg.workers}"] if cfg.mode == "static" else []
         url = urls if isinstance(urls, str) else urls[wid]
         launches.append(WorkerLaunch(wid, tuple([*common, "--broker-url", url, "--worker-id", wid, *extra])))
     return launches
@@ -121,6 +124,32 @@ def _proxies_for(cfg: RunConfig, url: str, always: bool) -> dict[str, FaultProxy
     parts = urlsplit(url)
     default = 6379 if parts.scheme.startswith("redis") else 5672
     return {w: FaultProxy(parts.hostname or "127.0.0.1", parts.port or default) for w in worker_ids(cfg.workers)}
+
+
+def _how_to_go_on(cfg: RunConfig, run_id: str) -> str:
+    """The two commands that go on from a run that exists: resume it, or discard it."""
+    where = f" --out {cfg.out}" if cfg.out != Path("runs") else ""
+    broker = " --broker-url URL" if cfg.sweep.broker_url else ""
+    return f"resume it with the same command plus --resume, or discard it with: ttg runs delete {run_id}{broker}{where}"
+
+
+def _claim_run(broker: Broker, cfg: RunConfig, run_dir: Path, *, resume: bool, on_disk: bool) -> bool:
+    """Take the run's lease and check what exists of it; returns whether the broker already held the run.
+
+    One live coordinator per run id (a successor waits out a dead predecessor's lease); a run that
+    exists is continued only with ``resume``, and only from the ledger of its first coordinator.
+    """
+    run_id = broker.run_id
+    broker.claim(new_owner(), wait_s=LEASE_TTL_S + 1.0 if resume else 0.0)
+    had_state = broker.has_state()
+    if had_state and not resume:
+        raise RunConflict(f"run {run_id} already exists on the broker; {_how_to_go_on(cfg, run_id)}")
+    if had_state and not on_disk:
+        raise RunConflict(
+            f"run {run_id} exists on the broker but {run_dir} holds no ledger of it; pass the --out of its first "
+            f"coordinator, or discard it: ttg runs delete {run_id} --broker-url URL"
+        )
+    return had_state
 
 
 def _wait_connected(broker: Broker, runtime: Runtime, want: int, timeout_s: float = 60.0) -> None:
@@ -178,8 +207,9 @@ class _Collector:
         self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0, priority, server, proxies, rng, immediate=static)
 
     def run(self) -> None:
+        """Collect until every planned chunk id is completed or dead (never on a count of messages), or give up."""
         chunks = self.ledger.plan.chunks
-        dead = 0
+        dead_seen = 0
         next_stats = 0.0
         next_flush = time.monotonic() + 2.0
         workers_gone_at: float | None = None
@@ -190,26 +220,34 @@ class _Collector:
             now = time.monotonic()
             self._progress(now)
             self.faults.poll(self.ledger.completed, self.ledger.redelivered_at)
-            if now >= next_stats:  # dead letters end a chunk too; ask the broker a few times a second
-                dead = self._patiently(self.broker.stats).dead_lettered
+            if now >= next_stats:  # a dead letter ends a chunk too; ask the broker a few times a second
+                dead_seen = self._note_dead_letters(dead_seen)
                 next_stats = now + 0.25
             if now >= next_flush:  # a successor coordinator (--resume) finds on disk what this one recorded
                 self.ledger.flush()
                 next_flush = now + 2.0
-            if self.ledger.completed + dead >= chunks:
+            if self.ledger.accounted >= chunks:
                 return
+            outstanding = chunks - self.ledger.accounted
             if not self.runtime.alive():
                 # Every worker is gone: take what is still in flight to the coordinator, then stop.
                 workers_gone_at = workers_gone_at or now
                 if not raws and now - workers_gone_at > 0.5:
-                    log.warning("all workers exited with %d chunk(s) outstanding", chunks - self.ledger.completed - dead)
+                    log.warning("all workers exited with %d chunk(s) outstanding", outstanding)
                     return
             if self.cancel.is_set():
-                log.warning("run cancelled with %d chunk(s) outstanding", chunks - self.ledger.completed - dead)
+                log.warning("run cancelled with %d chunk(s) outstanding", outstanding)
                 return
             if now - self.t0 > self.cfg.timeout_s:
-                log.error("run timed out after %.0fs with %d chunk(s) outstanding", self.cfg.timeout_s, chunks - self.ledger.completed - dead)
+                log.error("run timed out after %.0fs with %d chunk(s) outstanding", self.cfg.timeout_s, outstanding)
                 return
+
+    def _note_dead_letters(self, seen: int) -> int:
+        """Re-read the dead letters when the broker's count of them changed; returns the count read."""
+        count = self._patiently(self.broker.stats).dead_lettered
+        if count != seen:
+            self.ledger.note_dead_letters(self._patiently(self.broker.dead_letters))
+        return count
 
     def _patiently(self, op: Callable[[], T]) -> T:
         # A broker restart (with --persistence nothing is lost) must not end the run.
@@ -250,27 +288,36 @@ def execute(
     published completely); otherwise start it.
     """
     algorithms.load(cfg.sweep.algorithm)  # a typo in --algorithm is a usage error, before any worker starts
-    run_id = run_id or new_run_id()
+    run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     plan = ChunkPlan(cfg.params, cfg.chunk)
     run_dir = cfg.out / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    on_disk = Ledger.exists(run_dir / "results.npy")
+    if on_disk and not resume:
+        # Results already recorded are never touched: refuse at once, saying how to go on.
+        raise RunConflict(f"run {run_id} already has results in {run_dir}; {_how_to_go_on(cfg, run_id)}")
     started_at = datetime.now(UTC)
     t_start = time.monotonic()
     with contextlib.nullcontext(access) if access is not None else private_or_given_broker(cfg) as given:
         url, broker_startup_s = given.url, given.startup_s
         broker = open_broker(url, run_id, max_deliveries=cfg.sweep.max_deliveries, reclaim_after_s=cfg.sweep.reclaim_after_s, prefetch=cfg.sweep.prefetch)
         runtime = runtime or LocalRuntime(run_dir / "logs")
-        # Partition and latency faults need a path to cut: each worker reaches the broker through its own fault proxy.
-        proxies = _proxies_for(cfg, url, always=on_start is not None)
+        proxies: dict[str, FaultProxy] = {}
+        ledger: Ledger | None = None
+        complete = False
         try:
+            had_state = _claim_run(broker, cfg, run_dir, resume=resume, on_disk=on_disk)
+            resuming = resume and on_disk
+            run_dir.mkdir(parents=True, exist_ok=True)
+            # The ledger exists before the run does on the broker, so broker state always has a ledger to resume.
+            ledger = Ledger(plan, run_id, run_dir / "results.npy", resume=resuming)
             broker.declare(plan.chunks)
+            # Partition and latency faults need a path to cut: each worker reaches the broker through its own fault proxy.
+            proxies = _proxies_for(cfg, url, always=on_start is not None)
             runtime.start(worker_launches(cfg, {w: p.url_for(url) for w, p in proxies.items()} or url, run_id))
             if cfg.mode == "queue":
                 # Pods may wait for a node and pull an image first; local processes connect within a second or two.
                 _wait_connected(broker, runtime, cfg.workers, timeout_s=60.0 if runtime.name == "local" else 600.0)
             startup_s = time.monotonic() - t_start
-            resuming = resume and (run_dir / "results.npy").exists() and (run_dir / "seen.npy").exists()
-            ledger = Ledger(plan, run_id, run_dir / "results.npy", resume=resuming)
             resumed_at = ledger.completed if resuming else None
             if resuming:
                 log.warning("resuming run %s with %d of %d chunks recorded", run_id, ledger.completed, plan.chunks)
@@ -278,8 +325,9 @@ def execute(
                 cfg = dataclasses.replace(cfg, faults=tuple(f for f in cfg.faults if f.at_fraction * plan.chunks > ledger.completed))
             collector = _Collector(cfg, broker, runtime, ledger, on_progress, given.server, proxies, cancel)
             published = run_dir / "published"
-            if cfg.mode == "queue" and not (resuming and published.exists()):
-                # A plan published only in part: publish what is not recorded again; a duplicate is dropped, never counted twice.
+            if cfg.mode == "queue" and not (resuming and had_state and published.exists()):
+                # A plan published only in part, or a broker that lost the run: publish what is not recorded again;
+                # a chunk computed twice is dropped as a duplicate, never counted twice.
                 todo = (c for c in plan if not ledger.seen[c.id])
                 broker.publish_tasks((c.id, TaskMessage(run_id, c.id, c.start, c.stop).encode()) for c in todo)
                 published.touch()
@@ -300,7 +348,6 @@ def execute(
                 ledger.add(raw)  # a result that landed while workers stopped still counts
             stats = broker.stats()
             dead_letters = broker.dead_letters()
-            collector.faults.finish({d.chunk_id for d in dead_letters if d.chunk_id is not None})
             verdict = judge(
                 ledger,
                 dead_letters,
@@ -309,17 +356,25 @@ def execute(
                 algorithm=cfg.sweep.algorithm,
                 seed=cfg.seed,
                 sweep=cfg.sweep.sweep_spec(cfg.params),
+                rejected=broker.rejections(),
             )
-            ledger.flush()
+            collector.faults.finish(verdict.dead_letter_ids)
+            complete = ledger.accounted >= plan.chunks
         finally:
+            # Interruption is not deletion: SIGTERM, Ctrl-C, a timeout or a crash stop the workers and leave the
+            # run resumable; only a run whose every chunk is accounted for is removed from the broker.
             runtime.stop(grace_s=5.0)
             for p in proxies.values():
                 p.close()
+            if ledger is not None:
+                ledger.flush()
             try:
-                if not keep_broker_state:
+                if complete and not keep_broker_state:
                     broker.delete_run()
+                elif ledger is not None and given.server is None:
+                    log.warning("run %s is not complete and stays on the broker; %s", run_id, _how_to_go_on(cfg, run_id))
             finally:
-                broker.close()
+                broker.close()  # and with it the run's lease
     record = RunRecord(
         run_id=run_id,
         ttg_version=__version__,

@@ -7,7 +7,7 @@ A value, not a print: :func:`judge` returns a :class:`Verdict`, and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +42,8 @@ class Verdict:
     verify_s: float
     dead_letter_reasons: list[str] = field(default_factory=list)
     unverifiable_chunk_ids: list[int] = field(default_factory=list)  # the reference itself raised for these
+    ignored_dead_letters: int = 0  # for a chunk that completed anyway, or a second one for a dead chunk: noise
+    rejected_reasons: list[str] = field(default_factory=list)  # the first few, for whoever reads the record
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,14 +122,25 @@ def _verify_sample(ledger: Ledger, algorithm: str, size: int, seed: int, sweep: 
 
 
 def judge(
-    ledger: Ledger, dead: list[DeadLetter], *, broker_duplicates: int, verify: Verify, algorithm: str, seed: int = 0, sweep: SweepSpec | None = None
+    ledger: Ledger,
+    dead: list[DeadLetter],
+    *,
+    broker_duplicates: int,
+    verify: Verify,
+    algorithm: str,
+    seed: int = 0,
+    sweep: SweepSpec | None = None,
+    rejected: Sequence[DeadLetter] = (),
 ) -> Verdict:
-    """Compare what came back with the plan and, as asked, with a reference."""
+    """Compare what came back with the plan and, as asked, with a reference.
+
+    ``dead``: the broker's dead letters, folded into the ledger's chunk states (only a task of the
+    plan counts as a chunk's death); ``rejected``: messages the workers refused as not of the plan.
+    """
     t0 = time.perf_counter()
-    dead_ids = sorted({d.chunk_id for d in dead if d.chunk_id is not None and 0 <= d.chunk_id < ledger.plan.chunks and not ledger.seen[d.chunk_id]})
-    dead_mask = np.zeros(ledger.plan.chunks, dtype=bool)
-    dead_mask[dead_ids] = True
-    lost_ids = [int(i) for i in np.flatnonzero(~ledger.seen & ~dead_mask)]
+    ledger.note_dead_letters(dead)
+    dead_ids = [int(i) for i in np.flatnonzero(ledger.dead)]
+    lost_ids = [int(i) for i in np.flatnonzero(~ledger.seen & ~ledger.dead)]
     exp: int | None
     act: int | None
     mism: int | None
@@ -156,8 +169,10 @@ def judge(
         checksum_ok=checksum_ok,
         verify=str(verify),
         mismatches=mism,
-        rejected_messages=ledger.rejected + sum(1 for d in dead if d.chunk_id is None),
+        rejected_messages=ledger.rejected + ledger.dead_rejected + len(rejected),
         verify_s=round(time.perf_counter() - t0, 4),
-        dead_letter_reasons=[d.reason for d in dead][:20],
+        dead_letter_reasons=[ledger.dead_reasons[c] for c in dead_ids[:20]],
         unverifiable_chunk_ids=unverifiable,
+        ignored_dead_letters=ledger.dead_noise,
+        rejected_reasons=[r.reason for r in rejected][:20],
     )

@@ -23,7 +23,7 @@ from typing import TypeVar
 from ttg import algorithms
 from ttg.broker import Broker, Delivery
 from ttg.errors import BrokerUnavailable, MessageError
-from ttg.messages import ResultMessage, decode_task
+from ttg.messages import ResultMessage, decode_planned_task
 from ttg.plan import ChunkPlan
 from ttg.retry import patiently
 from ttg.sweep import SweepSpec
@@ -39,12 +39,11 @@ EXIT_BROKER_LOST = 3
 class WorkerSpec:
     run_id: str
     worker_id: str
+    plan: ChunkPlan  # the run's plan: every task is checked against it before it is computed
     algorithm: str = "demo"
     cost_us: float = 0.0
     broker_wait_s: float = 60.0  # how long to keep retrying an unreachable broker before giving up
-    static_plan: ChunkPlan | None = None
-    static_index: int = 0
-    static_of: int = 1
+    static: tuple[int, int] | None = None  # static mode: (block index, blocks): evaluate that block, no queue
     sweep: SweepSpec | None = None  # grid axes, for algorithms that take grid values
     poisoned: frozenset[int] = frozenset()  # the poison-chunk fault: these chunks fail on every delivery
 
@@ -71,10 +70,10 @@ class Worker:
         signal.signal(signal.SIGINT, on_signal)
 
     def run(self) -> int:
-        log.info("worker started", extra={"event": "started", "mode": "static" if self.spec.static_plan else "queue"})
+        log.info("worker started", extra={"event": "started", "mode": "static" if self.spec.static else "queue"})
         try:
-            if self.spec.static_plan is not None:
-                self._run_static(self.spec.static_plan)
+            if self.spec.static is not None:
+                self._run_static(*self.spec.static)
             else:
                 self._run_queue()
         except BrokerUnavailable as e:
@@ -95,8 +94,9 @@ class Worker:
                 continue
             self._process(delivery)
 
-    def _run_static(self, plan: ChunkPlan) -> None:
-        for chunk_id in plan.static_assignment(self.spec.static_of, self.spec.static_index):
+    def _run_static(self, index: int, of: int) -> None:
+        plan = self.spec.plan
+        for chunk_id in plan.static_assignment(of, index):
             if self.stopping.is_set():
                 return
             chunk = plan.chunk(chunk_id)
@@ -107,13 +107,13 @@ class Worker:
 
     def _process(self, delivery: Delivery) -> None:
         try:
-            task = decode_task(delivery.body)
-            if task.run_id != self.spec.run_id:
-                raise MessageError(f"task belongs to run {task.run_id!r}, this worker serves run {self.spec.run_id!r}")
+            task = decode_planned_task(delivery.body, self.spec.run_id, self.spec.plan)
         except MessageError as e:
-            log.warning("malformed task dead-lettered: %s", e, extra={"event": "rejected"})
-            reason = f"malformed: {e}"
-            self._patiently(lambda: self.broker.fail(delivery, reason, retry=False))
+            # Not a task of this run's plan (junk, forged, another run's): out of the queue, never computed,
+            # never counted as a chunk's death, whatever chunk id it claims.
+            log.warning("message rejected: %s", e, extra={"event": "rejected"})
+            reason = f"rejected: {e}"
+            self._patiently(lambda: self.broker.reject(delivery, reason))
             return
         ctx = {"chunk_id": task.chunk_id, "deliveries": delivery.deliveries}
         log.debug("chunk taken", extra={"event": "taken", **ctx})

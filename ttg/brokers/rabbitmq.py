@@ -51,7 +51,7 @@ from ttg.brokers import rabbitmq_topology as topo
 from ttg.brokers.amqp_client import AmqpClient, QueueMissing
 from ttg.brokers.rabbitmq_wire import BATCH, CHUNK, PRIOR, Token, await_confirms, pack_batch, unpack_batch
 from ttg.config import redact_url
-from ttg.errors import BrokerError, BrokerUnavailable
+from ttg.errors import BrokerError, BrokerUnavailable, RunConflict
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,30 @@ class RabbitMQBroker(Broker):
             self._control = topo.Control(self.url, self.q)
         return self._control
 
+    # -- the run's lease ----------------------------------------------------
+    def claim(self, owner: str, *, wait_s: float = 0.0) -> None:
+        # RabbitMQ drops a dead coordinator's connection, and its exclusive owner queue with it, by itself:
+        # a SIGKILLed holder's lease is gone at once (its socket closes); a cut-off one's after the heartbeat timeout.
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self.control.claim()
+                return
+            except RunConflict:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+    def release(self) -> None:
+        if self._control is not None and self._control.owns_lease:
+            try:
+                self._control.release()
+            except BrokerError as e:  # the queue goes with the connection anyway
+                log.warning("could not release the run's lease: %s", e)
+
+    def has_state(self) -> bool:
+        return self.control.exists()
+
     # -- coordinator side ---------------------------------------------------
     def declare(self, chunks: int) -> None:
         self._chunks = chunks
@@ -184,6 +208,9 @@ class RabbitMQBroker(Broker):
 
     def dead_letters(self) -> list[DeadLetter]:
         return self.control.dead_letters()
+
+    def rejections(self) -> list[DeadLetter]:
+        return self.control.dead_letters(self.q.rejected)
 
     def stats(self) -> BrokerStats:
         c = self.control.counts([self.q.tasks, self.q.retry, self.q.dead, self.q.rejected])
@@ -335,6 +362,12 @@ class RabbitMQBroker(Broker):
         await_confirms(self.client.publish(target, [(delivery.body, headers)]), f"a {target.rsplit('.', 1)[-1]} message")
         self._settle([token])
 
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        # No chunk header: whatever chunk this message claims, it is not counted as that chunk's death.
+        headers: dict[str, Any] = {PRIOR: delivery.deliveries, "x-ttg-reason": reason[:2000]}
+        await_confirms(self.client.publish(self.q.rejected, [(delivery.body, headers)]), "a rejected message")
+        self._settle([delivery.token])
+
     def _flush(self) -> None:
         with self._lock:
             if not self._pending:
@@ -408,6 +441,7 @@ class RabbitMQBroker(Broker):
             if self._client is not None:
                 self._client.close()
             if self._control is not None:
+                self.release()
                 self._control.close()
 
     def _wait_registered(self, fut: Future[None], queue_name: str) -> None:

@@ -20,7 +20,7 @@ import pika.exceptions
 
 from ttg.broker import DeadLetter
 from ttg.config import redact_url
-from ttg.errors import BrokerError, BrokerUnavailable
+from ttg.errors import BrokerError, BrokerUnavailable, RunConflict
 
 log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
@@ -29,9 +29,11 @@ _R = TypeVar("_R")
 
 class QueueNames:
     def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
         base = f"ttg.{run_id}."
         self.tasks, self.retry, self.results = base + "tasks", base + "retry", base + "results"
         self.dead, self.rejected, self.control = base + "dead", base + "rejected", base + "control"
+        self.owner = base + "owner"  # the run's lease: an exclusive queue, gone with its coordinator's connection
 
     @property
     def all(self) -> list[str]:
@@ -65,16 +67,59 @@ class Control:
         self.q = names
         self._conn: pika.BlockingConnection | None = None
         self._ch: pika.adapters.blocking_connection.BlockingChannel | None = None
+        self.owns_lease = False
 
     def _channel(self) -> pika.adapters.blocking_connection.BlockingChannel:
         if self._ch is None or not self._ch.is_open:
-            if self._conn is None or not self._conn.is_open:
+            fresh = self._conn is None or not self._conn.is_open
+            if fresh:
                 params = pika.URLParameters(self.url)
                 params.connection_attempts, params.socket_timeout, params.heartbeat = 1, 5, 60
                 self._conn = pika.BlockingConnection(params)
+            assert self._conn is not None
             self._ch = self._conn.channel()
             self._ch.confirm_delivery()
+            if fresh and self.owns_lease:
+                # The lease went with the old connection (a broker restart): take it again, unless someone else has.
+                self._declare_owner(self._ch)
         return self._ch
+
+    def _declare_owner(self, ch: pika.adapters.blocking_connection.BlockingChannel) -> None:
+        try:
+            ch.queue_declare(self.q.owner, exclusive=True, auto_delete=True)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            self._ch = None
+            if e.reply_code != 405:  # 405 RESOURCE_LOCKED: another connection holds the exclusive queue
+                raise
+            self.owns_lease = False
+            raise RunConflict(f"run {self.q.run_id} is being run by another coordinator; wait for it to finish, or pick another --run-id") from None
+
+    @_translated
+    def claim(self) -> None:
+        """Hold the run's exclusive owner queue: RabbitMQ itself lets go of it when this connection dies."""
+        self._declare_owner(self._channel())
+        self.owns_lease = True
+
+    @_translated
+    def release(self) -> None:
+        if self.owns_lease:
+            self.owns_lease = False
+            self._channel().queue_delete(self.q.owner)
+
+    @_translated
+    def exists(self) -> bool:
+        """Whether the run's task queue exists (the run was declared before)."""
+        return self._exists(self.q.tasks)
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self._channel().queue_declare(name, passive=True)
+            return True
+        except pika.exceptions.ChannelClosedByBroker as e:
+            self._ch = None
+            if e.reply_code != 404:
+                raise
+            return False
 
     def reset(self) -> None:
         self.close()
@@ -106,6 +151,8 @@ class Control:
         ch.queue_declare(self.q.results, durable=True)
         for name in (self.q.dead, self.q.rejected, self.q.control):
             ch.queue_declare(name, durable=True)
+        # A resumed run may have been ended by a coordinator that gave up (--timeout): it is live again.
+        ch.queue_purge(self.q.control)
 
     @_translated
     def counts(self, names: list[str]) -> dict[str, tuple[int, int]]:
@@ -123,20 +170,19 @@ class Control:
         return out
 
     @_translated
-    def dead_letters(self) -> list[DeadLetter]:
-        """Every dead-lettered and rejected message, read without removing them (they are returned to their queues)."""
+    def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        """Every message in the dead (or the given) queue, read without removing it (they are returned to their queue)."""
         out: list[DeadLetter] = []
-        for name in (self.q.dead, self.q.rejected):
-            ch = self._channel()
-            last_tag = None
-            while True:
-                method, props, _body = ch.basic_get(name, auto_ack=False)
-                if method is None:
-                    break
-                last_tag = method.delivery_tag
-                out.append(_dead_letter(props.headers or {}))
-            if last_tag is not None:
-                ch.basic_nack(last_tag, multiple=True, requeue=True)
+        ch = self._channel()
+        last_tag = None
+        while True:
+            method, props, body = ch.basic_get(queue or self.q.dead, auto_ack=False)
+            if method is None:
+                break
+            last_tag = method.delivery_tag
+            out.append(_dead_letter(props.headers or {}, body))
+        if last_tag is not None:
+            ch.basic_nack(last_tag, multiple=True, requeue=True)
         return out
 
     @_translated
@@ -149,11 +195,12 @@ class Control:
             self._channel().queue_delete(name)
 
 
-def _dead_letter(headers: dict[str, Any]) -> DeadLetter:
-    chunk = headers.get("x-ttg-chunk")
-    reason = headers.get("x-ttg-reason", "")
+def _dead_letter(headers: dict[str, Any], body: bytes) -> DeadLetter:
+    """Read defensively: anyone who can publish to the dead queue can put anything in these headers."""
+    chunk, reason, prior = headers.get("x-ttg-chunk"), headers.get("x-ttg-reason", ""), headers.get("x-ttg-prior", 0)
     return DeadLetter(
-        chunk if isinstance(chunk, int) else None,
-        reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason),
-        int(headers.get("x-ttg-prior", 0) or 0),
+        chunk if isinstance(chunk, int) and not isinstance(chunk, bool) else None,
+        reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)[:2000],
+        prior if isinstance(prior, int) and not isinstance(prior, bool) else 0,
+        body,
     )

@@ -6,28 +6,29 @@ safely retry one whose reply was lost.
 
 Keys (all share the hash tag ``{run_id}`` so they live in one cluster slot):
 KEYS[1] tasks stream, KEYS[2] results stream, KEYS[3] dead-letter stream,
-KEYS[4] set of completed chunk ids, KEYS[5] set of dead chunk ids, KEYS[6] meta hash.
+KEYS[4] set of completed chunk ids, KEYS[5] rejected stream, KEYS[6] meta hash.
+The lease scripts take one key: the run's owner key.
 """
 
 import functools
 import hashlib
 
-# Dead-letter one task entry: record it once, ack it, delete it, count it.
+# Dead-letter one task entry: record it with its body, ack it, delete it, count it. An entry whose chunk field is
+# not a number names no chunk: it goes to the rejected stream. Dead letters are not de-duplicated by chunk id here:
+# the field is only a claim, and a junk entry naming chunk N must not silence chunk N's real dead letter. The
+# coordinator checks each body against its plan (a chunk counts as dead only for a task of the plan).
 _DEAD = """
 local function dead(group, id, fields, reason, n)
   local chunk, body = '', ''
   for i = 1, #fields, 2 do
     if fields[i] == 'c' then chunk = fields[i + 1] elseif fields[i] == 'm' then body = fields[i + 1] end
   end
-  local fresh = 1
   if tonumber(chunk) then
-    fresh = redis.call('SADD', KEYS[5], chunk)
-    if fresh == 1 then redis.call('HINCRBY', KEYS[6], 'dead', 1) end
-  else
-    redis.call('HINCRBY', KEYS[6], 'rejected', 1)
-  end
-  if fresh == 1 then
     redis.call('XADD', KEYS[3], '*', 'c', chunk, 'reason', reason, 'n', n, 'm', body)
+    redis.call('HINCRBY', KEYS[6], 'dead', 1)
+  else
+    redis.call('XADD', KEYS[5], '*', 'c', chunk, 'reason', reason, 'n', n, 'm', body)
+    redis.call('HINCRBY', KEYS[6], 'rejected', 1)
   end
   redis.call('XACK', KEYS[1], group, id)
   redis.call('XDEL', KEYS[1], id)
@@ -123,10 +124,57 @@ return 1
 """
 
 
+# ARGV: group, entry id, reason. A message that is not a task of the run's plan: out of the queue, into the
+# rejected stream with its reason, never counted as a chunk's death.
+REJECT = """
+local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+local chunk, body = '', ''
+if e[1] then
+  local f = e[1][2]
+  for i = 1, #f, 2 do
+    if f[i] == 'c' then chunk = f[i + 1] elseif f[i] == 'm' then body = f[i + 1] end
+  end
+  redis.call('XADD', KEYS[5], '*', 'c', chunk, 'reason', ARGV[3], 'n', 1, 'm', body)
+  redis.call('HINCRBY', KEYS[6], 'rejected', 1)
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS[1] owner key. ARGV: owner, ttl ms, a dead holder this caller may replace ('' if none).
+# Returns the holder after the call: the caller holds the lease when that is its own name.
+CLAIM_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] or (ARGV[3] ~= '' and cur == ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return cur
+"""
+
+# KEYS[1] owner key. ARGV: owner, ttl ms. Extends the lease if the caller still holds it (or sets it again if a
+# broker restart without persistence lost it); 0 if another coordinator holds it now.
+REFRESH_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] owner key. ARGV: owner. Deletes the lease only if the caller holds it.
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 @functools.cache
 def sha(source: str) -> str:
     """The script's EVALSHA name: the SHA-1 of its source, no server round trip needed."""
     return hashlib.sha1(source.encode()).hexdigest()
 
 
-ALL = (COMPLETE, RECLAIM, FAIL, HEARTBEAT, RELEASE)
+ALL = (COMPLETE, RECLAIM, FAIL, HEARTBEAT, RELEASE, REJECT)

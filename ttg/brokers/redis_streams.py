@@ -30,10 +30,11 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from ttg import lease
 from ttg.broker import Broker, BrokerStats, DeadLetter, Delivery
 from ttg.brokers import redis_lua
 from ttg.config import redact_url
-from ttg.errors import BrokerError, BrokerUnavailable
+from ttg.errors import BrokerError, BrokerUnavailable, RunConflict
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,9 @@ class RedisStreamsBroker(Broker):
         self.retry_delay_ms = min(1000, self.min_idle_ms // 2)
         base = f"ttg:{{{run_id}}}:"
         self.k_tasks, self.k_results, self.k_dead = base + "tasks", base + "results", base + "dead"
-        self.k_done, self.k_deadset, self.k_meta = base + "done", base + "deadset", base + "meta"
-        self._keys = [self.k_tasks, self.k_results, self.k_dead, self.k_done, self.k_deadset, self.k_meta]
+        self.k_done, self.k_rejected, self.k_meta = base + "done", base + "rejected", base + "meta"
+        self.k_owner = base + "owner"  # the run's lease: which coordinator is live
+        self._keys = [self.k_tasks, self.k_results, self.k_dead, self.k_done, self.k_rejected, self.k_meta]
         self.r = connect(url)
         self._results_cursor = b"0-0"
         # worker state
@@ -130,9 +132,66 @@ class RedisStreamsBroker(Broker):
         self._stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
         self._closed = False
+        # coordinator state
+        self._owner: str | None = None
+        self._lease_stop = threading.Event()
+        self._lease_thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"RedisStreamsBroker({redact_url(self.url)!r}, run_id={self.run_id!r}, consumer={self.consumer!r})"
+
+    # -- the run's lease ----------------------------------------------------
+    @_translate
+    def claim(self, owner: str, *, wait_s: float = 0.0) -> None:
+        deadline = time.monotonic() + wait_s
+        ttl_ms = int(lease.LEASE_TTL_S * 1000)
+        while True:
+            holder = run_script(self.r, redis_lua.CLAIM_LEASE, [self.k_owner], [owner, ttl_ms, ""]).decode()
+            if holder != owner and lease.holder_is_dead(holder):
+                log.warning("taking over run %s from its dead coordinator (%s)", self.run_id, lease.describe(holder))
+                holder = run_script(self.r, redis_lua.CLAIM_LEASE, [self.k_owner], [owner, ttl_ms, holder]).decode()
+            if holder == owner:
+                break
+            if time.monotonic() >= deadline:
+                raise RunConflict(
+                    f"run {self.run_id} is being run by another coordinator ({lease.describe(holder)}); wait for it to finish, or pick another --run-id"
+                )
+            time.sleep(0.2)
+        self._owner = owner
+        self._lease_stop.clear()
+        self._lease_thread = threading.Thread(target=self._keep_lease, args=(owner,), name="ttg-lease", daemon=True)
+        self._lease_thread.start()
+
+    def _keep_lease(self, owner: str) -> None:
+        # Its own connection, so a refresh never waits behind the collector's blocking read.
+        client = connect(self.url)
+        ttl_ms = int(lease.LEASE_TTL_S * 1000)
+        try:
+            while not self._lease_stop.wait(lease.REFRESH_EVERY_S):
+                try:
+                    if not run_script(client, redis_lua.REFRESH_LEASE, [self.k_owner], [owner, ttl_ms]):
+                        log.error("run %s: another coordinator took this run's lease", self.run_id)
+                        return
+                except redis.RedisError as e:  # a broker outage: the next refresh may get through, well within the TTL
+                    log.warning("could not refresh the run's lease: %s", e)
+        finally:
+            client.close()
+
+    def release(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is None:
+            return
+        self._lease_stop.set()
+        if self._lease_thread is not None:
+            self._lease_thread.join(timeout=5)
+        try:
+            run_script(self.r, redis_lua.RELEASE_LEASE, [self.k_owner], [owner])
+        except redis.RedisError as e:  # the lease lapses on its own within its TTL
+            log.warning("could not release the run's lease: %s", e)
+
+    @_translate
+    def has_state(self) -> bool:
+        return bool(self.r.exists(*self._keys))
 
     # -- coordinator side ---------------------------------------------------
     @_translate
@@ -143,6 +202,8 @@ class RedisStreamsBroker(Broker):
             if "BUSYGROUP" not in str(e):
                 raise
         self.r.hsetnx(self.k_meta, "chunks", chunks)
+        # A resumed run may have been ended by a coordinator that gave up (--timeout): it is live again.
+        self.r.hdel(self.k_meta, "ended")
 
     @_translate
     def publish_tasks(self, tasks: Iterable[tuple[int, bytes]]) -> int:
@@ -176,10 +237,18 @@ class RedisStreamsBroker(Broker):
 
     @_translate
     def dead_letters(self) -> list[DeadLetter]:
+        return self._letters(self.k_dead)
+
+    @_translate
+    def rejections(self) -> list[DeadLetter]:
+        return self._letters(self.k_rejected)
+
+    def _letters(self, key: str) -> list[DeadLetter]:
         out = []
-        for _, f in cast(list[Entry], self.r.xrange(self.k_dead)):
-            chunk = f.get(b"c", b"")
-            out.append(DeadLetter(int(chunk) if chunk.isdigit() else None, f.get(b"reason", b"").decode(errors="replace"), int(f.get(b"n", b"0") or 0)))
+        for _, f in cast(list[Entry], self.r.xrange(key)):
+            chunk, n = f.get(b"c", b""), f.get(b"n", b"0")
+            reason = f.get(b"reason", b"").decode(errors="replace")
+            out.append(DeadLetter(int(chunk) if chunk.isdigit() else None, reason, int(n) if n.isdigit() else 0, f.get(b"m", b"")))
         return out
 
     @_translate
@@ -209,7 +278,7 @@ class RedisStreamsBroker(Broker):
 
     @_translate
     def delete_run(self) -> None:
-        self.r.delete(*self._keys)
+        self.r.delete(*self._keys)  # the lease stays until release(): nobody may start this run id meanwhile
 
     # -- worker side --------------------------------------------------------
     @_translate
@@ -268,6 +337,13 @@ class RedisStreamsBroker(Broker):
             self._held.discard(delivery.token)
 
     @_translate
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        assert self.consumer, "reject() needs a consumer name"
+        run_script(self.r, redis_lua.REJECT, self._keys, [GROUP, delivery.token, reason[:2000]])
+        with self._held_lock:
+            self._held.discard(delivery.token)
+
+    @_translate
     def drained(self) -> bool:
         self._flush()
         return bool(self.r.hexists(self.k_meta, "ended"))
@@ -276,6 +352,7 @@ class RedisStreamsBroker(Broker):
         if self._closed:
             return
         self._closed = True
+        self.release()
         self._stop.set()
         if self._hb_thread is not None:
             self._hb_thread.join(timeout=2)

@@ -88,8 +88,9 @@ class ManifestSettings:
         args = ["worker", "--run-id", self.run_id, "--worker-id", "$(POD_NAME)", "--algorithm", s.algorithm, "--cost-us", f"{s.cost_us:g}"]
         args += ["--max-deliveries", str(s.max_deliveries), "--reclaim-after", f"{s.reclaim_after_s:g}", "--log-format", "json"]
         args += [part for axis in s.grid for part in ("--grid", axis)]
+        args += ["--params", str(self.cfg.params), "--chunk", str(self.cfg.chunk)]  # every task is checked against the plan
         if self.mode == "static":
-            args += ["--static", f"$(JOB_INDEX)/{self.workers}", "--params", str(self.cfg.params), "--chunk", str(self.cfg.chunk)]
+            args += ["--static", f"$(JOB_INDEX)/{self.workers}"]
         return args
 
     @property
