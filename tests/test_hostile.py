@@ -7,6 +7,7 @@ real CLI where a user would meet it, on both backends (a private broker of the s
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -167,7 +168,9 @@ def test_runs_delete_discards_a_run_and_is_refused_while_a_coordinator_holds_it(
 
 @pytest.mark.parametrize("run_id", ["../../x", "a/b", "..", "-rf", "x" * 65, ""])
 def test_a_run_id_that_is_not_a_plain_name_is_refused(run_id: str, tmp_path: Path) -> None:
-    proc = subprocess.run(_ttg("run", "--run-id", run_id, "--out", str(tmp_path), "--params", "100", "--chunk", "10"), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        _ttg("run", "--run-id", run_id, "--out", str(tmp_path), "--params", "100", "--chunk", "10"), capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "run id" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert list(tmp_path.iterdir()) == [], "nothing is written for a refused run id"
 
@@ -215,3 +218,58 @@ def test_the_ledger_is_not_over_until_every_planned_chunk_is_completed_or_dead()
         ledger.add(_result("r", plan, c))
     assert ledger.accounted == 3
 
+
+# -- secrets and orphans ----------------------------------------------------------------------
+def _cmdlines(pids: list[int]) -> dict[int, str]:
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def test_no_password_in_any_process_arguments_record_or_log(redis_broker: BrokerHandle, tmp_path: Path) -> None:
+    url = redis_broker.url  # the session's private Redis requires a generated password
+    password = url.split("@")[0].rsplit(":", 1)[1]
+    assert len(password) >= 16
+    run_id = "sec" + uuid.uuid4().hex[:6]
+    proc = _coordinator(redis_broker, tmp_path, run_id)
+    _wait_declared(redis_broker, run_id, proc)
+    deadline = time.monotonic() + 10
+    while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = _cmdlines([proc.pid, *_children(proc.pid)])
+    rc, rec, stderr = _record(proc)
+    assert rc == 0, stderr
+    assert len(lines) >= 3 and all(password not in line for line in lines.values()), lines
+    assert "***" in lines[proc.pid], "the coordinator's own title shows the URL redacted"
+    leaked = [str(p) for p in tmp_path.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert not leaked and password not in stderr and rec["broker_url"].startswith("redis://:***@"), leaked
+
+
+def test_a_sigkilled_coordinator_takes_its_private_broker_and_workers_with_it(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        _ttg("run", "--params", "3000000", "--chunk", "10000", "--workers", "2", "--cost-us", "10", "--out", str(tmp_path), "--json"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while len(_children(proc.pid)) < 3 and time.monotonic() < deadline:  # the broker and two workers
+        time.sleep(0.1)
+    children = _children(proc.pid)
+    assert len(children) >= 3, children
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while (left := _cmdlines(children)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after the coordinator's SIGKILL: {left}"

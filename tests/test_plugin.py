@@ -33,7 +33,7 @@ def test_another_project_gets_the_fixtures_through_the_entry_point(tmp_path: Pat
 
 def test_a_fleet_worker_killed_and_respawned_leaves_nothing_behind(redis_broker: PrivateRedis, fleet: Callable[..., Any]) -> None:
     plan = ChunkPlan(20_000, 500)
-    f = fleet(redis_broker, workers=2, cost_us=50)  # 40 chunks of ~25 ms
+    f = fleet(redis_broker, workers=2, cost_us=50, params=plan.params, chunk=plan.chunk_size)  # 40 chunks of ~25 ms
     coord = open_broker(redis_broker.url, f.run_id)
     coord.declare(plan.chunks)
     coord.publish_tasks((c.id, TaskMessage(f.run_id, c.id, c.start, c.stop).encode()) for c in plan)

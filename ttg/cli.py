@@ -218,8 +218,21 @@ def summary_table(record: RunRecord) -> Table:
 @click.option("--chunk", type=int, default=None, help="The run's chunk size (as given to ttg run).")
 @click.option("--broker-wait", type=float, default=60.0, show_default=True, help="Seconds to keep retrying an unreachable broker.")
 @click.option("--poison-chunks", default="", metavar="ID,...", help="Fault injection (the poison-chunk fault): these chunk ids fail on every delivery.")
+@click.option("--coordinator-pid", type=int, default=None, help="Exit once this process (the local coordinator, this worker's parent) is gone.")
+@click.option(
+    "--successor-wait", type=click.FloatRange(0), default=30.0, show_default=True, help="With --coordinator-pid: seconds to wait for a successor, then exit."
+)
 def worker(
-    run_id: str, worker_id: str | None, static: str | None, params: int | None, chunk: int | None, broker_wait: float, poison_chunks: str, **options: Any
+    run_id: str,
+    worker_id: str | None,
+    static: str | None,
+    params: int | None,
+    chunk: int | None,
+    broker_wait: float,
+    poison_chunks: str,
+    coordinator_pid: int | None,
+    successor_wait: float,
+    **options: Any,
 ) -> int:
     """Serve one run until its sweep is drained (burst mode). SIGTERM: finish the chunk, exit 0."""
     from ttg.broker import open_broker
@@ -256,9 +269,22 @@ def worker(
         poisoned = frozenset(int(c) for c in poison_chunks.split(",") if c.strip())
     except ValueError:
         raise ConfigError(f"--poison-chunks must be comma-separated chunk ids, for example 3,17 (got {poison_chunks!r})") from None
-    spec = WorkerSpec(run_id, worker_id, plan, settings.algorithm, settings.cost_us, broker_wait_s=broker_wait, static=block, sweep=sweep, poisoned=poisoned)
+    spec = WorkerSpec(
+        run_id,
+        worker_id,
+        plan,
+        settings.algorithm,
+        settings.cost_us,
+        broker_wait_s=broker_wait,
+        static=block,
+        sweep=sweep,
+        poisoned=poisoned,
+        coordinator_pid=coordinator_pid,
+        successor_wait_s=successor_wait,
+    )
     w = Worker(broker, spec)
     w.install_signal_handlers()
+    w.watch_coordinator()
     return w.run()
 
 
@@ -383,7 +409,22 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _hide_secrets_from_ps() -> None:
+    """A broker URL given on the command line carries its password into ``ps`` for every local user to read.
+
+    Rewrite this process's title (what ``/proc/PID/cmdline`` shows) with every URL redacted, as database clients
+    do with a password argument. Better still: pass the URL in TTG_BROKER_URL, which only the owner can read.
+    """
+    shown = [redact_url(a) or a if "://" in a else a for a in sys.argv]
+    shown = [f"{a.split('=', 1)[0]}={redact_url(a.split('=', 1)[1])}" if a.startswith("--") and "=" in a and "://" in a else a for a in shown]
+    if shown != sys.argv:
+        import setproctitle
+
+        setproctitle.setproctitle(" ".join([sys.executable, *shown]))
+
+
 def main() -> None:
+    _hide_secrets_from_ps()
     _interrupt_on_sigterm()
     try:
         rv = cli.main(standalone_mode=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 import resource
 import threading
@@ -57,6 +58,7 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 T = TypeVar("T")
 BROKER_WAIT_S = 60.0  # how long the coordinator rides out an unreachable broker
+ORPHAN_WAIT_S = 30.0  # local workers of a dead coordinator on the user's broker: how long they wait for a successor
 PROGRESS_LINE_EVERY_S = 5.0  # `ttg run` prints a progress line this often when its output is not a terminal (a pod's log)
 
 
@@ -87,10 +89,15 @@ def private_or_given_broker(cfg: RunConfig) -> Iterator[BrokerAccess]:
         yield BrokerAccess(server.url, server.startup_s, server)
 
 
-def worker_launches(cfg: RunConfig, urls: Mapping[str, str] | str, run_id: str) -> list[WorkerLaunch]:
-    """The ``ttg worker`` arguments of each worker: every setting travels explicitly, nothing through the environment.
+def worker_launches(
+    cfg: RunConfig, urls: Mapping[str, str] | str, run_id: str, *, coordinator_pid: int | None = None, successor_wait_s: float = 30.0
+) -> list[WorkerLaunch]:
+    """The ``ttg worker`` arguments of each worker: every setting travels explicitly, the broker URL in the environment.
 
-    ``urls``: the broker URL, or one per worker id (each worker's own fault proxy)."""
+    ``urls``: the broker URL, or one per worker id (each worker's own fault proxy). The URL may hold a
+    password, so it goes in ``TTG_BROKER_URL``, never in the arguments, which any local user can read.
+    ``coordinator_pid``: workers exit once that process (their parent) is gone, after waiting
+    ``successor_wait_s`` for a successor coordinator (0: at once, as when the broker died with it)."""
     s = cfg.sweep
     chunks = ChunkPlan(cfg.params, cfg.chunk).chunks
     poisoned = sorted({c for f in cfg.faults if f.kind == "poison-chunk" for c in f.poisoned_chunks(chunks)})
@@ -105,6 +112,7 @@ def worker_launches(cfg: RunConfig, urls: Mapping[str, str] | str, run_id: str) 
         "--log-level": s.log_level,
         "--params": str(cfg.params),  # the plan: every task is checked against it before it is computed
         "--chunk": str(cfg.chunk),
+        **({"--coordinator-pid": str(coordinator_pid), "--successor-wait": repr(successor_wait_s)} if coordinator_pid is not None else {}),
     }
     common = [part for pair in options.items() for part in pair]
     common += [part for axis in s.grid for part in ("--grid", axis)]
@@ -113,7 +121,7 @@ def worker_launches(cfg: RunConfig, urls: Mapping[str, str] | str, run_id: str) 
     for i, wid in enumerate(worker_ids(cfg.workers)):
         extra = ["--static", f"{i}/{cfg.workers}"] if cfg.mode == "static" else []
         url = urls if isinstance(urls, str) else urls[wid]
-        launches.append(WorkerLaunch(wid, tuple([*common, "--broker-url", url, "--worker-id", wid, *extra])))
+        launches.append(WorkerLaunch(wid, tuple([*common, "--worker-id", wid, *extra]), {"TTG_BROKER_URL": url}))
     return launches
 
 
@@ -313,7 +321,11 @@ def execute(
             broker.declare(plan.chunks)
             # Partition and latency faults need a path to cut: each worker reaches the broker through its own fault proxy.
             proxies = _proxies_for(cfg, url, always=on_start is not None)
-            runtime.start(worker_launches(cfg, {w: p.url_for(url) for w, p in proxies.items()} or url, run_id))
+            # A private broker dies with this coordinator, and its workers with it; on a broker of the user's they
+            # wait a while for a successor (ttg run --resume) before giving their chunks back.
+            urls = {w: p.url_for(url) for w, p in proxies.items()} or url
+            local_pid = os.getpid() if runtime.name == "local" else None
+            runtime.start(worker_launches(cfg, urls, run_id, coordinator_pid=local_pid, successor_wait_s=0.0 if given.server else ORPHAN_WAIT_S))
             if cfg.mode == "queue":
                 # Pods may wait for a node and pull an image first; local processes connect within a second or two.
                 _wait_connected(broker, runtime, cfg.workers, timeout_s=60.0 if runtime.name == "local" else 600.0)

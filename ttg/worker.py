@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import threading
 import time
@@ -46,6 +47,8 @@ class WorkerSpec:
     static: tuple[int, int] | None = None  # static mode: (block index, blocks): evaluate that block, no queue
     sweep: SweepSpec | None = None  # grid axes, for algorithms that take grid values
     poisoned: frozenset[int] = frozenset()  # the poison-chunk fault: these chunks fail on every delivery
+    coordinator_pid: int | None = None  # the local coordinator that started this worker (its parent); None: none to watch
+    successor_wait_s: float = 30.0  # once it is gone: how long to wait for a successor before exiting (0: at once)
 
 
 class PoisonedChunk(Exception):
@@ -68,6 +71,31 @@ class Worker:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+
+    def watch_coordinator(self) -> None:
+        """Exit once the coordinator that started this worker is gone (no orphans), after waiting for a successor.
+
+        Its parent's pid is the only sign that survives a SIGKILL of the coordinator: the kernel reparents the worker.
+        """
+        pid = self.spec.coordinator_pid
+        if pid is None:
+            return
+
+        def watch() -> None:
+            while os.getppid() == pid:
+                time.sleep(0.5)
+            if self.spec.successor_wait_s <= 0:
+                # The coordinator's private broker went with it: there is nothing to give back and nobody to serve.
+                log.warning("coordinator (pid %d) is gone, and its private broker with it; exiting", pid, extra={"event": "exited"})
+                os._exit(EXIT_BROKER_LOST)
+            log.warning("coordinator (pid %d) is gone; serving its run for up to %gs more, for a successor (ttg run --resume)", pid, self.spec.successor_wait_s)
+            time.sleep(self.spec.successor_wait_s)
+            log.warning("no coordinator for %gs: giving the held chunks back and exiting", self.spec.successor_wait_s, extra={"event": "draining"})
+            self.stopping.set()
+            time.sleep(30.0)  # a drain stuck on an unreachable broker must not keep the process for ever
+            os._exit(EXIT_BROKER_LOST)
+
+        threading.Thread(target=watch, name="ttg-coordinator-watch", daemon=True).start()
 
     def run(self) -> int:
         log.info("worker started", extra={"event": "started", "mode": "static" if self.spec.static else "queue"})

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class WorkerLaunch:
-    """What a runtime needs to start one worker: its id and its ``ttg worker`` arguments."""
+    """What a runtime needs to start one worker: its id, its ``ttg worker`` arguments and its environment.
+
+    Secrets (the broker URL with its password) travel in ``env``, never in ``args``: any local user can
+    read a process's arguments (``ps``), only its owner its environment.
+    """
 
     worker_id: str
     args: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 class Runtime(ABC):

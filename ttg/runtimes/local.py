@@ -35,7 +35,12 @@ class LocalRuntime(Runtime):
             try:
                 # New session: a Ctrl-C in the terminal reaches the coordinator only, which then stops workers in order.
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "ttg", "worker", *launch.args], stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True
+                    [sys.executable, "-m", "ttg", "worker", *launch.args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=fh,
+                    stderr=fh,
+                    start_new_session=True,
+                    env={**os.environ, **launch.env},
                 )
             except OSError as e:
                 fh.close()

@@ -5,9 +5,36 @@ Never the system's broker: these can be killed, paused and restarted freely.
 
 from __future__ import annotations
 
+import shutil
 import signal
+import threading
 from abc import ABC, abstractmethod
-from typing import Self
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Self, TypeVar
+
+T = TypeVar("T")
+# The kernel's parent-death signal (PR_SET_PDEATHSIG) fires when the *thread* that forked the child exits, not the
+# process (prctl(2)). Brokers are started and restarted from whatever thread needs them (a fault's heal timer, a
+# Chaos Toolkit sweep thread), so every start happens on this one thread, which lives as long as the process.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttg-spawner")
+
+
+def on_spawner_thread(start: Callable[[], T]) -> T:
+    """Run ``start`` (which forks a private server) on the process-lifetime spawner thread."""
+    if threading.current_thread().name.startswith("ttg-spawner"):
+        return start()
+    return _SPAWNER.submit(start).result()
+
+
+def dies_with_us(command: list[str]) -> list[str]:
+    """``command`` under ``setpriv --pdeathsig KILL``: a coordinator SIGKILLed takes its private broker with it.
+
+    setpriv (util-linux) sets the signal and execs the command, so the pid is the server's own. Without
+    setpriv the server could outlive a SIGKILLed coordinator; clean exits stop it either way.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
 
 
 class PrivateServer(ABC):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -16,7 +18,7 @@ from mirakuru import TCPExecutor
 from mirakuru.exceptions import ProcessExitedWithError, TimeoutExpired
 
 from ttg.errors import ServerStartError
-from ttg.servers import PrivateServer
+from ttg.servers import PrivateServer, dies_with_us, on_spawner_thread
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,9 @@ class PrivateRedis(PrivateServer):
 
     With ``appendonly`` every write is logged (``appendfsync always``) so a
     SIGKILL of the server followed by :meth:`restart` on the same directory
-    loses nothing.
+    loses nothing. It listens on 127.0.0.1 only and requires a generated
+    password, kept in a 0600 config file in its directory (never on a command
+    line, where any local user could read it); :attr:`url` carries it.
     """
 
     def __init__(
@@ -42,19 +46,29 @@ class PrivateRedis(PrivateServer):
         self.start_timeout_s = start_timeout_s
         self._exec: TCPExecutor | None = None
         self.startup_s: float | None = None
+        self.password = secrets.token_urlsafe(24)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
         proc = self._exec.process if self._exec is not None else None
         return proc.pid if proc is not None and proc.poll() is None else None
 
+    def _config_file(self) -> str:
+        path = self.data_dir / "redis.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f'requirepass "{self.password}"\n')
+        os.chmod(path, 0o600)  # also when it existed with other bits
+        return str(path)
+
     def _command(self) -> list[str]:
         cmd = [
             self.binary,
+            self._config_file(),
             "--port",
             str(self.port),
             "--bind",
@@ -72,7 +86,7 @@ class PrivateRedis(PrivateServer):
         ]
         if self.appendonly:
             cmd += ["--appendonly", "yes", "--appendfsync", "always"]
-        return cmd
+        return dies_with_us(cmd)
 
     def start(self) -> PrivateRedis:
         if shutil.which(self.binary) is None:
@@ -83,7 +97,7 @@ class PrivateRedis(PrivateServer):
             self._command(), host="127.0.0.1", port=self.port, timeout=self.start_timeout_s, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
-            self._exec.start()
+            on_spawner_thread(self._exec.start)
         except (TimeoutExpired, ProcessExitedWithError) as e:
             tail = self._log_tail()
             self.stop()
@@ -95,7 +109,7 @@ class PrivateRedis(PrivateServer):
 
     def _wait_loaded(self) -> None:
         """Redis accepts connections while it replays its AOF; wait until it answers PING."""
-        client = redis.Redis(port=self.port, socket_timeout=2)
+        client = redis.Redis(port=self.port, password=self.password, socket_timeout=2)
         deadline = time.monotonic() + self.start_timeout_s
         try:
             while True:
