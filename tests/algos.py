@@ -38,3 +38,34 @@ def flaky_once(params: np.ndarray) -> np.ndarray:
         marker.touch()
         raise ConnectionError("transient: the database blinked")
     return demo(params)
+
+
+def _gil_loop_size(seconds: float) -> int:
+    """How many integers ``sum(range(n))`` adds in about ``seconds``: one C call that never releases the GIL."""
+    import time
+
+    n = 2_000_000
+    t0 = time.perf_counter()
+    sum(range(n))
+    return max(n, int(n * seconds / max(time.perf_counter() - t0, 1e-6)))
+
+
+_GIL_N: int | None = None
+
+
+def holds_the_gil(params: np.ndarray) -> np.ndarray:
+    """The demo function after ~2 s in one C call that holds the GIL (as a regex or a non-releasing extension would)."""
+    global _GIL_N
+    if _GIL_N is None:
+        _GIL_N = _gil_loop_size(2.0)
+    sum(range(_GIL_N))
+    return demo(params)
+
+
+def segfaults_on_poison(params: np.ndarray) -> np.ndarray:
+    """The demo function, except that the process dies of SIGSEGV on parameter 1234 (a crashing C extension)."""
+    if (params == POISON).any():
+        import ctypes
+
+        ctypes.string_at(0)
+    return demo(params)

@@ -75,6 +75,23 @@ def test_a_poison_chunk_is_dead_lettered_after_max_deliveries_and_reported(run_s
     assert v["chunks_completed"] == 9
 
 
+def test_an_algorithm_that_holds_the_gil_does_not_starve_the_heartbeat(run_sweep: Any) -> None:
+    # Each chunk spends ~2 s in one C call holding the GIL, twice the reclaim bound. The algorithm runs in the worker's
+    # compute child, so the worker's heartbeat (Redis) and pika's I/O thread (RabbitMQ) carry on: nothing is stolen,
+    # nothing is dead-lettered as if it were poisonous.
+    rec = run_sweep(params=6, chunk=1, workers=2, algorithm="algos:holds_the_gil", reclaim_after_s=1.0, max_deliveries=2)
+    v = rec.verdict
+    assert v["ok"] and v["lost"] == 0 and v["dead_lettered"] == 0 and v["duplicates"] == 0, explain(rec)
+
+
+def test_a_crashing_algorithm_fails_its_chunk_not_its_worker(run_sweep: Any) -> None:
+    rec = run_sweep(params=5_000, chunk=500, workers=2, algorithm="algos:segfaults_on_poison", max_deliveries=2, reclaim_after_s=1.0)
+    v = rec.verdict
+    assert not v["ok"] and v["lost"] == 0 and v["dead_letter_ids"] == [2] and v["chunks_completed"] == 9, explain(rec)
+    assert "compute process killed by SIGSEGV" in v["dead_letter_reasons"][0], explain(rec)
+    assert set(rec.worker_exit_codes.values()) == {0}, "the workers survive their compute child's crash"
+
+
 def test_static_mode_with_a_kill_reports_exactly_the_lost_chunks(run_sweep: Any) -> None:
     rec = run_sweep(params=40_000, chunk=1_000, workers=2, cost_us=50, mode="static", faults=["kill-worker@30%"])
     v = rec.verdict

@@ -15,10 +15,10 @@ import numpy as np
 
 from ttg import algorithms, checksum
 from ttg.broker import DeadLetter
+from ttg.compute import ComputeProcess
 from ttg.config import Verify
 from ttg.errors import VerdictFailed
 from ttg.ledger import Ledger
-from ttg.sweep import SweepSpec
 
 _BLOCK = 1 << 20  # verify in blocks so memory stays flat on a 10M sweep
 
@@ -67,17 +67,35 @@ class Verdict:
             raise VerdictFailed("sweep failed: " + "; ".join(self.problems()))
 
 
-def _reference(algorithm: str, indices: np.ndarray, sweep: SweepSpec | None = None) -> np.ndarray:
-    if algorithm == "demo":
-        return algorithms.demo_reference(indices)
-    return algorithms.checked(algorithms.call(algorithms.load(algorithm), indices, sweep), indices)
+class _Reference:
+    """The serial reference. The demo's closed form runs here; a user algorithm runs in a compute child, never in the
+    coordinator, which holds the broker connection and the run's lease (a GIL-bound or crashing algorithm must not
+    starve or kill them). A child that crashes fails that block; the next call starts a new one."""
+
+    def __init__(self, algorithm: str, grid: Sequence[str]) -> None:
+        self.demo = algorithm == "demo"
+        self.child = None if self.demo else ComputeProcess(algorithm, 0.0, grid)
+
+    def range(self, start: int, stop: int) -> np.ndarray:
+        if self.child is None:
+            return algorithms.demo_reference(np.arange(start, stop))
+        return self.child.evaluate(start, stop)
+
+    def at(self, indices: np.ndarray) -> np.ndarray:
+        if self.child is None:
+            return algorithms.demo_reference(indices)
+        return self.child.evaluate_indices(indices)
+
+    def close(self) -> None:
+        if self.child is not None:
+            self.child.close()
 
 
 def _differs(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.count_nonzero(~((a == b) | (np.isnan(a) & np.isnan(b)))))
 
 
-def _reference_blocks(ledger: Ledger, algorithm: str, unverifiable: list[int], sweep: SweepSpec | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _reference_blocks(ledger: Ledger, reference: _Reference, unverifiable: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(indices, reference) in blocks; where the reference raises, chunk by chunk, skipping the chunks that raise."""
     plan = ledger.plan
     per_block = max(1, _BLOCK // plan.chunk_size)
@@ -85,25 +103,25 @@ def _reference_blocks(ledger: Ledger, algorithm: str, unverifiable: list[int], s
         ids = range(first, min(first + per_block, plan.chunks))
         lo, hi = plan.chunk(ids[0]).start, plan.chunk(ids[-1]).stop
         try:
-            idx = np.arange(lo, hi)
-            yield idx, _reference(algorithm, idx, sweep)
-            continue
+            ref = reference.range(lo, hi)
         except Exception:  # the user's algorithm may raise (a poison chunk); narrow down to the chunks that do
             pass
+        else:
+            yield np.arange(lo, hi), ref
+            continue
         for c in ids:
             chunk = plan.chunk(c)
-            idx = np.arange(chunk.start, chunk.stop)
             try:
-                ref = _reference(algorithm, idx, sweep)
+                ref = reference.range(chunk.start, chunk.stop)
             except Exception:
                 unverifiable.append(c)
                 continue
-            yield idx, ref
+            yield np.arange(chunk.start, chunk.stop), ref
 
 
-def _verify_full(ledger: Ledger, algorithm: str, unverifiable: list[int], sweep: SweepSpec | None) -> tuple[int, int, int]:
+def _verify_full(ledger: Ledger, reference: _Reference, unverifiable: list[int]) -> tuple[int, int, int]:
     expected, actual, mismatches = 0, 0, 0
-    for idx, ref in _reference_blocks(ledger, algorithm, unverifiable, sweep):
+    for idx, ref in _reference_blocks(ledger, reference, unverifiable):
         got = np.asarray(ledger.values[idx[0] : idx[-1] + 1])
         done = ledger.seen[idx // ledger.plan.chunk_size]
         expected = (expected + checksum.pair_sum(idx, ref)) & checksum.MASK
@@ -112,11 +130,11 @@ def _verify_full(ledger: Ledger, algorithm: str, unverifiable: list[int], sweep:
     return expected, actual, mismatches
 
 
-def _verify_sample(ledger: Ledger, algorithm: str, size: int, seed: int, sweep: SweepSpec | None) -> tuple[int, int, int]:
+def _verify_sample(ledger: Ledger, reference: _Reference, size: int, seed: int) -> tuple[int, int, int]:
     rng = np.random.default_rng(seed)
     idx = np.unique(rng.integers(0, ledger.plan.params, size=min(size, ledger.plan.params)))
     idx = idx[ledger.seen[idx // ledger.plan.chunk_size]]  # what never came back is lost or dead, not a mismatch
-    ref = _reference(algorithm, idx, sweep)
+    ref = reference.at(idx)
     got = np.asarray(ledger.values[idx])
     return checksum.pair_sum(idx, ref), checksum.pair_sum(idx, got), _differs(got, ref)
 
@@ -129,7 +147,7 @@ def judge(
     verify: Verify,
     algorithm: str,
     seed: int = 0,
-    sweep: SweepSpec | None = None,
+    grid: Sequence[str] = (),
     rejected: Sequence[DeadLetter] = (),
 ) -> Verdict:
     """Compare what came back with the plan and, as asked, with a reference.
@@ -145,12 +163,16 @@ def judge(
     act: int | None
     mism: int | None
     unverifiable: list[int] = []
-    if verify.kind == "full":
-        exp, act, mism = _verify_full(ledger, algorithm, unverifiable, sweep)
-    elif verify.kind == "sample":
-        exp, act, mism = _verify_sample(ledger, algorithm, verify.sample, seed, sweep)
-    else:
-        exp, act, mism = None, None, None
+    reference = _Reference(algorithm, grid)
+    try:
+        if verify.kind == "full":
+            exp, act, mism = _verify_full(ledger, reference, unverifiable)
+        elif verify.kind == "sample":
+            exp, act, mism = _verify_sample(ledger, reference, verify.sample, seed)
+        else:
+            exp, act, mism = None, None, None
+    finally:
+        reference.close()
     checksum_ok = None if exp is None else (exp == act and mism == 0)
     # A completed chunk whose reference raised was never checked: not ok, however the checksums compare.
     unchecked = [c for c in unverifiable if ledger.seen[c]]

@@ -16,18 +16,18 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
-from ttg import algorithms
 from ttg.broker import Broker, Delivery
-from ttg.errors import BrokerUnavailable, MessageError
-from ttg.messages import ResultMessage, decode_planned_task
+from ttg.compute import ComputeProcess
+from ttg.errors import AlgorithmError, BrokerUnavailable, MessageError
+from ttg.messages import ResultMessage, TaskMessage, decode_planned_task
 from ttg.plan import ChunkPlan
 from ttg.retry import patiently
-from ttg.sweep import SweepSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,13 +45,24 @@ class WorkerSpec:
     cost_us: float = 0.0
     broker_wait_s: float = 60.0  # how long to keep retrying an unreachable broker before giving up
     static: tuple[int, int] | None = None  # static mode: (block index, blocks): evaluate that block, no queue
-    sweep: SweepSpec | None = None  # grid axes, for algorithms that take grid values
+    grid: tuple[str, ...] = ()  # NAME=VALUES axes, for algorithms that take grid values
     poisoned: frozenset[int] = frozenset()  # the poison-chunk fault: these chunks fail on every delivery
     coordinator_pid: int | None = None  # the local coordinator that started this worker (its parent); None: none to watch
     successor_wait_s: float = 30.0  # once it is gone: how long to wait for a successor before exiting (0: at once)
 
 
-class PoisonedChunk(Exception):
+class _Started(NamedTuple):
+    """A task handed to the compute child, whose result is not read yet."""
+
+    delivery: Delivery
+    task: TaskMessage
+    t0: float
+
+
+PIPELINE_DEPTH = 2  # chunks a worker keeps in its compute child: one computing, one queued behind it
+
+
+class PoisonedChunk(AlgorithmError):
     """Raised in place of computing a chunk the poison-chunk fault poisoned."""
 
 
@@ -59,7 +70,9 @@ class Worker:
     def __init__(self, broker: Broker, spec: WorkerSpec) -> None:
         self.broker = broker
         self.spec = spec
-        self.fn = algorithms.load(spec.algorithm)
+        # The algorithm runs in a child process: nothing it does can starve this process's heartbeat.
+        self.compute = ComputeProcess(spec.algorithm, spec.cost_us, spec.grid)
+        self.compute.start()  # an algorithm that cannot be loaded is a usage error, before the broker is reached
         self.stopping = threading.Event()
         self.chunks_done = 0
 
@@ -109,18 +122,33 @@ class Worker:
             return EXIT_BROKER_LOST
         finally:
             self.broker.close()
+            self.compute.close()
         log.info("worker exited", extra={"event": "exited", "chunks_done": self.chunks_done})
         return EXIT_OK
 
     def _run_queue(self) -> None:
+        """Keep up to PIPELINE_DEPTH chunks in the compute child: the next is queued there while this process
+        sends the previous result, so neither side waits for the other. On SIGTERM, finish those, take no more."""
+        inflight: deque[_Started] = deque()
         while not self.stopping.is_set():
-            delivery = self._patiently(lambda: self.broker.receive(timeout_s=1.0))
-            if delivery is None:
-                if self._patiently(self.broker.drained):
-                    log.info("sweep drained", extra={"event": "draining"})
-                    return
+            if len(inflight) >= PIPELINE_DEPTH:
+                self._finish(inflight.popleft())
                 continue
-            self._process(delivery)
+            delivery = self._patiently(lambda: self.broker.receive(timeout_s=0.0 if inflight else 1.0))
+            if delivery is not None:
+                started = self._start(delivery)
+                if started is not None:
+                    inflight.append(started)
+                continue
+            # Nothing to take: the queue is empty for now, or the run has ended (a backend may say so only once,
+            # with this None). Finish what is in hand, then ask, as the unpipelined loop did.
+            while inflight:
+                self._finish(inflight.popleft())
+            if self._patiently(self.broker.drained):
+                log.info("sweep drained", extra={"event": "draining"})
+                return
+        while inflight:
+            self._finish(inflight.popleft())
 
     def _run_static(self, index: int, of: int) -> None:
         plan = self.spec.plan
@@ -128,12 +156,13 @@ class Worker:
             if self.stopping.is_set():
                 return
             chunk = plan.chunk(chunk_id)
-            values = algorithms.evaluate(self.fn, chunk.start, chunk.stop, self.spec.cost_us, self.spec.sweep)
+            values = self.compute.evaluate(chunk.start, chunk.stop)
             result = ResultMessage(self.spec.run_id, chunk.id, chunk.start, chunk.stop, self.spec.worker_id, 1, values.tobytes(), 0.0)
             self._patiently(functools.partial(self.broker.complete, None, chunk.id, result.encode()))
             self.chunks_done += 1
 
-    def _process(self, delivery: Delivery) -> None:
+    def _start(self, delivery: Delivery) -> _Started | None:
+        """Check the task against the plan and hand it to the compute child; None when it was rejected or failed."""
         try:
             task = decode_planned_task(delivery.body, self.spec.run_id, self.spec.plan)
         except MessageError as e:
@@ -142,19 +171,28 @@ class Worker:
             log.warning("message rejected: %s", e, extra={"event": "rejected"})
             reason = f"rejected: {e}"
             self._patiently(lambda: self.broker.reject(delivery, reason))
+            return None
+        log.debug("chunk taken", extra={"event": "taken", "chunk_id": task.chunk_id, "deliveries": delivery.deliveries})
+        if task.chunk_id in self.spec.poisoned:
+            self._failed(delivery, task, PoisonedChunk(f"chunk {task.chunk_id} is poisoned by the poison-chunk fault and fails on every delivery"))
+            return None
+        self.compute.submit(task.start, task.stop)
+        return _Started(delivery, task, time.perf_counter())
+
+    def _failed(self, delivery: Delivery, task: TaskMessage, e: AlgorithmError) -> None:
+        """The algorithm raised, or its process died: the chunk is retried or dead-lettered."""
+        error = str(e)  # the child says what the algorithm raised ("ValueError: ...") or how the child died
+        log.warning("chunk failed: %s", error, extra={"event": "failed", "chunk_id": task.chunk_id, "deliveries": delivery.deliveries})
+        self._patiently(lambda: self.broker.fail(delivery, error, retry=True))
+
+    def _finish(self, started: _Started) -> None:
+        delivery, task, t0 = started
+        try:
+            values = self.compute.result()
+        except AlgorithmError as e:
+            self._failed(delivery, task, e)
             return
         ctx = {"chunk_id": task.chunk_id, "deliveries": delivery.deliveries}
-        log.debug("chunk taken", extra={"event": "taken", **ctx})
-        t0 = time.perf_counter()
-        try:
-            if task.chunk_id in self.spec.poisoned:
-                raise PoisonedChunk(f"chunk {task.chunk_id} is poisoned by the poison-chunk fault and fails on every delivery")
-            values = algorithms.evaluate(self.fn, task.start, task.stop, self.spec.cost_us, self.spec.sweep)
-        except Exception as e:  # the user's algorithm may raise anything; the chunk is retried or dead-lettered
-            log.warning("chunk failed: %s: %s", type(e).__name__, e, extra={"event": "failed", **ctx}, exc_info=True)
-            error = f"{type(e).__name__}: {e}"
-            self._patiently(lambda: self.broker.fail(delivery, error, retry=True))
-            return
         result = ResultMessage(
             task.run_id, task.chunk_id, task.start, task.stop, self.spec.worker_id, delivery.deliveries, values.tobytes(), time.perf_counter() - t0
         )

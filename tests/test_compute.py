@@ -1,0 +1,111 @@
+"""The compute child: the algorithm in its own process, values back over a pipe, crashes contained."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from ttg import algorithms
+from ttg.compute import ComputeCrashed, ComputeProcess
+from ttg.errors import AlgorithmError, AlgorithmNotFound
+
+
+@pytest.fixture
+def child() -> Iterator[ComputeProcess]:
+    proc = ComputeProcess("demo")
+    proc.start()
+    yield proc
+    proc.close()
+
+
+def test_values_come_back_exactly_in_submission_order(child: ComputeProcess) -> None:
+    child.submit(0, 1000)
+    child.submit(5000, 5010)
+    assert child.pending == 2
+    assert np.array_equal(child.result(), algorithms.demo(np.arange(0, 1000)))
+    assert np.array_equal(child.result(), algorithms.demo(np.arange(5000, 5010)))
+    idx = np.array([7, 3, 999_999])
+    assert np.array_equal(child.evaluate_indices(idx), algorithms.demo(idx))
+
+
+def test_a_large_range_crosses_the_pipe_whole(child: ComputeProcess) -> None:
+    values = child.evaluate(0, 1_000_000)  # 8 MB, many pipe buffers
+    assert values.shape == (1_000_000,) and np.array_equal(values, algorithms.demo(np.arange(1_000_000)))
+
+
+def test_an_algorithm_that_raises_fails_that_range_and_the_child_carries_on() -> None:
+    proc = ComputeProcess("algos:poison")
+    proc.start()
+    try:
+        pid = proc.pid
+        with pytest.raises(AlgorithmError, match="ValueError: cannot evaluate parameter 1234"):
+            proc.evaluate(1000, 2000)
+        assert np.array_equal(proc.evaluate(0, 10), algorithms.demo(np.arange(10))) and proc.pid == pid
+    finally:
+        proc.close()
+
+
+def test_a_crash_fails_the_range_being_computed_and_the_queued_one_goes_to_a_new_child() -> None:
+    proc = ComputeProcess("algos:segfaults_on_poison")
+    proc.start()
+    try:
+        first = proc.pid
+        proc.submit(1000, 2000)  # holds parameter 1234: SIGSEGV
+        proc.submit(0, 10)
+        with pytest.raises(ComputeCrashed, match="killed by SIGSEGV"):
+            proc.result()
+        assert np.array_equal(proc.result(), algorithms.demo(np.arange(10))), "the queued range is computed by the new child"
+        assert proc.pid != first and proc.restarts == 1
+    finally:
+        proc.close()
+
+
+def test_a_killed_child_is_replaced_on_the_next_range(child: ComputeProcess) -> None:
+    child.kill()
+    with pytest.raises(ComputeCrashed, match="SIGKILL"):
+        child.evaluate(0, 10)
+    assert np.array_equal(child.evaluate(0, 10), algorithms.demo(np.arange(10)))
+
+
+def test_an_algorithm_that_cannot_be_loaded_is_a_usage_error_said_by_the_child() -> None:
+    with pytest.raises(AlgorithmNotFound, match="nosuchmodule"):
+        ComputeProcess("nosuchmodule:fn").start()
+
+
+def test_the_gil_held_by_the_algorithm_never_stalls_this_process() -> None:
+    # What the heartbeat thread of a worker sees while its chunk holds the GIL for ~2 s in one C call.
+    proc = ComputeProcess("algos:holds_the_gil")
+    proc.start()
+    gaps: list[float] = []
+    done = threading.Event()
+
+    def beat() -> None:
+        last = time.monotonic()
+        while not done.is_set():
+            time.sleep(0.05)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    t = threading.Thread(target=beat)
+    t.start()
+    try:
+        proc.evaluate(0, 10)
+    finally:
+        done.set()
+        t.join()
+        proc.close()
+    assert len(gaps) > 20 and max(gaps) < 0.5, f"a beat waited {max(gaps):.2f} s"
+
+
+def test_the_child_ignores_the_signals_its_worker_handles(child: ComputeProcess) -> None:
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGTERM)  # the worker drains on SIGTERM; its child must finish the chunk, not die
+    time.sleep(0.2)
+    assert np.array_equal(child.evaluate(0, 10), algorithms.demo(np.arange(10)))

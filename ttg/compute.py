@@ -1,0 +1,290 @@
+"""The compute child: the user's algorithm runs in a process of its own, never in the one that holds the broker.
+
+Why: a worker's liveness (Redis claim heartbeats, RabbitMQ's heartbeat frames on pika's I/O thread)
+must not depend on the algorithm. A C call that holds the GIL for seconds (a regex, a
+non-releasing extension) starves every thread of the process it runs in, and the broker then
+takes a live worker's chunks away, or drops its connection. So the worker forks nothing and runs
+no user code: it starts ``python -m ttg.compute`` (the prefork pattern of Celery and Dramatiq,
+one child per worker) and hands it ``(start, stop)`` ranges over a pipe; the child answers with
+the float64 values, raw, over another pipe. No pickle crosses the boundary.
+
+A child that dies (segfault, ``os._exit``, the OOM killer) fails that one evaluation with
+:class:`ComputeCrashed`, naming the signal; the next evaluation starts a new child. The worker
+stays connected throughout. The child dies with its worker (parent-death signal, and end of
+file on its request pipe).
+
+Wire format (little-endian): request ``<qq`` (start, stop; stop < 0 asks the child to exit; start < 0
+means ``stop`` int64 parameter indices follow, for the verifier's samples, computed without ``cost_us``);
+reply ``<BQ`` (status, payload length) then the payload: the values (status 0), an error text
+(status 1: the algorithm raised), or, once at start-up, an empty "ready" (status 0) or a load
+error (status 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Sequence
+from typing import NoReturn
+
+import numpy as np
+
+from ttg.errors import AlgorithmError, AlgorithmNotFound
+
+log = logging.getLogger(__name__)
+
+_REQUEST = struct.Struct("<qq")
+_REPLY = struct.Struct("<BQ")
+OK, RAISED, LOAD_FAILED = 0, 1, 2
+_PIPE_BYTES = 1 << 20  # a chunk of 100,000 values fits in one pipe buffer: one wake-up per reply, not sixteen
+
+
+class ComputeCrashed(AlgorithmError):
+    """The compute child died while evaluating a range (a crash of the algorithm, or a kill)."""
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_header_and(fd: int, header: bytes, data: memoryview) -> None:
+    """``header`` then ``data`` in one system call where the pipe takes it all, with no copy into a joined buffer."""
+    sent = os.writev(fd, [header, data])
+    if sent < len(header):
+        _write_all(fd, header[sent:])
+        sent = len(header)
+    _write_all(fd, data[sent - len(header) :])
+
+
+def _read_exactly(fd: int, n: int) -> bytearray | None:
+    """``n`` bytes from ``fd``, or None at end of file (the other side is gone)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if k == 0:
+            return None
+        got += k
+    return buf
+
+
+def _widen(fd: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):  # Linux only, and capped by /proc/sys/fs/pipe-max-size
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class ComputeProcess:
+    """One compute child for one worker; :meth:`evaluate` is called from one thread (the worker's main thread)."""
+
+    def __init__(self, algorithm: str, cost_us: float = 0.0, grid: Sequence[str] = ()) -> None:
+        self.algorithm = algorithm
+        self.cost_us = cost_us
+        self.grid = tuple(grid)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._to_child = -1
+        self._from_child = -1
+        self._pending: deque[bytes] = deque()  # requests sent whose replies are not read yet, oldest first
+        self.restarts = 0
+
+    def start(self) -> None:
+        """Start the child and wait until it has loaded the algorithm (AlgorithmNotFound when it cannot)."""
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        for fd in (req_w, rep_w):
+            _widen(fd)
+        args = [sys.executable, "-m", "ttg.compute", str(os.getpid()), str(req_r), str(rep_w), self.algorithm, repr(self.cost_us), *self.grid]
+        try:
+            # From the worker's main thread, which lives as long as the worker: the child's parent-death signal is
+            # tied to the thread that forked it.
+            self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, pass_fds=(req_r, rep_w))
+        finally:
+            os.close(req_r)
+            os.close(rep_w)
+        self._to_child, self._from_child = req_w, rep_r
+        status, payload = self._reply()
+        if status == LOAD_FAILED:
+            self.close()
+            raise AlgorithmNotFound(payload.decode(errors="replace"))
+
+    def evaluate(self, start: int, stop: int) -> np.ndarray:
+        """The algorithm's values for parameters [start, stop), computed in the child.
+
+        Raises AlgorithmError when the algorithm raised (the child carries on), ComputeCrashed when
+        the child died (the next call starts a new one).
+        """
+        self.submit(start, stop)
+        return self.result()
+
+    def evaluate_indices(self, indices: np.ndarray) -> np.ndarray:
+        """The algorithm's values at arbitrary parameter indices (the verifier's reference), with no simulated cost."""
+        idx = np.ascontiguousarray(indices, dtype="<i8")
+        self._send(_REQUEST.pack(-1, len(idx)) + idx.tobytes())
+        return self.result()
+
+    def submit(self, start: int, stop: int) -> None:
+        """Queue [start, stop) for the child; :meth:`result` returns the replies in submission order.
+
+        A worker keeps one range queued behind the one being computed, so the child never waits for the
+        worker's broker round trip, and the worker never waits for the child to wake up.
+        """
+        self._send(_REQUEST.pack(start, stop))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _send(self, request: bytes) -> None:
+        if self._proc is None:
+            self.restarts += 1
+            self.start()
+        self._pending.append(request)
+        with contextlib.suppress(BrokenPipeError):  # the child is gone; reading its reply says how
+            _write_all(self._to_child, request)
+
+    def result(self) -> np.ndarray:
+        """The reply to the oldest submitted range (AlgorithmError, ComputeCrashed as for :meth:`evaluate`).
+
+        When the child dies, the oldest range is the one it was computing: that one fails; the ranges queued
+        behind it were never started and go to a new child unharmed.
+        """
+        try:
+            status, payload = self._reply()
+        except ComputeCrashed:
+            self._pending.popleft()
+            queued, self._pending = list(self._pending), deque()
+            for request in queued:
+                self._send(request)
+            raise
+        self._pending.popleft()
+        if status == RAISED:
+            raise AlgorithmError(payload.decode(errors="replace"))
+        return np.frombuffer(payload, dtype="<f8")
+
+    def _reply(self) -> tuple[int, bytearray]:
+        header = _read_exactly(self._from_child, _REPLY.size)
+        if header is None:
+            self._reap()
+        status, length = _REPLY.unpack(header)
+        payload = _read_exactly(self._from_child, length)
+        if payload is None:
+            self._reap()
+        return status, payload
+
+    def _reap(self) -> NoReturn:
+        """The child closed its end: it died. Raise what happened, after cleaning up."""
+        proc, self._proc = self._proc, None
+        code = proc.wait() if proc is not None else None
+        self._close_fds()
+        raise ComputeCrashed(f"the compute process {describe_exit(code)} while evaluating; a new one is started for the next chunk")
+
+    def _close_fds(self) -> None:
+        for fd in (self._to_child, self._from_child):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._to_child = self._from_child = -1
+
+    def kill(self) -> None:
+        """SIGKILL the child (tests and the crash path); the next evaluation starts a new one."""
+        if self._proc is not None:
+            self._proc.kill()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def close(self) -> None:
+        self._pending.clear()
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                _write_all(self._to_child, _REQUEST.pack(0, -1))
+        self._close_fds()
+        if proc is not None:
+            try:
+                proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:  # stuck in a long evaluation: it has nothing we need
+                proc.kill()
+                proc.wait()
+
+
+# -- the child ----------------------------------------------------------------------------------
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the worker died before the signal was set
+        os._exit(1)
+
+
+def _serve(req: int, rep: int, algorithm: str, cost_us: float, grid: Sequence[str]) -> None:
+    from ttg import algorithms
+    from ttg.sweep import SweepSpec
+
+    try:
+        fn = algorithms.load(algorithm)
+        sweep = SweepSpec.from_axes(tuple(grid)) if grid else None
+    except Exception as e:  # anything the user's module raises on import is a load failure, said in one line
+        text = (str(e) if isinstance(e, AlgorithmError) else f"cannot load algorithm {algorithm!r}: {type(e).__name__}: {e}").encode()
+        _write_all(rep, _REPLY.pack(LOAD_FAILED, len(text)) + text)
+        return
+    _write_all(rep, _REPLY.pack(OK, 0))
+    while True:
+        header = _read_exactly(req, _REQUEST.size)
+        if header is None:
+            return  # the worker is gone
+        start, stop = _REQUEST.unpack(header)
+        if stop < 0:
+            return
+        indices = _read_exactly(req, stop * 8) if start < 0 else None
+        if start < 0 and indices is None:
+            return
+        try:
+            if indices is not None:
+                idx = np.frombuffer(indices, dtype="<i8")
+                values = algorithms.checked(algorithms.call(fn, idx, sweep), idx)
+            else:
+                values = algorithms.evaluate(fn, start, stop, cost_us, sweep)
+        except Exception as e:  # the user's algorithm may raise anything: the worker retries or dead-letters the chunk
+            text = f"{type(e).__name__}: {e}".encode()
+            _write_all(rep, _REPLY.pack(RAISED, len(text)) + text)
+            continue
+        data = memoryview(np.ascontiguousarray(values, dtype="<f8").data).cast("B")
+        _write_header_and(rep, _REPLY.pack(OK, data.nbytes), data)
+
+
+def main(argv: Sequence[str]) -> None:
+    parent, req, rep, algorithm, cost_us, *grid = argv
+    _die_with_parent(int(parent))
+    # Signals are the worker's business: it finishes the chunk this child is computing, then closes the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _serve(int(req), int(rep), algorithm, float(cost_us), grid)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
