@@ -188,8 +188,23 @@ def test_fault_targets_must_leave_a_survivor_and_name_real_workers() -> None:
     assert parse_fault("poison-chunk@99%/3").poisoned_chunks(10) == [9]
 
 
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+        ("amqp://ttg:s3cret@host:5672/%2F?heartbeat=5", "amqp://ttg:***@host:5672/%2F?heartbeat=5"),
+        ("redis://host:6379/0?password=s3cret&socket_timeout=2", "redis://host:6379/0?password=***&socket_timeout=2"),
+        ("redis://u:s3cret@host/0?db=1&Api_Key=s3cret&auth_token=s3cret", "redis://u:***@host/0?db=1&Api_Key=***&auth_token=***"),
+        ("redis://u:s3cret@host:abc/0", "redis://u:***@host:abc/0"),  # unreadable port: still no password
+        ("redis://[::1:s3cret@host/0", "<unreadable URL>"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+    ],
+)
+def test_every_password_form_is_redacted(url: str, shown: str) -> None:
+    assert redact_url(url) == shown and "s3cret" not in str(redact_url(url))
+
+
 def test_passwords_are_redacted() -> None:
-    assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     cfg = load_run_config({"broker_url": "redis://u:s3cret@h:1/0"}, env={})
     assert "s3cret" not in repr(cfg)
 

@@ -20,6 +20,7 @@ and it receives a dict of equally long arrays, one per axis::
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 from collections.abc import Callable
 
@@ -93,6 +94,12 @@ def load(spec: str) -> Algorithm:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise AlgorithmNotFound(f"{module_name} has no callable {attr!r}; check --algorithm")
+    if inspect.isbuiltin(fn) or inspect.isclass(fn):
+        # os:system, builtins:eval, subprocess:Popen ...: callable, but not an algorithm over an array of parameters.
+        kind = "class" if inspect.isclass(fn) else "built-in"
+        raise AlgorithmNotFound(
+            f"{spec} is a {kind}, not an algorithm; --algorithm takes a Python function that maps an array of parameters to an array of floats"
+        )
     return fn  # type: ignore[no-any-return]
 
 

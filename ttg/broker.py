@@ -208,6 +208,20 @@ _BACKENDS: dict[str, str] = {
     "amqps": "ttg.brokers.rabbitmq:RabbitMQBroker",
 }
 BACKEND_SCHEMES = {"redis": "redis", "rabbitmq": "amqp"}
+# Each driver parses its own URLs (port, database, query options); its parser is the one to ask.
+_URL_CHECKS: dict[str, str] = {
+    "redis": "ttg.brokers.redis_streams:check_url",
+    "rediss": "ttg.brokers.redis_streams:check_url",
+    "amqp": "ttg.brokers.amqp_client:check_url",
+    "amqps": "ttg.brokers.amqp_client:check_url",
+}
+
+
+def check_broker_url(url: str) -> None:
+    """ConfigError naming --broker-url when the backend's driver cannot read ``url`` (a port that is not a number,
+    an unknown or malformed query option); nothing is connected to."""
+    check = load_for_scheme(_URL_CHECKS, url, "broker backend")
+    check(url)
 
 
 def open_broker(

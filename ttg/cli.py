@@ -102,13 +102,15 @@ def cli() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log the coordinator's steps to stderr.")
 def run(as_json: bool, verbose: bool, run_id: str | None, resume: bool, **options: Any) -> int:
     """Run one sweep and end with a verdict."""
-    from ttg.run import PROGRESS_LINE_EVERY_S, new_run_id
+    from ttg.run import PROGRESS_LINE_EVERY_S, new_run_id, preflight
     from ttg.run import Progress as RunProgress
 
     cfg = load_run_config(passed_options(**options))
     if resume and not (run_id and cfg.sweep.broker_url):
         raise ConfigError("--resume continues a run on the broker that holds it: pass --run-id and --broker-url (a private broker dies with its coordinator)")
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+    if cfg.runtime == "local":  # on Kubernetes the algorithm and --out live in the image and the pod
+        preflight(cfg, run_id)
     logs.setup("text", logging.INFO if verbose else logging.WARNING)
     columns = [
         TextColumn("[bold]sweep"),
@@ -237,7 +239,6 @@ def worker(
     """Serve one run until its sweep is drained (burst mode). SIGTERM: finish the chunk, exit 0."""
     from ttg.broker import open_broker
     from ttg.plan import ChunkPlan
-    from ttg.sweep import SweepSpec
     from ttg.worker import Worker, WorkerSpec
 
     run_id = check_run_id(run_id)
@@ -264,7 +265,6 @@ def worker(
         reclaim_after_s=settings.reclaim_after_s,
         prefetch=settings.prefetch,
     )
-    sweep = SweepSpec.from_axes(settings.grid) if settings.grid else None
     try:
         poisoned = frozenset(int(c) for c in poison_chunks.split(",") if c.strip())
     except ValueError:
@@ -277,7 +277,7 @@ def worker(
         settings.cost_us,
         broker_wait_s=broker_wait,
         static=block,
-        sweep=sweep,
+        grid=settings.grid,
         poisoned=poisoned,
         coordinator_pid=coordinator_pid,
         successor_wait_s=successor_wait,

@@ -37,18 +37,31 @@ def backend_for_url(url: str) -> str:
     return _SCHEME_BACKEND[scheme]
 
 
+# Query options that carry a credential in the URL forms the drivers accept (redis-py: ?password=; pika: none
+# today, but a user's proxy or TLS options may): any option whose name contains one of these words is hidden.
+_SECRET_OPTION = re.compile(r"pass|secret|token|key|auth|cred", re.IGNORECASE)
+
+
 def redact_url(url: str | None) -> str | None:
-    """Hide the password of a broker URL, for logs, reprs and run records."""
+    """Hide every password form of a URL (``user:pass@``, ``?password=``, ``&token=``...), for logs, titles and records."""
     if not url:
         return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+        netloc = parts.netloc
+        if password is not None:
+            host = netloc.rpartition("@")[2]
+            netloc = f"{parts.username or ''}:***@{host}"
+    except ValueError:  # unreadable (a bracket in the host): show nothing of what might be a secret
+        return "<unreadable URL>"
+    query = "&".join(_redact_option(option) for option in parts.query.split("&")) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact_option(option: str) -> str:
+    name, sep, _ = option.partition("=")
+    return f"{name}=***" if sep and _SECRET_OPTION.search(name) else option
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,9 @@ def _broker_url(value: Any) -> str | None:
     if value in (None, ""):
         return None
     backend_for_url(str(value))
+    from ttg.broker import check_broker_url  # the drivers' parsers; imported late, as brokers import this module
+
+    check_broker_url(str(value))
     return str(value)
 
 

@@ -9,6 +9,7 @@ On the command line an axis is ``NAME=v1,v2,...`` (listed values) or ``NAME=a:b:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ttg.errors import ConfigError
+
+# An axis is held in memory as Python floats (~32 bytes each): a million values is ~32 MB. The product of the
+# axes is the sweep's N, bounded as --params is.
+MAX_AXIS_VALUES = 1_000_000
+MAX_GRID_POINTS = 10**12
 
 _AXIS_RE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<values>.+)")
 
@@ -30,10 +36,13 @@ def parse_axis(text: str) -> tuple[str, tuple[float, ...]]:
         if ":" in spec:
             a, b, n = spec.split(":")
             count = int(n)
-            if count < 1:
-                raise ValueError("count must be at least 1")
+            if not 1 <= count <= MAX_AXIS_VALUES:
+                raise ValueError(f"count must be between 1 and {MAX_AXIS_VALUES:,}")
             return name, tuple(float(x) for x in np.linspace(float(a), float(b), count))
-        return name, tuple(float(x) for x in spec.split(","))
+        values = spec.split(",")
+        if len(values) > MAX_AXIS_VALUES:
+            raise ValueError(f"at most {MAX_AXIS_VALUES:,} values per axis")
+        return name, tuple(float(x) for x in values)
     except ValueError as e:
         raise ConfigError(f"grid axis {name!r} has unreadable values {spec!r} ({e}); use v1,v2,... or start:stop:count") from None
 
@@ -47,7 +56,7 @@ class SweepSpec:
         if self.params < 1:
             raise ConfigError(f"a sweep needs at least 1 parameter (got {self.params})")
         if self.axes:
-            size = int(np.prod([len(values) for _, values in self.axes]))
+            size = math.prod(len(values) for _, values in self.axes)
             if size != self.params:
                 raise ConfigError(f"grid axes hold {size:,} points but the sweep has {self.params:,} parameters")
 
@@ -56,7 +65,10 @@ class SweepSpec:
         if not axes or any(len(v) == 0 for v in axes.values()):
             raise ConfigError("a grid needs at least one axis, and every axis at least one value")
         frozen = tuple((name, tuple(float(x) for x in values)) for name, values in axes.items())
-        return cls(int(np.prod([len(v) for _, v in frozen])), frozen)
+        size = math.prod(len(v) for _, v in frozen)
+        if size > MAX_GRID_POINTS:
+            raise ConfigError(f"the grid axes hold {size:,} points, more than the {MAX_GRID_POINTS:,} a sweep may have; use fewer values")
+        return cls(size, frozen)
 
     @classmethod
     def from_axes(cls, texts: Sequence[str], params: int | None = None) -> SweepSpec:

@@ -34,7 +34,7 @@ from ttg import lease
 from ttg.broker import Broker, BrokerStats, DeadLetter, Delivery
 from ttg.brokers import redis_lua
 from ttg.config import redact_url
-from ttg.errors import BrokerError, BrokerUnavailable, RunConflict
+from ttg.errors import BrokerError, BrokerUnavailable, ConfigError, RunConflict
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,14 @@ def run_script(client: redis.Redis, source: str, keys: list[str], args: list[Any
         return client.evalsha(redis_lua.sha(source), len(keys), *keys, *args)
 
 
+def check_url(url: str) -> None:
+    """ConfigError when redis-py cannot read ``url`` (it would fail only at the first connection, with a traceback)."""
+    try:
+        redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as e:
+        raise ConfigError(f"--broker-url {redact_url(url)}: {e}; see redis://[:PASSWORD@]HOST:PORT/DB in the README") from None
+
+
 def connect(url: str) -> redis.Redis:
     """A client with an explicit timeout and retry policy: a dead or frozen server is an error within ~5 s, not ~30 s."""
     return redis.Redis.from_url(
@@ -126,7 +134,9 @@ class RedisStreamsBroker(Broker):
         self.prefetch = prefetch  # the most chunks a worker fetches at once
         self._max_batch = prefetch
         self._chunk_s: float | None = None  # moving average of the worker's time per chunk
-        self._handed_out_at = 0.0
+        # When each held task was handed to the worker: it keeps up to two in its compute child, so "since the
+        # previous hand-out" would measure the pipeline, not the chunk.
+        self._handed_out_at: dict[bytes, float] = {}
         self._held: set[bytes] = set()  # every entry this worker owns: buffered, computing, or completed but unsent
         self._held_lock = threading.Lock()
         self._stop = threading.Event()
@@ -302,8 +312,9 @@ class RedisStreamsBroker(Broker):
                 # Pending completions run before the read blocks, so one round trip does both.
                 self._fetch(block_ms=max(1, min(_MAX_BLOCK_MS, int((min(deadline, self._next_reclaim) - time.monotonic()) * 1000))))
             if self._buffer:
-                self._handed_out_at = time.monotonic()
-                return self._buffer.popleft()
+                delivery = self._buffer.popleft()
+                self._handed_out_at[delivery.token] = time.monotonic()
+                return delivery
             if time.monotonic() >= deadline:
                 return None
 
@@ -314,7 +325,7 @@ class RedisStreamsBroker(Broker):
             return
         if delivery.token in self._done:
             return  # the caller is retrying after a broker error: this completion is already queued
-        took = time.monotonic() - self._handed_out_at
+        took = time.monotonic() - self._handed_out_at.pop(delivery.token, time.monotonic())
         self._chunk_s = took if self._chunk_s is None else 0.8 * self._chunk_s + 0.2 * took
         self._batch = max(1, min(self._max_batch, int(BATCH_TARGET_S / max(self._chunk_s, 1e-6))))
         if not self._done:
@@ -333,6 +344,7 @@ class RedisStreamsBroker(Broker):
         idle_ms = max(0, self.min_idle_ms - self.retry_delay_ms)
         args = [GROUP, self.consumer, delivery.token, reason[:2000], delivery.deliveries, self.max_deliveries, int(retry), idle_ms]
         run_script(self.r, redis_lua.FAIL, self._keys, args)
+        self._handed_out_at.pop(delivery.token, None)
         with self._held_lock:
             self._held.discard(delivery.token)
 
@@ -340,6 +352,7 @@ class RedisStreamsBroker(Broker):
     def reject(self, delivery: Delivery, reason: str) -> None:
         assert self.consumer, "reject() needs a consumer name"
         run_script(self.r, redis_lua.REJECT, self._keys, [GROUP, delivery.token, reason[:2000]])
+        self._handed_out_at.pop(delivery.token, None)
         with self._held_lock:
             self._held.discard(delivery.token)
 

@@ -5,12 +5,14 @@ Never the system's broker: these can be killed, paused and restarted freely.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Self, TypeVar
 
 T = TypeVar("T")
@@ -35,6 +37,14 @@ def dies_with_us(command: list[str]) -> list[str]:
     """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600, also when the file existed): a server's secrets."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
 
 
 class PrivateServer(ABC):

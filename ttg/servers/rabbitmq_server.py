@@ -5,6 +5,12 @@ env files are written into its directory) and carries its own Erlang cookie
 (``HOME`` points into its directory), so it can be killed, paused and restarted
 without touching the system broker. The management plugin is on, bound to
 127.0.0.1, so ``ttg status`` can show unacknowledged counts for a private run.
+
+No ``guest``: the node's only user is generated (``default_user``/``default_pass`` in its 0600
+config file, read on first boot), with a random password, so another local user cannot publish
+into a run. The node runs under ``setpriv --pdeathsig KILL`` and the start script execs the Erlang
+VM (``RUNNING_UNDER_SYSTEMD``: the script's own mode for "no signal-forwarding shell"), so a
+SIGKILLed coordinator takes its node with it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -25,7 +32,7 @@ import pika.exceptions
 import port_for
 
 from ttg.errors import ServerStartError
-from ttg.servers import PrivateServer
+from ttg.servers import PrivateServer, dies_with_us, on_spawner_thread, write_private
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +65,16 @@ class PrivateRabbitMQ(PrivateServer):
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
+        self.user = f"ttg-{uuid.uuid4().hex[:8]}"
+        self.password = secrets.token_hex(16)  # hex: nothing to escape in a URL or the config file
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        return f"amqp://{self.user}:{self.password}@127.0.0.1:{self.port}/%2F"
 
     @property
     def management_url(self) -> str:
-        return f"http://guest:guest@127.0.0.1:{self.management_port}"
+        return f"http://{self.user}:{self.password}@127.0.0.1:{self.management_port}"
 
     @property
     def pid(self) -> int | None:
@@ -73,16 +82,22 @@ class PrivateRabbitMQ(PrivateServer):
 
     def _environment(self) -> dict[str, str]:
         d = self.data_dir
-        (d / "rabbitmq.conf").write_text(
+        write_private(
+            d / "rabbitmq.conf",
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
             # A private node on a shared disk: do not refuse publishers when the disk is fuller than RabbitMQ's default 50 MB.
             "disk_free_limit.absolute = 1MB\n"
+            # The user created on first boot, instead of guest; an administrator so the management API answers.
+            f"default_user = {self.user}\ndefault_pass = {self.password}\n"
+            "default_user_tags.administrator = true\n"
+            "default_permissions.configure = .*\ndefault_permissions.read = .*\ndefault_permissions.write = .*\n",
         )
         (d / "rabbitmq-env.conf").write_text("")
         (d / "enabled_plugins").write_text("[rabbitmq_management].\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_")) and k != "NOTIFY_SOCKET"}
         env.update(
+            RUNNING_UNDER_SYSTEMD="true",  # the start script execs erl: the parent-death signal reaches the VM itself
             HOME=str(d),  # the node's own Erlang cookie
             RABBITMQ_NODENAME=self.node,
             RABBITMQ_NODE_PORT=str(self.port),
@@ -107,8 +122,11 @@ class PrivateRabbitMQ(PrivateServer):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         # Its own session, so a Ctrl-C meant for the caller does not stop the node mid-run.
-        self.process = subprocess.Popen(
-            [path], env=self._environment(), cwd=self.data_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        env = self._environment()
+        self.process = on_spawner_thread(
+            lambda: subprocess.Popen(
+                dies_with_us([path]), env=env, cwd=self.data_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
         )
         self._wait_ready()
         self.startup_s = time.monotonic() - t0

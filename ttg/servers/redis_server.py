@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import shutil
 import signal
@@ -18,7 +17,7 @@ from mirakuru import TCPExecutor
 from mirakuru.exceptions import ProcessExitedWithError, TimeoutExpired
 
 from ttg.errors import ServerStartError
-from ttg.servers import PrivateServer, dies_with_us, on_spawner_thread
+from ttg.servers import PrivateServer, dies_with_us, on_spawner_thread, write_private
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +58,7 @@ class PrivateRedis(PrivateServer):
 
     def _config_file(self) -> str:
         path = self.data_dir / "redis.conf"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f'requirepass "{self.password}"\n')
-        os.chmod(path, 0o600)  # also when it existed with other bits
+        write_private(path, f'requirepass "{self.password}"\n')
         return str(path)
 
     def _command(self) -> list[str]:
