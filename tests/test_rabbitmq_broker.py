@@ -6,6 +6,7 @@ The behaviour every backend shares is in test_broker_contract.py.
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -108,3 +109,27 @@ def test_management_api_lists_the_runs_queues(coord: Broker, rabbitmq_server: Pr
     coord.declare(1)
     names = [q["name"] for q in _get(rabbitmq_server.management_url, f"/api/queues/{quote('/', safe='')}")]
     assert isinstance(coord, RabbitMQBroker) and set(coord.q.all) <= set(names)
+
+
+@pytest.mark.parametrize("peer", ["silent", "refusing"])
+def test_an_amqp_client_closed_while_it_connects_stops_cleanly(peer: str, caplog: pytest.LogCaptureFixture) -> None:
+    # pika 1.x has no Connection.is_opening: reading it on close crashed the I/O loop while a client (re)connected.
+    import socket
+
+    from ttg.brokers.amqp_client import AmqpClient
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if peer == "silent":
+        listener.listen(1)  # accepts, never says Connection.Start: the client stays in its opening handshake
+    else:
+        listener.close()  # nobody listens: the client is between reconnection attempts
+    try:
+        client = AmqpClient(f"amqp://u:p@127.0.0.1:{port}/%2F", name="closing-test", heartbeat_s=5)
+        time.sleep(0.3)
+        client.close(timeout_s=5.0)
+        assert not client._thread.is_alive(), "close() stops the I/O thread"
+        assert "I/O loop crashed" not in caplog.text and client.last_error != "I/O loop crashed", caplog.text
+    finally:
+        listener.close()

@@ -34,7 +34,7 @@ from pika.adapters.select_connection import IOLoop
 from pika.adapters.utils import io_services_utils
 
 from ttg.config import redact_url
-from ttg.errors import BrokerError, BrokerUnavailable
+from ttg.errors import BrokerError, BrokerUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,14 @@ class _Consumer:
 
 class QueueMissing(BrokerError):
     """The queue does not exist (yet): the run was not declared, or was deleted."""
+
+
+def check_url(url: str) -> None:
+    """ConfigError when pika cannot read ``url`` (a bad port or query option would otherwise fail at connect time)."""
+    try:
+        pika.URLParameters(url)
+    except ValueError as e:
+        raise ConfigError(f"--broker-url {redact_url(url)}: {e}; see amqp://USER:PASS@HOST:PORT/VHOST in the README") from None
 
 
 class AmqpClient:
@@ -135,10 +143,15 @@ class AmqpClient:
     def _run(self) -> None:
         try:
             self._ioloop.start()
-        except Exception:  # a bug in a callback must not silently kill the connection thread
-            log.exception("AMQP I/O loop crashed")
-            self.last_error = "I/O loop crashed"
-            self.ready.clear()
+        except Exception as e:
+            if self._closing and isinstance(e, AssertionError):
+                # close() during the AMQP handshake: pika aborts the socket, then its connection workflow asserts that
+                # it reported the connection rather than the abort (pika 1.3-1.4). The socket is closed; we are done.
+                log.debug("AMQP connection aborted while opening: %s", e)
+            else:  # a bug in a callback must not silently kill the connection thread
+                log.exception("AMQP I/O loop crashed")
+                self.last_error = "I/O loop crashed"
+                self.ready.clear()
         finally:
             self._fail_unconfirmed("client closed")
             self._ioloop.close()  # its wake-up socket pair
@@ -291,7 +304,10 @@ class AmqpClient:
             fut.set_exception(QueueMissing(f"queue {queue!r} does not exist: {reason}") if "404" in str(reason) else BrokerUnavailable(str(reason)))
 
     def _shutdown(self) -> None:
-        if self._conn is not None and (self._conn.is_open or self._conn.is_opening):
-            self._conn.close()
+        # pika 1.x has no is_opening: a connection neither closing nor closed is open or still in its handshake, and
+        # close() takes both; one between reconnection attempts has nothing to close.
+        conn = self._conn
+        if conn is not None and not (conn.is_closing or conn.is_closed):
+            conn.close()
         else:
             self._ioloop.stop()

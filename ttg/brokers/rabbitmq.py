@@ -51,7 +51,7 @@ from ttg.brokers import rabbitmq_topology as topo
 from ttg.brokers.amqp_client import AmqpClient, QueueMissing
 from ttg.brokers.rabbitmq_wire import BATCH, CHUNK, PRIOR, Token, await_confirms, pack_batch, unpack_batch
 from ttg.config import redact_url
-from ttg.errors import BrokerError, BrokerUnavailable, RunConflict
+from ttg.errors import BrokerError, BrokerUnavailable, MessageError, RunConflict
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RabbitMQBroker(Broker):
         self.prefetch = prefetch or DEFAULT_PREFETCH
         self.adaptive = prefetch is None
         self._chunk_s: float | None = None  # moving average of the worker's time per chunk
-        self._handed_out_at = 0.0
+        self._handed_out_at: dict[Token, float] = {}  # per delivery: a worker keeps two chunks in its compute child
         self._per_message = 1  # chunks in the latest task message
         self._widened = False
         self.q = topo.QueueNames(run_id)
@@ -260,7 +260,7 @@ class RabbitMQBroker(Broker):
                 except queue.Empty:
                     return None
             if delivery.token.generation == self.client.generation:
-                self._handed_out_at = time.monotonic()
+                self._handed_out_at[delivery.token] = time.monotonic()
                 return delivery
             # That connection is gone and the broker requeued the message: computing it now would only duplicate.
 
@@ -280,16 +280,19 @@ class RabbitMQBroker(Broker):
         return self._ended
 
     def _on_task(self, generation: int, tag: int, props: pika.BasicProperties, body: bytes) -> None:
-        """Runs on the I/O thread: unpack a task message into deliveries, or split or dead-letter it."""
-        headers = props.headers or {}
-        deliveries = int(headers.get(PRIOR, 0)) + int(headers.get("x-delivery-count", 0)) + 1
-        chunks = headers.get(BATCH)
-        parts = unpack_batch(body) if isinstance(chunks, list) else None
-        if parts is not None and isinstance(chunks, list) and len(chunks) == len(parts):
-            items: list[tuple[int | None, bytes]] = list(zip(chunks, parts, strict=True))
-        else:
-            chunk = headers.get(CHUNK)
-            items = [(chunk if isinstance(chunk, int) else None, body)]
+        """Runs on the I/O thread: unpack a task message into deliveries, or split, dead-letter or reject it.
+
+        Nothing here may raise: an exception on pika's I/O thread drops the connection, the message comes back
+        with its delivery count raised, and an innocent chunk ends dead-lettered. Headers are anyone's input
+        (whoever can publish to the queue), so each is read defensively and a bad one rejects that one message.
+        """
+        try:
+            deliveries, items = _read_task(props, body)
+        except Exception as e:  # MessageError for what the checks catch; anything else is a reader bug, also one message's
+            reason = f"rejected: {e}" if isinstance(e, MessageError) else f"rejected: unreadable task message ({type(e).__name__}: {e})"
+            log.warning("message rejected: %s", reason, extra={"event": "rejected"})
+            self._settle_after(generation, tag, [(self.q.rejected, body, {"x-ttg-reason": reason[:2000]})])
+            return
         if deliveries > self.max_deliveries:
             reason = f"delivered {deliveries - 1} times without completing (its worker crashed or lost its connection each time)"
             self._settle_after(generation, tag, [(self.q.dead, b, {CHUNK: c, "x-ttg-reason": reason, PRIOR: deliveries - 1}) for c, b in items])
@@ -323,7 +326,7 @@ class RabbitMQBroker(Broker):
     def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> None:
         token = delivery.token if delivery is not None else Token(-1, 0, chunk_id, last=False)
         if delivery is not None and self.adaptive:
-            self._adapt_prefetch(time.monotonic() - self._handed_out_at)
+            self._adapt_prefetch(time.monotonic() - self._handed_out_at.pop(token, time.monotonic()))
         with self._lock:  # the I/O thread puts back results whose publish failed
             if not self._pending:
                 self._pending_since = time.monotonic()
@@ -394,6 +397,7 @@ class RabbitMQBroker(Broker):
         done: dict[int, list[int]] = {}
         with self._lock:
             for t in tokens:
+                self._handed_out_at.pop(t, None)
                 key = (t.generation, t.tag)
                 if key not in self._open:
                     continue  # static mode, or a message of a lost connection
@@ -449,3 +453,38 @@ class RabbitMQBroker(Broker):
             fut.result(timeout=10.0)
         except FutureTimeout:
             raise BrokerUnavailable(f"RabbitMQ did not start a consumer on {queue_name} within 10s") from None
+
+
+_MAX_COUNT = 1_000_000  # deliveries counted in a header; more is not a count but a forgery
+
+
+def _is_int(value: object) -> bool:
+    # pika decodes AMQP long integers as its own int subclass (pika.compat.long); a bool is an int too, and is not one.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count_header(headers: dict[str, Any], name: str) -> int:
+    value = headers.get(name, 0)
+    if not _is_int(value) or not 0 <= value <= _MAX_COUNT:
+        raise MessageError(f"header {name} must be a delivery count from 0 to {_MAX_COUNT:,} (got {str(value)[:40]!r})")
+    return int(value)
+
+
+def _read_task(props: pika.BasicProperties, body: bytes) -> tuple[int, list[tuple[int | None, bytes]]]:
+    """(deliveries so far including this one, [(chunk id from the headers or None, task body)]); MessageError for
+    headers no TTG producer writes. The chunk ids here only route dead letters: the worker checks every body
+    against the plan, and the coordinator every dead letter's body."""
+    headers = props.headers if props.headers is not None else {}
+    if not isinstance(headers, dict):
+        raise MessageError("message headers are not a table")
+    deliveries = _count_header(headers, PRIOR) + _count_header(headers, "x-delivery-count") + 1
+    chunks = headers.get(BATCH)
+    if chunks is None:
+        chunk = headers.get(CHUNK)
+        return deliveries, [(int(chunk) if isinstance(chunk, int) and _is_int(chunk) else None, body)]
+    if not isinstance(chunks, list) or not all(_is_int(c) for c in chunks):
+        raise MessageError(f"header {BATCH} must be a list of chunk ids (got {str(chunks)[:40]!r})")
+    parts = unpack_batch(body)
+    if parts is None or len(parts) != len(chunks):
+        raise MessageError(f"a batch of {len(chunks)} chunk ids whose body is not {len(chunks)} task messages")
+    return deliveries, [(int(c), part) for c, part in zip(chunks, parts, strict=True)]
