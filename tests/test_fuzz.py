@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ttg.chaos.fuzz import FUZZ_KINDS, draw_schedule
 from ttg.config import load_run_config
+from ttg.errors import ConfigError
 from ttg.faults import WORKER_FAULTS, parse_fault, targets_count
 
 
@@ -54,3 +57,27 @@ def test_fuzz_runs_real_sweeps_and_a_seed_replays_its_schedule(tmp_path: Path) -
     for r in rows + replay:  # each run's record holds the faults the row names, injected or explained
         record = json.loads((tmp_path / str(r["run_id"]) / "record.json").read_text())
         assert sorted(f["kind"] for f in record["faults"]) == sorted(str(x).split("@")[0] for x in r["faults"])
+
+
+def test_the_soak_summary_counts_every_run_and_splits_recovery_by_fault_kind() -> None:
+    from ttg.chaos.fuzz import FuzzRow, summarise
+
+    rows = [
+        FuzzRow(1, ["kill-worker@30%/one", "junk-messages@50%"], recovery=[("kill-worker", 0.5)], wall_s=2.0),
+        FuzzRow(2, ["kill-worker@40%/one", "pause-broker@20%:1s"], recovery=[("kill-worker", 1.5), ("pause-broker", None)], wall_s=3.0),
+        FuzzRow(3, ["poison-chunk@50%"], dead_lettered=1, expected_dead=1, wall_s=1.0),
+        FuzzRow(4, ["latency@10%:1s"], lost=2, recovery=[("latency", 0.2)], wall_s=1.0),
+        FuzzRow(5, ["pause-broker@10%:1s"], not_injected=["pause-broker: not injected: no evidence"], wall_s=1.0),
+    ]
+    s = summarise(rows)
+    assert (s["runs"], s["ok"], s["failed_seeds"], s["lost"], s["not_injected"]) == (5, 3, [4, 5], 2, 1)
+    assert (s["dead_lettered"], s["expected_dead"], s["wall_s"]) == (1, 1, 8.0)
+    assert s["faults_drawn"] == {"junk-messages": 1, "kill-worker": 2, "latency": 1, "pause-broker": 2, "poison-chunk": 1}
+    assert s["recovery"]["kill-worker"] == {"faults": 2, "not_recovered": 0, "p50_s": 1.0, "p95_s": 1.5, "max_s": 1.5}
+    assert s["recovery"]["pause-broker"] == {"faults": 1, "not_recovered": 1, "p50_s": None, "p95_s": None, "max_s": None}
+
+
+@pytest.mark.parametrize("text", ["junk-messages@10%/0", "forged-task@10%/x", "junk-messages@10%:2s", "forged-task@10%/10001"])
+def test_message_faults_take_a_message_count_and_no_duration(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_fault(text)

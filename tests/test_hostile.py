@@ -6,6 +6,7 @@ real CLI where a user would meet it, on both backends (a private broker of the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,13 +20,16 @@ from typing import Any
 import msgpack
 import numpy as np
 import pika
+import pika.exceptions
 import pytest
 import redis
 
 from fixtures.plugin import BrokerHandle
 from ttg.broker import DeadLetter, open_broker
+from ttg.brokers.rabbitmq import _read_task
 from ttg.brokers.rabbitmq_topology import QueueNames
 from ttg.config import backend_for_url
+from ttg.errors import MessageError
 from ttg.ledger import Ledger
 from ttg.messages import ResultMessage, TaskMessage
 from ttg.plan import ChunkPlan
@@ -235,13 +239,20 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in found.stdout.split()]
 
 
-def test_no_password_in_any_process_arguments_record_or_log(redis_broker: BrokerHandle, tmp_path: Path) -> None:
+@dataclasses.dataclass
+class _Url:
+    url: str
+
+
+@pytest.mark.parametrize("form", ["userinfo", "query"])
+def test_no_password_in_any_process_arguments_record_or_log(redis_broker: BrokerHandle, tmp_path: Path, form: str) -> None:
     url = redis_broker.url  # the session's private Redis requires a generated password
     password = url.split("@")[0].rsplit(":", 1)[1]
     assert len(password) >= 16
+    given = _Url(url if form == "userinfo" else url.replace(f":{password}@", "@") + f"?password={password}")
     run_id = "sec" + uuid.uuid4().hex[:6]
-    proc = _coordinator(redis_broker, tmp_path, run_id)
-    _wait_declared(redis_broker, run_id, proc)
+    proc = _coordinator(given, tmp_path, run_id)
+    _wait_declared(given, run_id, proc)
     deadline = time.monotonic() + 10
     while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -251,20 +262,25 @@ def test_no_password_in_any_process_arguments_record_or_log(redis_broker: Broker
     assert len(lines) >= 3 and all(password not in line for line in lines.values()), lines
     assert "***" in lines[proc.pid], "the coordinator's own title shows the URL redacted"
     leaked = [str(p) for p in tmp_path.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
-    assert not leaked and password not in stderr and rec["broker_url"].startswith("redis://:***@"), leaked
+    assert not leaked and password not in stderr and password not in json.dumps(rec) and "***" in rec["broker_url"], leaked
 
 
-def test_a_sigkilled_coordinator_takes_its_private_broker_and_workers_with_it(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        _ttg("run", "--params", "3000000", "--chunk", "10000", "--workers", "2", "--cost-us", "10", "--out", str(tmp_path), "--json"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while len(_children(proc.pid)) < 3 and time.monotonic() < deadline:  # the broker and two workers
+def _descendants(pid: int) -> list[int]:
+    found = _children(pid)
+    return [*found, *(d for c in found for d in _descendants(c))]
+
+
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+def test_a_sigkilled_coordinator_takes_its_private_broker_and_workers_with_it(tmp_path: Path, backend: str) -> None:
+    args = ["run", "--backend", backend, "--params", "3000000", "--chunk", "10000", "--workers", "2", "--cost-us", "10", "--out", str(tmp_path), "--json"]
+    proc = subprocess.Popen(_ttg(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    # The run is under way: its broker (and the broker's helpers), two workers and their two compute children.
+    while len(_descendants(proc.pid)) < 5 and time.monotonic() < deadline:
         time.sleep(0.1)
-    children = _children(proc.pid)
-    assert len(children) >= 3, children
+    time.sleep(0.5)
+    children = _descendants(proc.pid)
+    assert len(children) >= 5, _cmdlines(children)
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 15
@@ -273,3 +289,90 @@ def test_a_sigkilled_coordinator_takes_its_private_broker_and_workers_with_it(tm
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"still running after the coordinator's SIGKILL: {left}"
+
+
+def test_rabbitmq_a_bad_header_rejects_that_message_and_never_drops_the_connection(rabbitmq_broker: BrokerHandle, tmp_path: Path) -> None:
+    # Once, x-ttg-prior: "zzz" raised on pika's I/O thread: the connection dropped, every prefetched message came back
+    # with its delivery count raised, and 154 reconnects later an innocent chunk was dead-lettered.
+    run_id = "hdr" + uuid.uuid4().hex[:6]
+    proc = _coordinator(rabbitmq_broker, tmp_path, run_id, "--max-deliveries", "2")
+    _wait_declared(rabbitmq_broker, run_id, proc)
+
+    def task(c: int) -> bytes:  # a real task of the run: only its headers are wrong
+        return TaskMessage(run_id, c, c * 3000, (c + 1) * 3000).encode()
+
+    bad: list[tuple[dict[str, Any], bytes]] = [
+        ({"x-ttg-prior": "zzz", "x-ttg-chunk": 3}, task(3)),
+        ({"x-ttg-prior": 10**12}, task(4)),
+        ({"x-ttg-prior": -1}, task(5)),
+        ({"x-ttg-batch": "7"}, task(7)),
+        ({"x-ttg-batch": [8, 9]}, msgpack.packb([task(8)])),  # two chunk ids, one body
+        ({"x-ttg-batch": [10, "eleven"]}, msgpack.packb([task(10), task(11)])),
+        ({"x-ttg-batch": [12]}, b"\xc1 not a batch"),
+    ]
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq_broker.url))
+    try:
+        ch = conn.channel()
+        for headers, body in bad:
+            ch.basic_publish("", QueueNames(run_id).tasks, body, pika.BasicProperties(delivery_mode=2, headers=headers))
+    finally:
+        conn.close()
+    rc, rec, stderr = _record(proc)
+    v = rec["verdict"]
+    assert rc == 0 and v["ok"] and v["lost"] == 0 and v["dead_lettered"] == 0 and v["checksum_ok"], stderr
+    assert v["rejected_messages"] == len(bad), v
+    reasons = " | ".join(v["rejected_reasons"])
+    assert "x-ttg-prior" in reasons and "x-ttg-batch" in reasons, reasons
+    logs = "".join(p.read_text() for p in (tmp_path / run_id / "logs").glob("*.log"))
+    assert "reconnecting" not in logs and "connection lost" not in logs, "a bad header must not cost the connection"
+
+
+@pytest.mark.parametrize(
+    "headers, body, error",
+    [
+        ({"x-ttg-prior": "zzz"}, b"t", "x-ttg-prior"),
+        ({"x-ttg-prior": True}, b"t", "x-ttg-prior"),
+        ({"x-delivery-count": "many"}, b"t", "x-delivery-count"),
+        ({"x-delivery-count": 2**40}, b"t", "x-delivery-count"),
+        ({"x-ttg-batch": {"a": 1}}, b"t", "x-ttg-batch"),
+        ({"x-ttg-batch": [1, 2]}, msgpack.packb([b"t"]), "not 2 task messages"),
+        ({"x-ttg-batch": [1]}, msgpack.packb({"not": "a list"}), "not 1 task messages"),
+    ],
+)
+def test_rabbitmq_task_headers_are_read_defensively(headers: dict[str, Any], body: bytes, error: str) -> None:
+    with pytest.raises(MessageError, match=error):
+        _read_task(pika.BasicProperties(headers=headers), body)
+
+
+def test_rabbitmq_good_task_headers_give_deliveries_and_chunk_ids() -> None:
+    assert _read_task(pika.BasicProperties(headers={"x-ttg-prior": 1, "x-delivery-count": 1, "x-ttg-chunk": 7}), b"t") == (3, [(7, b"t")])
+    assert _read_task(pika.BasicProperties(headers=None), b"t") == (1, [(None, b"t")])
+    assert _read_task(pika.BasicProperties(headers={"x-ttg-chunk": "7"}), b"t") == (1, [(None, b"t")])  # a route, never trusted
+    assert _read_task(pika.BasicProperties(headers={"x-ttg-batch": [1, 2]}), msgpack.packb([b"a", b"b"])) == (1, [(1, b"a"), (2, b"b")])
+
+
+def test_the_private_rabbitmq_node_has_a_generated_user_and_no_guest(rabbitmq_broker: BrokerHandle) -> None:
+    import stat
+
+    from ttg.servers.rabbitmq_server import PrivateRabbitMQ
+
+    assert isinstance(rabbitmq_broker, PrivateRabbitMQ)
+    assert "guest" not in rabbitmq_broker.url and len(rabbitmq_broker.password) >= 16
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{rabbitmq_broker.port}/%2F?connection_attempts=1"))
+    conf = rabbitmq_broker.data_dir / "rabbitmq.conf"
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600 and rabbitmq_broker.password in conf.read_text()
+    pika.BlockingConnection(pika.URLParameters(rabbitmq_broker.url)).close()
+
+
+def test_junk_and_forged_task_faults_are_rejected_and_change_nothing_else(broker: BrokerHandle, tmp_path: Path) -> None:
+    # The nemeses the fuzzer draws: the same attacks as above, published mid-sweep through the run's own connection.
+    run_id = "nem" + uuid.uuid4().hex[:6]
+    rc, rec, stderr = _record(_coordinator(broker, tmp_path, run_id, "--fault", "junk-messages@20%/12", "--fault", "forged-task@40%/6"))
+    v = rec["verdict"]
+    assert rc == 0 and v["ok"] and v["lost"] == 0 and v["dead_lettered"] == 0 and v["checksum_ok"] and v["mismatches"] == 0, stderr
+    junk, forged = rec["faults"]
+    assert junk["kind"] == "junk-messages" and junk["evidence"].startswith("12 junk-messages message(s) published"), junk
+    assert forged["kind"] == "forged-task" and forged["evidence"].startswith("6 forged-task message(s) published"), forged
+    assert not junk["note"].startswith("not injected") and not forged["note"].startswith("not injected")
+    assert 0 < v["rejected_messages"] <= 18, v  # those still queued when the last chunk was done are deleted with the run

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import redis
 
+import ttg.nemesis as nemesis_module
 from ttg.config import load_run_config
 from ttg.errors import ConfigError
 from ttg.faults import parse_fault
-from ttg.nemesis import FaultSchedule, PauseBroker
+from ttg.nemesis import FaultSchedule, Nemesis, PauseBroker
 from ttg.runtimes.local import LocalRuntime
 from ttg.servers.redis_server import PrivateRedis
 
@@ -67,3 +69,53 @@ def test_broker_faults_never_hit_a_shared_broker_and_a_redis_kill_turns_on_persi
         load_run_config({"broker_url": "redis://127.0.0.1:6379/0", "faults": ["pause-broker@30%"]}, env={})
     cfg = load_run_config({"faults": ["kill-broker@30%:2s"]}, env={})
     assert cfg.persistence and cfg.faults[0].duration_s == 2.0
+
+
+class _Gate(Nemesis):
+    """A stand-in nemesis (no broker needed to test the schedule's bookkeeping): its heal waits for ``release``."""
+
+    def __init__(self, kind: str, shows: str = "did it") -> None:
+        self.kind, self.shows = kind, shows
+        self.release = threading.Event()
+        self.release.set()
+        self.healing = threading.Event()
+
+    def inject(self) -> None:
+        pass
+
+    def heal(self) -> None:
+        self.healing.set()
+        self.release.wait(30)
+
+    def evidence(self) -> str:
+        return self.shows
+
+
+def test_a_slow_heal_holds_no_other_fault_and_a_fault_without_evidence_is_not_injected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Once, a RabbitMQ node's ~6 s restart held the schedule's lock: a 2 s partition healed 7 s late, and a pause
+    # of a broker another fault had killed was recorded as healed and recovered.
+    restart, partition, blind = _Gate("kill-broker"), _Gate("partition-broker"), _Gate("pause-broker", shows="")
+    restart.release.clear()
+    made = iter([restart, partition, blind])
+    monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
+    specs = (parse_fault("kill-broker@0%:0.05s"), parse_fault("partition-broker@0%:0.2s"), parse_fault("pause-broker@0%:0.1s"))
+    schedule = FaultSchedule(specs, LocalRuntime(tmp_path), 10, time.monotonic(), {}, immediate=True)
+    schedule.poll(chunks_done=1, redelivered_at=[])
+    assert len(schedule.records) == 3
+    kill, cut, pause = schedule.records
+    try:
+        assert restart.healing.wait(10), "the kill's heal (a restart) has begun"
+        deadline = time.monotonic() + 10
+        while cut.healed_s is None and time.monotonic() < deadline:
+            schedule.poll(chunks_done=1, redelivered_at=[])  # the collector's poll is not blocked by the restart either
+            time.sleep(0.01)
+        assert cut.healed_s is not None and kill.healed_s is None, "the partition healed on its own clock, during the restart"
+    finally:
+        restart.release.set()
+    deadline = time.monotonic() + 10
+    while kill.healed_s is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    schedule.poll(chunks_done=2, redelivered_at=[])
+    schedule.finish()
+    assert kill.recovered_s is not None and cut.recovered_s is not None
+    assert pause.recovered_s is None and pause.note.startswith("not injected: no evidence"), pause

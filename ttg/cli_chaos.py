@@ -37,7 +37,7 @@ def chaos() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout.")
 def fuzz(as_json: bool, **options: Any) -> int:
     """Run sweeps under seeded random fault schedules; any loss is printed with the seed that replays it."""
-    from ttg.chaos.fuzz import FuzzRow, FuzzSettings
+    from ttg.chaos.fuzz import FuzzRow, FuzzSettings, summarise
     from ttg.chaos.fuzz import fuzz as run_fuzz
 
     settings = FuzzSettings(**options)
@@ -45,11 +45,13 @@ def fuzz(as_json: bool, **options: Any) -> int:
 
     def show(row: FuzzRow) -> None:
         rec = ", ".join("-" if r is None else f"{r:.2f}" for r in row.recovered_s) or "-"
-        verdict = "[green]ok" if row.ok else f"[red]FAILED[/red] {row.error}"
+        verdict = "[green]ok" if row.ok else f"[red]FAILED[/red] {row.why}"
         err.print(f"seed {row.seed}: {' '.join(row.faults)} -> lost {row.lost}, dup {row.duplicates}, dead {row.dead_lettered}, recovery {rec} s: {verdict}")
 
     rows = run_fuzz(settings, on_row=show)
     err.print(fuzz_table(rows, settings.backend))
+    for table in summary_tables(summarise(rows), settings.backend):
+        err.print(table)
     failed = [r for r in rows if not r.ok]
     for r in failed:
         err.print(f"[red]seed {r.seed} failed[/red]; replay: ttg chaos fuzz --backend {settings.backend} --seed {r.seed} --runs 1")
@@ -71,6 +73,36 @@ def fuzz_table(rows: list[Any], backend: str) -> Table:
             f"{r.dead_lettered}/{r.expected_dead}",
             ", ".join("-" if x is None else f"{x:.2f}" for x in r.recovered_s) or "-",
             f"{r.wall_s:.2f}",
-            "[green]ok" if r.ok else f"[red]FAILED {r.error}"[:80],
+            "[green]ok" if r.ok else f"[red]FAILED {r.why}"[:80],
         )
     return table
+
+
+def summary_tables(summary: dict[str, Any], backend: str) -> list[Table]:
+    """The soak's two tables: the runs' verdicts in one row, and recovery per fault kind."""
+    head = Table(title=f"fuzz summary on {backend}")
+    for col in ("runs", "ok", "lost", "duplicates", "dead-lettered / expected", "not injected", "wall s"):
+        head.add_column(col, justify="right")
+    head.add_row(
+        str(summary["runs"]),
+        str(summary["ok"]),
+        str(summary["lost"]),
+        str(summary["duplicates"]),
+        f"{summary['dead_lettered']} / {summary['expected_dead']}",
+        str(summary["not_injected"]),
+        f"{summary['wall_s']:.0f}",
+    )
+    kinds = Table(title=f"recovery per fault kind on {backend} (seconds)")
+    for col in ("fault", "drawn", "recoverable", "not recovered", "p50", "p95", "max"):
+        kinds.add_column(col, justify="left" if col == "fault" else "right")
+    for kind, drawn in summary["faults_drawn"].items():
+        rec = summary["recovery"].get(kind)
+
+        def s_(x: float | None) -> str:
+            return "-" if x is None else f"{x:.2f}"
+
+        if rec is None:
+            kinds.add_row(kind, str(drawn), "-", "-", "-", "-", "-")
+        else:
+            kinds.add_row(kind, str(drawn), str(rec["faults"]), str(rec["not_recovered"]), s_(rec["p50_s"]), s_(rec["p95_s"]), s_(rec["max_s"]))
+    return [head, kinds]

@@ -11,6 +11,10 @@
   ``latency@30%:5s`` adds 50 ms to every piece of that traffic for 5 s.
 - ``poison-chunk@50%`` makes the chunk at 50 % of the plan fail on every delivery: it must end
   dead-lettered and reported, never lost and never looping.
+- ``junk-messages@30%`` puts 10 messages in the task queue that are not tasks of the run (bad msgpack,
+  wrong shapes, another run's task), each naming a real chunk id; ``forged-task@30%`` puts well-formed
+  tasks of the run there whose range is another chunk's. Every one must be rejected and counted, and
+  change nothing else. ``/N`` sets how many.
 
 ``/TARGET`` picks the workers: ``one`` (the default of worker faults: the one longest
 without a result, so surely mid-chunk), ``N``, ``P%`` of them, ``random`` (seeded by
@@ -29,7 +33,8 @@ from ttg.errors import ConfigError
 WORKER_FAULTS = ("kill-worker", "terminate-worker", "kill-pod")  # kill-pod: kill-worker by its Kubernetes name
 BROKER_FAULTS = ("kill-broker", "pause-broker")  # need the private broker's process
 PROXY_FAULTS = ("partition-broker", "latency")  # need the fault proxies between workers and broker
-KNOWN_FAULTS = (*WORKER_FAULTS, *BROKER_FAULTS, *PROXY_FAULTS, "poison-chunk")
+MESSAGE_FAULTS = ("junk-messages", "forged-task")  # published through the run's own broker connection
+KNOWN_FAULTS = (*WORKER_FAULTS, *BROKER_FAULTS, *PROXY_FAULTS, *MESSAGE_FAULTS, "poison-chunk")
 # How long a timed fault lasts when the spec gives no ``:Ds``.
 DEFAULT_DURATION_S = {"kill-broker": 1.0, "pause-broker": 3.0, "partition-broker": 3.0, "latency": 5.0}
 
@@ -95,6 +100,8 @@ def parse_fault(text: str) -> FaultSpec:
             raise ConfigError(f"{kind} hits the one private broker and takes no /TARGET; drop '/{target}' from {text!r}")
         if kind == "poison-chunk" and not (target.isdigit() and int(target) >= 1):
             raise ConfigError(f"poison-chunk's /TARGET is the number of chunks to poison, 1 or more (got {target!r}) in {text!r}")
+        if kind in MESSAGE_FAULTS and not (target.isdigit() and 1 <= int(target) <= 10_000):
+            raise ConfigError(f"{kind}'s /TARGET is the number of messages to publish, 1 to 10,000 (got {target!r}) in {text!r}")
         if not _TARGET_RE.fullmatch(target) or (target.endswith("%") and not 0 < float(target[:-1]) <= 100) or target == "0":
             raise ConfigError(f"fault target must be one, all, random, N, P% (0 < P <= 100) or a worker id such as w1 (got {target!r}) in {text!r}")
     return FaultSpec(kind, pct / 100.0, float(dur) if dur else None, target)

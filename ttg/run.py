@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import random
 import resource
+import tempfile
 import threading
 import time
 import uuid
@@ -29,7 +31,7 @@ from urllib.parse import urlsplit
 from ttg import __version__, algorithms
 from ttg.broker import Broker, check_backend_available, open_broker
 from ttg.config import RunConfig, check_run_id, redact_url, worker_ids
-from ttg.errors import RunConflict, RuntimeStartError
+from ttg.errors import ConfigError, RunConflict, RuntimeStartError
 from ttg.faults import PROXY_FAULTS
 from ttg.lease import LEASE_TTL_S, new_owner
 from ttg.ledger import Ledger
@@ -141,6 +143,25 @@ def _how_to_go_on(cfg: RunConfig, run_id: str) -> str:
     return f"resume it with the same command plus --resume, or discard it with: ttg runs delete {run_id}{broker}{where}"
 
 
+def preflight(cfg: RunConfig, run_id: str) -> Path:
+    """The checks that need no broker, made before one starts: the algorithm loads (a typo in --algorithm is a usage
+    error) and ``--out`` is a directory this process can write; returns the run's directory, not yet created (a run
+    refused later, for its lease, writes nothing); ConfigError naming the setting otherwise."""
+    algorithms.load(cfg.sweep.algorithm)
+    run_dir = cfg.out / run_id
+    try:
+        if cfg.out.exists() and not cfg.out.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a directory")
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cfg.out):
+            pass
+        if run_dir.exists() and not run_dir.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{run_id} in it is a file, not a directory")
+    except OSError as e:
+        raise ConfigError(f"--out {cfg.out}: cannot hold the run directory {run_dir} ({e.strerror or e}); pass a writable directory") from None
+    return run_dir
+
+
 def _claim_run(broker: Broker, cfg: RunConfig, run_dir: Path, *, resume: bool, on_disk: bool) -> bool:
     """Take the run's lease and check what exists of it; returns whether the broker already held the run.
 
@@ -212,7 +233,9 @@ class _Collector:
         # its block left, at once; a static sweep with no work per parameter is over in a few tens of milliseconds.
         static = cfg.mode == "static"
         priority = ledger.results_by_worker if static else ledger.last_result
-        self.faults = FaultSchedule(cfg.faults, runtime, ledger.plan.chunks, self.t0, priority, server, proxies, rng, immediate=static)
+        self.faults = FaultSchedule(
+            cfg.faults, runtime, ledger.plan.chunks, self.t0, priority, server, proxies, rng, immediate=static, run=(broker, ledger.plan)
+        )
 
     def run(self) -> None:
         """Collect until every planned chunk id is completed or dead (never on a count of messages), or give up."""
@@ -295,10 +318,9 @@ def execute(
     run (its recorded results kept, only unrecorded chunks published again if the plan never was
     published completely); otherwise start it.
     """
-    algorithms.load(cfg.sweep.algorithm)  # a typo in --algorithm is a usage error, before any worker starts
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+    run_dir = preflight(cfg, run_id)
     plan = ChunkPlan(cfg.params, cfg.chunk)
-    run_dir = cfg.out / run_id
     on_disk = Ledger.exists(run_dir / "results.npy")
     if on_disk and not resume:
         # Results already recorded are never touched: refuse at once, saying how to go on.
@@ -367,7 +389,7 @@ def execute(
                 verify=cfg.verify,
                 algorithm=cfg.sweep.algorithm,
                 seed=cfg.seed,
-                sweep=cfg.sweep.sweep_spec(cfg.params),
+                grid=cfg.sweep.grid,
                 rejected=broker.rejections(),
             )
             collector.faults.finish(verdict.dead_letter_ids)

@@ -8,18 +8,31 @@ failing row replays exactly with ``--seed <its seed> --runs 1``.
 from __future__ import annotations
 
 import json
+import math
 import random
+import statistics
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ttg.config import RunConfig, load_run_config, worker_ids
-from ttg.faults import DEFAULT_DURATION_S, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
+from ttg.faults import DEFAULT_DURATION_S, MESSAGE_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
 from ttg.plan import ChunkPlan
 from ttg.run import execute, private_or_given_broker
 
-FUZZ_KINDS = ("kill-worker", "terminate-worker", "kill-broker", "pause-broker", "partition-broker", "latency", "poison-chunk")
+FUZZ_KINDS = (
+    "kill-worker",
+    "terminate-worker",
+    "kill-broker",
+    "pause-broker",
+    "partition-broker",
+    "latency",
+    "poison-chunk",
+    "junk-messages",
+    "forged-task",
+)
 
 
 @dataclass(frozen=True)
@@ -49,10 +62,25 @@ class FuzzRow:
     recovered_s: list[float | None] = field(default_factory=list)
     wall_s: float = 0.0
     error: str = ""
+    not_injected: list[str] = field(default_factory=list)  # faults that never took effect: the row proved less than it says
+    recovery: list[tuple[str, float | None]] = field(default_factory=list)  # (fault kind, recovered_s) per recoverable fault
 
     @property
     def ok(self) -> bool:
-        return not self.error and self.lost == 0 and self.dead_lettered == self.expected_dead and not self.mismatches
+        return not self.error and not self.not_injected and self.lost == 0 and self.dead_lettered == self.expected_dead and not self.mismatches
+
+    @property
+    def why(self) -> str:
+        """Why the row failed, in a few words ("" when it is ok)."""
+        if self.error:
+            return self.error
+        if self.not_injected:
+            return "; ".join(self.not_injected)
+        if self.lost or self.mismatches:
+            return f"lost {self.lost}, mismatches {self.mismatches}"
+        if self.dead_lettered != self.expected_dead:
+            return f"{self.dead_lettered} dead-lettered, {self.expected_dead} expected"
+        return ""
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "ok": self.ok}
@@ -112,12 +140,54 @@ def fuzz(s: FuzzSettings, on_row: Callable[[FuzzRow], None] | None = None) -> li
                 v = record.verdict
                 row.run_id, row.lost, row.duplicates, row.dead_lettered = record.run_id, v["lost"], v["duplicates"], v["dead_lettered"]
                 row.mismatches, row.wall_s = v["mismatches"], record.wall_s
-                row.recovered_s = [f["recovered_s"] for f in record.faults if f["kind"] != "poison-chunk"]
+                row.recovery = [(f["kind"], f["recovered_s"]) for f in record.faults if f["kind"] not in ("poison-chunk", *MESSAGE_FAULTS)]
+                row.recovered_s = [r for _, r in row.recovery]
+                row.not_injected = [f"{f['kind']}: {f['note']}" for f in record.faults if f["note"].startswith("not injected")]
             rows.append(row)
             if on_row is not None:
                 on_row(row)
     # The table as JSON next to the runs' records, so `ttg report` shows it.
     s.out.mkdir(parents=True, exist_ok=True)
-    doc = {"ttg_fuzz": 1, "backend": s.backend, "seed": s.seed, "runs": s.runs, "rows": [{**r.to_dict(), "backend": s.backend} for r in rows]}
+    doc = {
+        "ttg_fuzz": 1,
+        "backend": s.backend,
+        "seed": s.seed,
+        "runs": s.runs,
+        "summary": summarise(rows),
+        "rows": [{**r.to_dict(), "backend": s.backend} for r in rows],
+    }
     (s.out / f"fuzz-{s.backend}-seed{s.seed}-runs{s.runs}.json").write_text(json.dumps(doc, indent=1))
     return rows
+
+
+def summarise(rows: list[FuzzRow]) -> dict[str, Any]:
+    """The soak's headline: runs ok, losses, duplicates, dead letters against the poison drawn, recovery per fault
+    kind (count, median, p95, max, and how many never recovered) and wall time."""
+    by_kind: dict[str, list[float | None]] = {}
+    for r in rows:
+        for kind, rec in r.recovery:
+            by_kind.setdefault(kind, []).append(rec)
+    recovery = {}
+    for kind, values in sorted(by_kind.items()):
+        done = sorted(v for v in values if v is not None)
+        recovery[kind] = {
+            "faults": len(values),
+            "not_recovered": len(values) - len(done),
+            "p50_s": round(statistics.median(done), 3) if done else None,
+            "p95_s": round(done[min(len(done) - 1, math.ceil(0.95 * len(done)) - 1)], 3) if done else None,
+            "max_s": round(done[-1], 3) if done else None,
+        }
+    kinds = Counter(f.split("@")[0] for r in rows for f in r.faults)
+    return {
+        "runs": len(rows),
+        "ok": sum(r.ok for r in rows),
+        "failed_seeds": [r.seed for r in rows if not r.ok],
+        "lost": sum(r.lost for r in rows),
+        "duplicates": sum(r.duplicates for r in rows),
+        "dead_lettered": sum(r.dead_lettered for r in rows),
+        "expected_dead": sum(r.expected_dead for r in rows),
+        "not_injected": sum(len(r.not_injected) for r in rows),
+        "faults_drawn": dict(sorted(kinds.items())),
+        "recovery": recovery,
+        "wall_s": round(sum(r.wall_s for r in rows), 1),
+    }

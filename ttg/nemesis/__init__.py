@@ -17,11 +17,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttg.faults import PROXY_FAULTS, FaultSpec
+from ttg.broker import Broker
+from ttg.faults import MESSAGE_FAULTS, PROXY_FAULTS, FaultSpec
 from ttg.nemesis.base import Nemesis
 from ttg.nemesis.broker import BrokerServer, KillBroker, Latency, PartitionBroker, PauseBroker
+from ttg.nemesis.messages import DEFAULT_COUNT, ForgeMessages
 from ttg.nemesis.proxy import FaultProxy
 from ttg.nemesis.workers import SignalWorker, select_workers
+from ttg.plan import ChunkPlan
 from ttg.runtimes import Runtime
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "FaultProxy",
     "FaultRecord",
     "FaultSchedule",
+    "ForgeMessages",
     "KillBroker",
     "Latency",
     "Nemesis",
@@ -48,7 +52,14 @@ def nemesis_for(
     server: BrokerServer | None = None,
     proxies: Mapping[str, FaultProxy] | None = None,
     rng: random.Random | None = None,
+    run: tuple[Broker, ChunkPlan] | None = None,
 ) -> Nemesis:
+    """The nemesis that injects ``spec``; RuntimeError when this run offers nothing it needs (it is then "not injected")."""
+    if spec.kind in MESSAGE_FAULTS:
+        if run is None:
+            raise RuntimeError(f"{spec.kind} needs the run's broker connection")
+        broker, plan = run
+        return ForgeMessages(spec.kind, broker, plan, broker.run_id, int(spec.target or DEFAULT_COUNT), rng)
     if spec.kind in ("kill-worker", "kill-pod"):
         return SignalWorker(runtime, signal.SIGKILL, spec.kind, last_result, spec.target, rng)
     if spec.kind == "terminate-worker":
@@ -125,8 +136,10 @@ class FaultSchedule:
         proxies: Mapping[str, FaultProxy] | None = None,
         rng: random.Random | None = None,
         immediate: bool = False,
+        run: tuple[Broker, ChunkPlan] | None = None,
     ) -> None:
         self.immediate = immediate  # fire at the progress point itself, not half a chunk later
+        self.run = run  # the run's broker connection and plan, for message faults
         self.proxies = proxies or {}
         self.runtime = runtime
         self.chunks = chunks
@@ -180,7 +193,7 @@ class FaultSchedule:
             for rec in self.records:
                 if rec.nemesis is not None and not rec.evidence and not rec.timed:
                     rec.evidence = rec.nemesis.evidence()  # a killed worker's exit status, once it has exited
-                if rec.recovered_s is not None or rec.note or rec.poisoned:
+                if rec.recovered_s is not None or rec.note or rec.poisoned or rec.kind in MESSAGE_FAULTS:
                     continue
                 if rec.timed:
                     if rec.healed_at is not None and chunks_done > rec.chunks_at_heal:
@@ -193,7 +206,7 @@ class FaultSchedule:
     def _fire(self, spec: FaultSpec, chunks_done: int) -> None:
         now = time.monotonic()
         try:
-            nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxies, self.rng)
+            nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxies, self.rng, self.run)
             nemesis.inject()
         except RuntimeError as e:
             self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}", spec=spec))
@@ -211,15 +224,18 @@ class FaultSchedule:
             timer.start()
 
     def _heal(self, nemesis: Nemesis, rec: FaultRecord) -> None:
-        with self._lock:
+        with self._lock:  # only to claim the heal: it is done once, by whoever comes first
             mine = [a for a in self._active if a[1] is nemesis]
             if not mine:
                 return  # healed already
             self._active = [a for a in self._active if a[1] is not nemesis]
             mine[0][0].cancel()
-            try:
-                nemesis.heal()
-            finally:
+        # Outside the lock: a broker restart takes seconds (~6 s for a RabbitMQ node), and meanwhile another fault's
+        # heal timer and the collector's poll must keep their own clocks, or a 2 s partition lasts the restart too.
+        try:
+            nemesis.heal()
+        finally:
+            with self._lock:
                 rec.healed_at = time.monotonic()
                 rec.healed_s = rec.healed_at - self.started
                 rec.chunks_at_heal = self._chunks_done
@@ -257,7 +273,14 @@ class FaultSchedule:
             for rec in self.records:
                 if rec.nemesis is not None and not rec.evidence:
                     rec.evidence = rec.nemesis.evidence()
-                if rec.poisoned:
+                if rec.nemesis is not None and not rec.evidence:
+                    # Pausing a broker that another fault had killed, a partition while no traffic flowed: the fault
+                    # did nothing this run can show, so nothing was recovered from it either.
+                    rec.recovered_s = None
+                    rec.note = f"not injected: no evidence that {rec.kind} took effect (it overlapped another fault, or found nothing to hit)"
+                elif rec.kind in MESSAGE_FAULTS:
+                    rec.note = "rejected on purpose: nothing to recover"
+                elif rec.poisoned:
                     dead = [c for c in rec.poisoned if c in dead_letter_ids]
                     rec.evidence = f"{len(dead)} of {len(rec.poisoned)} poisoned chunk(s) dead-lettered" if dead else ""
                     rec.note = "poisoned on purpose: dead-lettered, not recovered"

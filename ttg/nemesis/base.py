@@ -16,7 +16,8 @@ class Nemesis(ABC):
         """Undo the fault. A worker kill cannot be undone: the run's survivors take over. Safe to call twice."""
 
     def evidence(self) -> str:
-        """What shows the fault really happened (for the run record); empty when the fault speaks for itself."""
+        """What shows the fault really happened (for the run record); empty when nothing does, and then the run
+        records the fault as "not injected" rather than recovered from."""
         return ""
 
     def __enter__(self) -> Nemesis:
