@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -13,7 +14,7 @@ import ttg.nemesis as nemesis_module
 from ttg.config import load_run_config
 from ttg.errors import ConfigError
 from ttg.faults import parse_fault
-from ttg.nemesis import FaultSchedule, Nemesis, PauseBroker
+from ttg.nemesis import FaultSchedule, Nemesis, PartitionBroker, PauseBroker
 from ttg.runtimes.local import LocalRuntime
 from ttg.servers.redis_server import PrivateRedis
 
@@ -119,3 +120,25 @@ def test_a_slow_heal_holds_no_other_fault_and_a_fault_without_evidence_is_not_in
     schedule.finish()
     assert kill.recovered_s is not None and cut.recovered_s is not None
     assert pause.recovered_s is None and pause.note.startswith("not injected: no evidence"), pause
+
+
+class _ThreeAlive(LocalRuntime):
+    """Three workers alive, no processes: the selection logic under test reads only ``alive()``."""
+
+    def alive(self) -> list[str]:
+        return ["w0", "w1", "w2"]
+
+
+def test_a_fault_never_picks_a_worker_an_earlier_fault_already_hit(tmp_path: Path) -> None:
+    # Soak seed 2082: a partition of "one" worker picked w2, which a terminate-worker had hit a moment before; w2 was
+    # draining, alive but quiet, so the partition had nothing to hold and proved nothing.
+    from ttg.nemesis import nemesis_for
+
+    runtime = _ThreeAlive(tmp_path)
+    proxies: dict[str, Any] = {"w0": object(), "w1": object(), "w2": object()}
+    cut = nemesis_for(parse_fault("partition-broker@10%:1s/one"), runtime, {"w2": 0.0, "w0": 1.0, "w1": 2.0}, proxies=proxies, hit={"w2"})
+    assert isinstance(cut, PartitionBroker) and set(cut.proxies) == {"w0"}
+    every = nemesis_for(parse_fault("latency@10%:1s/all"), runtime, {}, proxies=proxies, hit={"w0", "w2"})
+    assert set(every.proxies) == {"w1"}  # type: ignore[attr-defined]
+    kill = nemesis_for(parse_fault("kill-worker@10%/one"), runtime, {"w2": 0.0, "w0": 1.0, "w1": 2.0}, hit={"w2"})
+    assert kill.spared == {"w2"}  # type: ignore[attr-defined]

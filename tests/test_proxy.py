@@ -49,3 +49,30 @@ def test_reset_closes_connections_and_latency_delays_them(redis_broker: PrivateR
         assert proxy.url_for("amqp://u:p@broker:5672/%2F") == f"amqp://u:p@127.0.0.1:{proxy.port}/%2F"
     finally:
         proxy.close()
+
+
+def test_overlapping_partitions_each_keep_their_window_and_their_evidence(redis_broker: PrivateRedis) -> None:
+    # Seen in a 200-run soak: a partition of one worker inside a partition of all showed no evidence (the traffic was
+    # already held), and the first heal reopened the path while the second partition was still on.
+    proxy = FaultProxy("127.0.0.1", redis_broker.port)
+    try:
+        c = client(proxy.url_for(redis_broker.url))
+        assert c.ping()
+        outer, inner = PartitionBroker({"w0": proxy}), PartitionBroker({"w0": proxy})
+        outer.inject()
+        with pytest.raises(redis.TimeoutError):
+            c.ping()  # held by the outer partition
+        inner.inject()
+        assert inner.evidence().endswith("piece(s) of traffic held back"), "what is held when it starts, it holds too"
+        outer.heal()
+        c2 = client(proxy.url_for(redis_broker.url))
+        with pytest.raises(redis.TimeoutError):
+            c2.ping()  # the inner partition is still on
+        inner.heal()
+        inner.heal()  # healing twice is harmless
+        c3 = client(proxy.url_for(redis_broker.url))
+        assert c3.ping()
+        for x in (c, c2, c3):
+            x.close()
+    finally:
+        proxy.close()

@@ -7,6 +7,7 @@ failing row replays exactly with ``--seed <its seed> --runs 1``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -103,6 +104,10 @@ def draw_schedule(seed: int, workers: int, max_faults: int = 3, kinds: tuple[str
         elif kind in PROXY_FAULTS:
             target = rng.choice(["all", "one", rng.choice(worker_ids(workers))])
         specs.append(FaultSpec(kind, at, duration, target))
+    if any(f.kind in WORKER_FAULTS for f in specs):
+        # A worker named by a network fault may be the one a worker fault stopped: the fault would find nobody to
+        # cut and prove nothing. Pick among the live ones instead.
+        specs = [dataclasses.replace(f, target="one") if f.kind in PROXY_FAULTS and f.target not in ("all", "one") else f for f in specs]
     return tuple(specs)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttg.broker import Broker
-from ttg.faults import MESSAGE_FAULTS, PROXY_FAULTS, FaultSpec
+from ttg.faults import MESSAGE_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
 from ttg.nemesis.base import Nemesis
 from ttg.nemesis.broker import BrokerServer, KillBroker, Latency, PartitionBroker, PauseBroker
 from ttg.nemesis.messages import DEFAULT_COUNT, ForgeMessages
@@ -53,21 +53,26 @@ def nemesis_for(
     proxies: Mapping[str, FaultProxy] | None = None,
     rng: random.Random | None = None,
     run: tuple[Broker, ChunkPlan] | None = None,
+    hit: Collection[str] = (),
 ) -> Nemesis:
-    """The nemesis that injects ``spec``; RuntimeError when this run offers nothing it needs (it is then "not injected")."""
+    """The nemesis that injects ``spec``; RuntimeError when this run offers nothing it needs (it is then "not injected").
+
+    ``hit``: workers an earlier worker fault already stopped or is stopping (a SIGTERMed worker drains for a while,
+    alive but quiet): no later fault picks them, so each fault hits a worker it can show an effect on.
+    """
     if spec.kind in MESSAGE_FAULTS:
         if run is None:
             raise RuntimeError(f"{spec.kind} needs the run's broker connection")
         broker, plan = run
         return ForgeMessages(spec.kind, broker, plan, broker.run_id, int(spec.target or DEFAULT_COUNT), rng)
     if spec.kind in ("kill-worker", "kill-pod"):
-        return SignalWorker(runtime, signal.SIGKILL, spec.kind, last_result, spec.target, rng)
+        return SignalWorker(runtime, signal.SIGKILL, spec.kind, last_result, spec.target, rng, spared=hit)
     if spec.kind == "terminate-worker":
-        return SignalWorker(runtime, signal.SIGTERM, spec.kind, last_result, spec.target, rng)
+        return SignalWorker(runtime, signal.SIGTERM, spec.kind, last_result, spec.target, rng, spared=hit)
     if spec.kind in PROXY_FAULTS:
         if not proxies:
             raise RuntimeError(f"{spec.kind} needs the fault proxies between workers and broker")
-        live = [w for w in runtime.alive() if w in proxies]
+        live = [w for w in runtime.alive() if w in proxies and w not in hit]
         chosen = live if spec.target in (None, "all") else select_workers(spec.target, live, last_result or {}, rng or random.Random(0))
         picked = {w: proxies[w] for w in chosen}
         return PartitionBroker(picked) if spec.kind == "partition-broker" else Latency(picked)
@@ -206,7 +211,8 @@ class FaultSchedule:
     def _fire(self, spec: FaultSpec, chunks_done: int) -> None:
         now = time.monotonic()
         try:
-            nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxies, self.rng, self.run)
+            hit = {w for r in self.records if r.kind in WORKER_FAULTS for w in r.target.split(",") if w}
+            nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxies, self.rng, self.run, hit)
             nemesis.inject()
         except RuntimeError as e:
             self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}", spec=spec))

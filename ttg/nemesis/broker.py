@@ -97,22 +97,34 @@ class _ProxyFault(Nemesis):
         self.proxies = dict(proxies)
         self.target = ",".join(self.proxies) + "<->broker"
         self._before = 0
+        self._applied = False
 
     def _count(self) -> int:
         return sum(int(getattr(p, self.counter)) for p in self.proxies.values())
 
+    def _held_already(self) -> int:
+        """Pieces another, overlapping fault of this kind holds at this moment: this fault holds them too."""
+        return 0
+
     def inject(self) -> None:
         log.info("injecting %s", self.kind, extra={"worker_id": self.target})
-        self._before = self._count()
+        self._before = self._count() - self._held_already()
         for p in self.proxies.values():
             self._apply(p)
+        self._applied = True
 
     @abstractmethod
     def _apply(self, proxy: FaultProxy) -> None: ...
 
+    @abstractmethod
+    def _undo(self, proxy: FaultProxy) -> None: ...
+
     def heal(self) -> None:
+        if not self._applied:
+            return
+        self._applied = False
         for p in self.proxies.values():
-            p.restore()
+            self._undo(p)
 
 
 class PartitionBroker(_ProxyFault):
@@ -123,6 +135,12 @@ class PartitionBroker(_ProxyFault):
 
     def _apply(self, proxy: FaultProxy) -> None:
         proxy.blackhole()
+
+    def _undo(self, proxy: FaultProxy) -> None:
+        proxy.unblackhole()
+
+    def _held_already(self) -> int:
+        return sum(p.held_now for p in self.proxies.values())
 
     def evidence(self) -> str:
         held = self._count() - self._before
@@ -141,7 +159,10 @@ class Latency(_ProxyFault):
         self.target += f" +{latency_s * 1000:g} ms"
 
     def _apply(self, proxy: FaultProxy) -> None:
-        proxy.latency_s = self.latency_s
+        proxy.add_latency(self.latency_s)
+
+    def _undo(self, proxy: FaultProxy) -> None:
+        proxy.remove_latency(self.latency_s)
 
     def evidence(self) -> str:
         delayed = self._count() - self._before

@@ -39,7 +39,12 @@ class FaultProxy:
         self._thread.start()
         self.forwarded_bytes = 0
         self.held_while_blackholed = 0  # pieces the blackhole kept from the other side: proof it cut traffic
+        self.held_now = 0  # pieces held by the blackhole at this moment (one per stalled direction)
         self.delayed = 0  # pieces the latency fault delayed: proof it slowed traffic
+        # Faults overlap (two partitions, a partition of one worker inside one of all): each is counted, and the
+        # proxy forwards again only when the last one heals, so every fault keeps its own window.
+        self._holes = 0
+        self._latencies: list[float] = []
 
     def url_for(self, url: str) -> str:
         """``url`` with its host and port replaced by the proxy's."""
@@ -51,7 +56,27 @@ class FaultProxy:
 
     # -- modes ----------------------------------------------------------------
     def blackhole(self) -> None:
-        self._open.clear()
+        with self._lock:
+            self._holes += 1
+            self._open.clear()
+
+    def unblackhole(self) -> None:
+        """End one blackhole; traffic flows again once none is left."""
+        with self._lock:
+            self._holes = max(0, self._holes - 1)
+            if not self._holes:
+                self._open.set()
+
+    def add_latency(self, latency_s: float) -> None:
+        with self._lock:
+            self._latencies.append(latency_s)
+            self.latency_s = max(self._latencies)
+
+    def remove_latency(self, latency_s: float) -> None:
+        with self._lock:
+            if latency_s in self._latencies:
+                self._latencies.remove(latency_s)
+            self.latency_s = max(self._latencies, default=0.0)
 
     def reset(self) -> None:
         with self._lock:
@@ -62,8 +87,12 @@ class FaultProxy:
                 s.close()
 
     def restore(self) -> None:
-        self.latency_s = 0.0
-        self._open.set()
+        """Forward everything at once, whatever faults are on (the end of a run)."""
+        with self._lock:
+            self._holes = 0
+            self._latencies.clear()
+            self.latency_s = 0.0
+            self._open.set()
 
     def close(self) -> None:
         self._stop.set()
@@ -108,8 +137,12 @@ class FaultProxy:
                 if not data:
                     break
                 if not self._open.is_set():
-                    self.held_while_blackholed += 1
+                    with self._lock:
+                        self.held_while_blackholed += 1
+                        self.held_now += 1
                     self._open.wait()
+                    with self._lock:
+                        self.held_now -= 1
                 if self.latency_s:
                     self.delayed += 1
                     time.sleep(self.latency_s)

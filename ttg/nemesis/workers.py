@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from ttg.faults import targets_count
 from ttg.nemesis.base import Nemesis
@@ -45,8 +45,10 @@ class SignalWorker(Nemesis):
         last_result: Mapping[str, float] | None = None,
         target: str | None = None,
         rng: random.Random | None = None,
+        spared: Collection[str] = (),
     ) -> None:
         self.runtime = runtime
+        self.spared = frozenset(spared)  # workers an earlier fault already hit: never picked again
         self.sig = sig
         self.kind = kind
         self.last_result = last_result or {}
@@ -55,7 +57,7 @@ class SignalWorker(Nemesis):
         self.targets: list[str] = []
 
     def inject(self) -> None:
-        self.targets = select_workers(self.selector, self.runtime.alive(), self.last_result, self.rng)
+        self.targets = select_workers(self.selector, [w for w in self.runtime.alive() if w not in self.spared], self.last_result, self.rng)
         self.target = ",".join(self.targets)
         for w in self.targets:
             log.info("injecting %s", self.kind, extra={"worker_id": w})
