@@ -94,31 +94,32 @@ class _Gate(Nemesis):
 
 def test_a_slow_heal_holds_no_other_fault_and_a_fault_without_evidence_is_not_injected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Once, a RabbitMQ node's ~6 s restart held the schedule's lock: a 2 s partition healed 7 s late, and a pause
-    # of a broker another fault had killed was recorded as healed and recovered.
-    restart, partition, blind = _Gate("kill-broker"), _Gate("partition-broker"), _Gate("pause-broker", shows="")
-    restart.release.clear()
-    made = iter([restart, partition, blind])
+    # of a broker another fault had killed was recorded as healed and recovered. Here a heal that blocks (the
+    # stand-in for a slow restart) must not hold up another fault's heal, nor the collector's poll.
+    slow, latency, blind = _Gate("partition-broker"), _Gate("latency"), _Gate("pause-broker", shows="")
+    slow.release.clear()
+    made = iter([slow, latency, blind])
     monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
-    specs = (parse_fault("kill-broker@0%:0.05s"), parse_fault("partition-broker@0%:0.2s"), parse_fault("pause-broker@0%:0.1s"))
+    specs = (parse_fault("partition-broker@0%:0.05s"), parse_fault("latency@0%:0.2s"), parse_fault("pause-broker@0%:0.1s"))
     schedule = FaultSchedule(specs, LocalRuntime(tmp_path), 10, time.monotonic(), {}, immediate=True)
     schedule.poll(chunks_done=1, redelivered_at=[])
     assert len(schedule.records) == 3
-    kill, cut, pause = schedule.records
+    cut, slowed, pause = schedule.records
     try:
-        assert restart.healing.wait(10), "the kill's heal (a restart) has begun"
+        assert slow.healing.wait(10), "the partition's (slow) heal has begun"
         deadline = time.monotonic() + 10
-        while cut.healed_s is None and time.monotonic() < deadline:
-            schedule.poll(chunks_done=1, redelivered_at=[])  # the collector's poll is not blocked by the restart either
+        while slowed.healed_s is None and time.monotonic() < deadline:
+            schedule.poll(chunks_done=1, redelivered_at=[])  # the collector's poll is not blocked by the slow heal either
             time.sleep(0.01)
-        assert cut.healed_s is not None and kill.healed_s is None, "the partition healed on its own clock, during the restart"
+        assert slowed.healed_s is not None and cut.healed_s is None, "the latency healed on its own clock, during the slow heal"
     finally:
-        restart.release.set()
+        slow.release.set()
     deadline = time.monotonic() + 10
-    while kill.healed_s is None and time.monotonic() < deadline:
+    while (cut.healed_s is None or pause.healed_s is None) and time.monotonic() < deadline:
         time.sleep(0.01)
     schedule.poll(chunks_done=2, redelivered_at=[])
     schedule.finish()
-    assert kill.recovered_s is not None and cut.recovered_s is not None
+    assert cut.recovered_s is not None and slowed.recovered_s is not None
     assert pause.recovered_s is None and pause.note.startswith("not injected: no evidence"), pause
 
 
@@ -142,3 +143,28 @@ def test_a_fault_never_picks_a_worker_an_earlier_fault_already_hit(tmp_path: Pat
     assert set(every.proxies) == {"w1"}  # type: ignore[attr-defined]
     kill = nemesis_for(parse_fault("kill-worker@10%/one"), runtime, {"w2": 0.0, "w0": 1.0, "w1": 2.0}, hit={"w2"})
     assert kill.spared == {"w2"}  # type: ignore[attr-defined]
+
+
+def test_a_fault_on_the_broker_or_its_path_waits_while_the_broker_is_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Soak seed 3147: a partition fired while a kill-broker's restart was under way; it held no traffic (there was
+    # none to hold) and the row failed as "not injected". Now it fires once the broker is back.
+    restart, partition = _Gate("kill-broker"), _Gate("partition-broker")
+    restart.release.clear()
+    made = iter([restart, partition])
+    monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
+    specs = (parse_fault("kill-broker@0%:0.01s"), parse_fault("partition-broker@0%:0.5s"))
+    schedule = FaultSchedule(specs, LocalRuntime(tmp_path), 10, time.monotonic(), {}, immediate=True)
+    try:
+        schedule.poll(chunks_done=1, redelivered_at=[])
+        assert [r.kind for r in schedule.records] == ["kill-broker"]
+        assert restart.healing.wait(10)
+        schedule.poll(chunks_done=1, redelivered_at=[])
+        assert [r.kind for r in schedule.records] == ["kill-broker"], "no partition of a broker that is being restarted"
+    finally:
+        restart.release.set()
+    deadline = time.monotonic() + 10
+    while len(schedule.records) < 2 and time.monotonic() < deadline:
+        schedule.poll(chunks_done=1, redelivered_at=[])
+        time.sleep(0.01)
+    assert [r.kind for r in schedule.records] == ["kill-broker", "partition-broker"]
+    schedule.finish()
