@@ -55,12 +55,13 @@ report: install
 # with: ttg chaos fuzz --backend B --seed S --runs 1. About 20-30 minutes per backend at 200 runs on 2 cores.
 SOAK_RUNS ?= 200
 SOAK_SEED ?= $(shell date +%s)
+SOAK_BACKENDS ?= redis rabbitmq
 soak: install
 	mkdir -p reports/soak
-	for b in redis rabbitmq; do \
-		COLUMNS=200 $(VENV)/bin/ttg chaos fuzz --backend $$b --runs $(SOAK_RUNS) --seed $(SOAK_SEED) --out runs/soak 2> reports/soak/$$b.txt; rc=$$?; \
-		cp runs/soak/fuzz-$$b-seed$(SOAK_SEED)-runs$(SOAK_RUNS).json reports/soak/fuzz-$$b.json; tail -n 40 reports/soak/$$b.txt; \
-		[ $$rc -eq 0 ] || exit $$rc; done
+	failed=0; for b in $(SOAK_BACKENDS); do \
+		COLUMNS=200 $(VENV)/bin/ttg chaos fuzz --backend $$b --runs $(SOAK_RUNS) --seed $(SOAK_SEED) --out runs/soak 2> reports/soak/$$b.txt || failed=1; \
+		cp runs/soak/fuzz-$$b-seed$(SOAK_SEED)-runs$(SOAK_RUNS).json reports/soak/fuzz-$$b.json; tail -n 30 reports/soak/$$b.txt; \
+	done; exit $$failed
 
 image:
 	@command -v docker >/dev/null || { echo "make image needs docker (https://docs.docker.com/engine/install/)"; exit 1; }
