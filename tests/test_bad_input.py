@@ -20,8 +20,9 @@ CASES = {
     "bad-amqp-option": (["--backend", "rabbitmq", "--broker-url", "amqp://u:secretpw@127.0.0.1:5672/%2F?heartbeat=x"], "heartbeat"),
     "axis-too-long": (["--grid", "a=0:1:1000000000000"], "grid axis 'a'"),
     "grid-too-big": (["--grid", "a=0:1:1000000", "--grid", "b=0:1:1000000", "--grid", "c=0:1:100"], "grid axes hold"),
-    "builtin-algorithm": (["--algorithm", "os:system"], "os:system is a built-in"),
+    "builtin-algorithm": (["--algorithm", "os:system"], "os:system is a function of the system module posix"),
     "class-algorithm": (["--algorithm", "subprocess:Popen"], "subprocess:Popen is a class"),
+    "system-function": (["--algorithm", "subprocess:getoutput"], "system module subprocess"),
     "run-id-escapes-out": (["--run-id", "../../x"], "run id"),
 }
 

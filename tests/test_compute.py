@@ -109,3 +109,24 @@ def test_the_child_ignores_the_signals_its_worker_handles(child: ComputeProcess)
     os.kill(child.pid, signal.SIGTERM)  # the worker drains on SIGTERM; its child must finish the chunk, not die
     time.sleep(0.2)
     assert np.array_equal(child.evaluate(0, 10), algorithms.demo(np.arange(10)))
+
+
+def test_a_crash_whose_replacement_cannot_start_fails_each_queued_range_and_never_crashes_the_caller() -> None:
+    # Found in review: the queued range was left with no child and no pending request, and the next result() read
+    # from a closed pipe (OSError: a worker traceback, over and over).
+    proc = ComputeProcess("demo", cost_us=100_000)  # 10 parameters: a second in the child
+    proc.start()
+    try:
+        proc.submit(0, 10)
+        proc.submit(10, 20)
+        proc.algorithm = "no_such_module_for_ttg:f"  # the next child fails to load
+        proc.kill()
+        with pytest.raises(ComputeCrashed, match="killed by SIGKILL"):
+            proc.result()
+        with pytest.raises(ComputeCrashed, match="no compute process could be started"):
+            proc.result()
+        with pytest.raises(AlgorithmNotFound):
+            proc.submit(20, 30)
+        assert proc.pending == 0
+    finally:
+        proc.close()

@@ -335,6 +335,7 @@ def test_rabbitmq_a_bad_header_rejects_that_message_and_never_drops_the_connecti
         ({"x-delivery-count": "many"}, b"t", "x-delivery-count"),
         ({"x-delivery-count": 2**40}, b"t", "x-delivery-count"),
         ({"x-ttg-batch": {"a": 1}}, b"t", "x-ttg-batch"),
+        ({"x-ttg-batch": []}, msgpack.packb([]), "non-empty"),  # settled by nobody: a prefetch slot held for good
         ({"x-ttg-batch": [1, 2]}, msgpack.packb([b"t"]), "not 2 task messages"),
         ({"x-ttg-batch": [1]}, msgpack.packb({"not": "a list"}), "not 1 task messages"),
     ],

@@ -198,6 +198,10 @@ def test_fault_targets_must_leave_a_survivor_and_name_real_workers() -> None:
         ("redis://u:s3cret@host:abc/0", "redis://u:***@host:abc/0"),  # unreadable port: still no password
         ("redis://[::1:s3cret@host/0", "<unreadable URL>"),
         ("redis://host:6379/0", "redis://host:6379/0"),
+        ("redis://:s3cr#t@h:1/0", "redis://:***@h:1/0"),  # unencoded # / ?: a parser would see no password at all
+        ("redis://:s3/cr?t@h:1/0?db=1", "redis://:***@h:1/0?db=1"),
+        ("redis://h/0?%70assword=s3cret", "redis://h/0?%70assword=***"),  # redis-py decodes option names
+        ("amqps://u:p@h/%2F?ssl_options=%7B%27password%27%3A%27s3cret%27%7D", "amqps://u:***@h/%2F?ssl_options=***"),
     ],
 )
 def test_every_password_form_is_redacted(url: str, shown: str) -> None:
@@ -262,3 +266,13 @@ def test_a_reference_of_the_wrong_shape_makes_chunks_unverifiable_not_a_crash() 
     verdict = judge(ledger, [], broker_duplicates=0, verify=Verify("full"), algorithm="algos:wrong_length")
     assert verdict.unverifiable_chunk_ids == [0, 1] and verdict.lost == 0
     assert not verdict.ok and "2 completed chunk(s) could not be verified" in verdict.problems()[0]
+
+
+def test_a_c_extension_function_is_an_algorithm_but_a_system_function_is_not() -> None:
+    from ttg import algorithms
+    from ttg.errors import AlgorithmNotFound
+
+    assert algorithms.load("numpy:sin") is np.sin  # compiled, like a pybind11 or Cython algorithm
+    for spec in ("os:system", "builtins:eval", "subprocess:getoutput", "shutil:rmtree", "subprocess:Popen"):
+        with pytest.raises(AlgorithmNotFound):
+            algorithms.load(spec)

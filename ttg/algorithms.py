@@ -80,6 +80,12 @@ def burn(cost_us: float, n: int) -> None:
         pass
 
 
+# Modules whose callables run commands, evaluate code or touch the process: never an algorithm over parameters.
+_SYSTEM_MODULES = frozenset(
+    {"builtins", "os", "posix", "nt", "subprocess", "shutil", "sys", "importlib", "pty", "socket", "signal", "ctypes", "runpy", "code", "pdb"}
+)
+
+
 def load(spec: str) -> Algorithm:
     """Resolve ``demo`` or ``package.module:function`` to a callable."""
     if spec == "demo":
@@ -94,12 +100,12 @@ def load(spec: str) -> Algorithm:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise AlgorithmNotFound(f"{module_name} has no callable {attr!r}; check --algorithm")
-    if inspect.isbuiltin(fn) or inspect.isclass(fn):
+    home = getattr(fn, "__module__", None) or module_name
+    if inspect.isclass(fn) or home.partition(".")[0] in _SYSTEM_MODULES or module_name.partition(".")[0] in _SYSTEM_MODULES:
         # os:system, builtins:eval, subprocess:Popen ...: callable, but not an algorithm over an array of parameters.
-        kind = "class" if inspect.isclass(fn) else "built-in"
-        raise AlgorithmNotFound(
-            f"{spec} is a {kind}, not an algorithm; --algorithm takes a Python function that maps an array of parameters to an array of floats"
-        )
+        # A C extension's function (pybind11, Cython) is a built-in too, and a fine algorithm: judged by its module.
+        kind = "class" if inspect.isclass(fn) else f"function of the system module {home}"
+        raise AlgorithmNotFound(f"{spec} is a {kind}, not an algorithm; --algorithm takes a function that maps an array of parameters to an array of floats")
     return fn  # type: ignore[no-any-return]
 
 

@@ -106,6 +106,7 @@ class ComputeProcess:
         self._to_child = -1
         self._from_child = -1
         self._pending: deque[bytes] = deque()  # requests sent whose replies are not read yet, oldest first
+        self._stranded: list[str] = []  # requests queued behind a crash for which no new child could start: their errors
         self.restarts = 0
 
     def start(self) -> None:
@@ -169,13 +170,18 @@ class ComputeProcess:
         When the child dies, the oldest range is the one it was computing: that one fails; the ranges queued
         behind it were never started and go to a new child unharmed.
         """
+        if self._stranded:
+            raise ComputeCrashed(self._stranded.pop(0))
         try:
             status, payload = self._reply()
         except ComputeCrashed:
             self._pending.popleft()
             queued, self._pending = list(self._pending), deque()
-            for request in queued:
-                self._send(request)
+            try:
+                for request in queued:
+                    self._send(request)
+            except AlgorithmError as e:  # the new child cannot start: each queued range fails in turn, with why
+                self._stranded = [f"no compute process could be started after a crash: {e}"] * len(queued)
             raise
         self._pending.popleft()
         if status == RAISED:
@@ -183,6 +189,8 @@ class ComputeProcess:
         return np.frombuffer(payload, dtype="<f8")
 
     def _reply(self) -> tuple[int, bytearray]:
+        if self._from_child < 0:
+            raise ComputeCrashed("no compute process is running")
         header = _read_exactly(self._from_child, _REPLY.size)
         if header is None:
             self._reap()
@@ -217,6 +225,7 @@ class ComputeProcess:
 
     def close(self) -> None:
         self._pending.clear()
+        self._stranded.clear()
         proc, self._proc = self._proc, None
         if proc is not None:
             with contextlib.suppress(OSError):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ttg.errors import ConfigError
 from ttg.faults import BROKER_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec, parse_fault, targets_count
@@ -37,31 +37,37 @@ def backend_for_url(url: str) -> str:
     return _SCHEME_BACKEND[scheme]
 
 
-# Query options that carry a credential in the URL forms the drivers accept (redis-py: ?password=; pika: none
-# today, but a user's proxy or TLS options may): any option whose name contains one of these words is hidden.
-_SECRET_OPTION = re.compile(r"pass|secret|token|key|auth|cred", re.IGNORECASE)
+# Query options that carry a credential in the URL forms the drivers accept (redis-py: ?password=; pika:
+# ssl_options, which may hold a key's password): any option whose name contains one of these words is hidden.
+_SECRET_OPTION = re.compile(r"pass|secret|token|key|auth|cred|ssl", re.IGNORECASE)
 
 
 def redact_url(url: str | None) -> str | None:
-    """Hide every password form of a URL (``user:pass@``, ``?password=``, ``&token=``...), for logs, titles and records."""
+    """Hide every password form of a URL (``user:pass@``, ``?password=``, ``&token=``...), for logs, titles and records.
+
+    The user-info is cut on the raw text, up to the *last* ``@``: a password holding an unencoded ``#``, ``/`` or
+    ``?`` would make a URL parser see no password at all, and such a URL still reaches the driver.
+    """
     if not url:
         return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unreadable URL>" if "@" in url else url
+    userinfo, at, host_and_rest = rest.rpartition("@")
+    if at:
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else None
+        rest = f"{user}:***@{host_and_rest}" if user is not None else f"{userinfo}@{host_and_rest}"
     try:
-        parts = urlsplit(url)
-        password = parts.password
-        netloc = parts.netloc
-        if password is not None:
-            host = netloc.rpartition("@")[2]
-            netloc = f"{parts.username or ''}:***@{host}"
+        parts = urlsplit(f"{scheme}://{rest}")
     except ValueError:  # unreadable (a bracket in the host): show nothing of what might be a secret
         return "<unreadable URL>"
     query = "&".join(_redact_option(option) for option in parts.query.split("&")) if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 def _redact_option(option: str) -> str:
     name, sep, _ = option.partition("=")
-    return f"{name}=***" if sep and _SECRET_OPTION.search(name) else option
+    return f"{name}=***" if sep and _SECRET_OPTION.search(unquote(name)) else option
 
 
 @dataclass(frozen=True)

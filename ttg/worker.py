@@ -140,10 +140,12 @@ class Worker:
                 if started is not None:
                     inflight.append(started)
                 continue
-            # Nothing to take: the queue is empty for now, or the run has ended (a backend may say so only once,
-            # with this None). Finish what is in hand, then ask, as the unpipelined loop did.
-            while inflight:
+            if inflight:
+                # Nothing ready this instant (on RabbitMQ the next message comes only after an ack): finish the
+                # oldest and look again, so the compute child stays busy. Once the run has ended the broker keeps
+                # saying None, and the pipeline empties.
                 self._finish(inflight.popleft())
+                continue
             if self._patiently(self.broker.drained):
                 log.info("sweep drained", extra={"event": "draining"})
                 return
@@ -176,7 +178,11 @@ class Worker:
         if task.chunk_id in self.spec.poisoned:
             self._failed(delivery, task, PoisonedChunk(f"chunk {task.chunk_id} is poisoned by the poison-chunk fault and fails on every delivery"))
             return None
-        self.compute.submit(task.start, task.stop)
+        try:
+            self.compute.submit(task.start, task.stop)
+        except AlgorithmError as e:  # no compute child could be started for it: retried or dead-lettered, never a crash
+            self._failed(delivery, task, e)
+            return None
         return _Started(delivery, task, time.perf_counter())
 
     def _failed(self, delivery: Delivery, task: TaskMessage, e: AlgorithmError) -> None:

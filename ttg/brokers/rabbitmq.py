@@ -482,8 +482,9 @@ def _read_task(props: pika.BasicProperties, body: bytes) -> tuple[int, list[tupl
     if chunks is None:
         chunk = headers.get(CHUNK)
         return deliveries, [(int(chunk) if isinstance(chunk, int) and _is_int(chunk) else None, body)]
-    if not isinstance(chunks, list) or not all(_is_int(c) for c in chunks):
-        raise MessageError(f"header {BATCH} must be a list of chunk ids (got {str(chunks)[:40]!r})")
+    if not isinstance(chunks, list) or not chunks or not all(_is_int(c) for c in chunks):
+        # An empty batch would be settled by nobody and hold a prefetch slot for good.
+        raise MessageError(f"header {BATCH} must be a non-empty list of chunk ids (got {str(chunks)[:40]!r})")
     parts = unpack_batch(body)
     if parts is None or len(parts) != len(chunks):
         raise MessageError(f"a batch of {len(chunks)} chunk ids whose body is not {len(chunks)} task messages")

@@ -126,6 +126,7 @@ class RedisStreamsBroker(Broker):
         self._results_cursor = b"0-0"
         # worker state
         self._registered = False
+        self._ended = False  # the coordinator has ended the run: receive() hands out nothing more
         self._next_reclaim = 0.0
         self._buffer: deque[Delivery] = deque()  # fetched, not yet handed to the worker
         self._done: dict[bytes, tuple[int, bytes]] = {}  # completions not yet sent: entry -> (chunk id, result)
@@ -294,6 +295,8 @@ class RedisStreamsBroker(Broker):
     @_translate
     def receive(self, timeout_s: float) -> Delivery | None:
         assert self.consumer, "receive() needs a consumer name"
+        if self._ended:
+            return None  # said once by the reclaim tick; a pipelined worker asks again before it checks drained()
         deadline = time.monotonic() + timeout_s
         while True:
             now = time.monotonic()
@@ -307,6 +310,7 @@ class RedisStreamsBroker(Broker):
             if now >= self._next_reclaim:
                 self._next_reclaim = now + self.reclaim_every_s
                 if self._reclaim_batch() == "ended":
+                    self._ended = True
                     return None  # the coordinator ended the run: stop taking work (close() gives back the rest)
             if not self._buffer:
                 # Pending completions run before the read blocks, so one round trip does both.

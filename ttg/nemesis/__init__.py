@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttg.broker import Broker
+from ttg.errors import BrokerError
 from ttg.faults import BROKER_FAULTS, MESSAGE_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
 from ttg.nemesis.base import Nemesis
 from ttg.nemesis.broker import BrokerServer, KillBroker, Latency, PartitionBroker, PauseBroker
@@ -159,6 +160,7 @@ class FaultSchedule:
         self._lock = threading.RLock()
         self._fired = threading.Condition(self._lock)
         self._chunks_done = 0
+        self._healing = 0  # heals under way (a broker restart on a timer thread)
         for spec in specs:
             self.add(spec)
 
@@ -185,7 +187,7 @@ class FaultSchedule:
         with self._lock:
             self._chunks_done = chunks_done
             while self.pending and chunks_done >= self.pending[0].at_fraction * self.chunks:
-                if self.pending[0].kind in (*BROKER_FAULTS, *PROXY_FAULTS) and self._broker_down():
+                if self.pending[0].kind in (*BROKER_FAULTS, *PROXY_FAULTS, *MESSAGE_FAULTS) and self._broker_down():
                     # A fault on the broker or its path while the broker is killed or frozen would act on nothing and
                     # prove nothing (soak seed 3147: a partition during a broker kill): it waits for the broker to be back.
                     break
@@ -222,7 +224,7 @@ class FaultSchedule:
             hit = {w for r in self.records if r.kind in WORKER_FAULTS for w in r.target.split(",") if w}
             nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxies, self.rng, self.run, hit)
             nemesis.inject()
-        except RuntimeError as e:
+        except (RuntimeError, BrokerError) as e:  # BrokerError: a message fault's publish found no broker
             self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}", spec=spec))
             self._fired.notify_all()
             return
@@ -241,9 +243,10 @@ class FaultSchedule:
         with self._lock:  # only to claim the heal: it is done once, by whoever comes first
             mine = [a for a in self._active if a[1] is nemesis]
             if not mine:
-                return  # healed already
+                return  # healed already, or being healed
             self._active = [a for a in self._active if a[1] is not nemesis]
             mine[0][0].cancel()
+            self._healing += 1
         # Outside the lock: a broker restart takes seconds (~6 s for a RabbitMQ node), and meanwhile another fault's
         # heal timer and the collector's poll must keep their own clocks, or a 2 s partition lasts the restart too.
         try:
@@ -254,6 +257,8 @@ class FaultSchedule:
                 rec.healed_s = rec.healed_at - self.started
                 rec.chunks_at_heal = self._chunks_done
                 rec.evidence = nemesis.evidence()  # after the heal: a restarted broker's pid is known by then
+                self._healing -= 1
+                self._fired.notify_all()
 
     @property
     def chunks_done(self) -> int:
@@ -270,10 +275,13 @@ class FaultSchedule:
         with self._lock:
             return [rec for _, _, rec in self._active]
 
-    def heal_all(self) -> None:
-        """Heal every active fault now (normal end, error, timeout or signal): no broker is left dead or frozen."""
+    def heal_all(self, wait_s: float = 120.0) -> None:
+        """Heal every active fault now (normal end, error, timeout or signal), and wait for heals under way on their
+        timers (a broker restart): no broker is left dead, frozen or half up when the run goes on to judge."""
         for _, nemesis, rec in list(self._active):
             self._heal(nemesis, rec)
+        with self._fired:
+            self._fired.wait_for(lambda: self._healing == 0, timeout=wait_s)
 
     def finish(self, dead_letter_ids: Collection[int] = ()) -> None:
         """Heal what is still active, then say, for each fault, what became of it."""
@@ -285,8 +293,8 @@ class FaultSchedule:
             self.pending.clear()
             self._fired.notify_all()
             for rec in self.records:
-                if rec.nemesis is not None and not rec.evidence:
-                    rec.evidence = rec.nemesis.evidence()
+                if rec.nemesis is not None and (not rec.evidence or rec.kind in MESSAGE_FAULTS):
+                    rec.evidence = rec.nemesis.evidence()  # a message fault's count of rejections grows until the end
                 if rec.nemesis is not None and not rec.evidence:
                     # Pausing a broker that another fault had killed, a partition while no traffic flowed: the fault
                     # did nothing this run can show, so nothing was recovered from it either.

@@ -115,7 +115,13 @@ class FaultProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
-        self._open.wait()  # a blackholed network connects nowhere
+        if not self._open.is_set():  # a blackholed network connects nowhere: a connection attempt held is traffic held
+            with self._lock:
+                self.held_while_blackholed += 1
+                self.held_now += 1
+            self._open.wait()
+            with self._lock:
+                self.held_now -= 1
         try:
             upstream = socket.create_connection(self.upstream, timeout=5)
         except OSError:
