@@ -114,14 +114,19 @@ class FaultProxy:
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
+    def _hold_while_blackholed(self) -> None:
+        """Wait while a blackhole is on, counting what is held: the partition's evidence."""
+        if self._open.is_set():
+            return
+        with self._lock:
+            self.held_while_blackholed += 1
+            self.held_now += 1
+        self._open.wait()
+        with self._lock:
+            self.held_now -= 1
+
     def _serve(self, client: socket.socket) -> None:
-        if not self._open.is_set():  # a blackholed network connects nowhere: a connection attempt held is traffic held
-            with self._lock:
-                self.held_while_blackholed += 1
-                self.held_now += 1
-            self._open.wait()
-            with self._lock:
-                self.held_now -= 1
+        self._hold_while_blackholed()  # a blackholed network connects nowhere: a connection attempt held is traffic held
         try:
             upstream = socket.create_connection(self.upstream, timeout=5)
         except OSError:
@@ -142,13 +147,7 @@ class FaultProxy:
                 data = src.recv(_BUF)
                 if not data:
                     break
-                if not self._open.is_set():
-                    with self._lock:
-                        self.held_while_blackholed += 1
-                        self.held_now += 1
-                    self._open.wait()
-                    with self._lock:
-                        self.held_now -= 1
+                self._hold_while_blackholed()
                 if self.latency_s:
                     self.delayed += 1
                     time.sleep(self.latency_s)
