@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, TypeGuard
 
 import pika
 import pika.exceptions
@@ -458,7 +458,7 @@ class RabbitMQBroker(Broker):
 _MAX_COUNT = 1_000_000  # deliveries counted in a header; more is not a count but a forgery
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     # pika decodes AMQP long integers as its own int subclass (pika.compat.long); a bool is an int too, and is not one.
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -481,7 +481,7 @@ def _read_task(props: pika.BasicProperties, body: bytes) -> tuple[int, list[tupl
     chunks = headers.get(BATCH)
     if chunks is None:
         chunk = headers.get(CHUNK)
-        return deliveries, [(int(chunk) if isinstance(chunk, int) and _is_int(chunk) else None, body)]
+        return deliveries, [(int(chunk) if _is_int(chunk) else None, body)]
     if not isinstance(chunks, list) or not chunks or not all(_is_int(c) for c in chunks):
         # An empty batch would be settled by nobody and hold a prefetch slot for good.
         raise MessageError(f"header {BATCH} must be a non-empty list of chunk ids (got {str(chunks)[:40]!r})")

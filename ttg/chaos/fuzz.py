@@ -60,11 +60,14 @@ class FuzzRow:
     dead_lettered: int = 0
     expected_dead: int = 0
     mismatches: int | None = 0
-    recovered_s: list[float | None] = field(default_factory=list)
     wall_s: float = 0.0
     error: str = ""
     not_injected: list[str] = field(default_factory=list)  # faults that never took effect: the row proved less than it says
     recovery: list[tuple[str, float | None]] = field(default_factory=list)  # (fault kind, recovered_s) per recoverable fault
+
+    @property
+    def recovered_s(self) -> list[float | None]:
+        return [r for _, r in self.recovery]
 
     @property
     def ok(self) -> bool:
@@ -84,7 +87,7 @@ class FuzzRow:
         return ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "ok": self.ok}
+        return {**self.__dict__, "recovered_s": self.recovered_s, "ok": self.ok}
 
 
 def draw_schedule(seed: int, workers: int, max_faults: int = 3, kinds: tuple[str, ...] = FUZZ_KINDS) -> tuple[FaultSpec, ...]:
@@ -149,7 +152,6 @@ def fuzz(s: FuzzSettings, on_row: Callable[[FuzzRow], None] | None = None) -> li
                 row.run_id, row.lost, row.duplicates, row.dead_lettered = record.run_id, v["lost"], v["duplicates"], v["dead_lettered"]
                 row.mismatches, row.wall_s = v["mismatches"], record.wall_s
                 row.recovery = [(f["kind"], f["recovered_s"]) for f in record.faults if f["kind"] not in ("poison-chunk", *MESSAGE_FAULTS)]
-                row.recovered_s = [r for _, r in row.recovery]
                 row.not_injected = [f"{f['kind']}: {f['note']}" for f in record.faults if f["note"].startswith("not injected")]
             rows.append(row)
             if on_row is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ttg.broker import Broker
 from ttg.errors import BrokerError
-from ttg.faults import BROKER_FAULTS, MESSAGE_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
+from ttg.faults import BROKER_FAULTS, MESSAGE_FAULTS, PROXY_FAULTS, FaultSpec
 from ttg.nemesis.base import Nemesis
 from ttg.nemesis.broker import BrokerServer, KillBroker, Latency, PartitionBroker, PauseBroker
 from ttg.nemesis.messages import DEFAULT_COUNT, ForgeMessages
@@ -221,7 +221,7 @@ class FaultSchedule:
     def _fire(self, spec: FaultSpec, chunks_done: int) -> None:
         now = time.monotonic()
         try:
-            hit = {w for r in self.records if r.kind in WORKER_FAULTS for w in r.target.split(",") if w}
+            hit = {w for r in self.records if isinstance(r.nemesis, SignalWorker) for w in r.nemesis.targets}
             nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxies, self.rng, self.run, hit)
             nemesis.inject()
         except (RuntimeError, BrokerError) as e:  # BrokerError: a message fault's publish found no broker
