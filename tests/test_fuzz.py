@@ -12,7 +12,7 @@ import pytest
 from ttg.chaos.fuzz import FUZZ_KINDS, draw_schedule
 from ttg.config import load_run_config
 from ttg.errors import ConfigError
-from ttg.faults import WORKER_FAULTS, parse_fault, targets_count
+from ttg.faults import COORDINATOR_FAULTS, WORKER_FAULTS, parse_fault, targets_count
 
 
 def test_a_schedule_is_a_function_of_its_seed_and_always_leaves_a_worker() -> None:
@@ -26,9 +26,13 @@ def test_a_schedule_is_a_function_of_its_seed_and_always_leaves_a_worker() -> No
         assert sum(f.kind in ("kill-broker", "pause-broker") for f in schedule) <= 1, schedule  # soak seed 3026
         if any(f.kind in WORKER_FAULTS for f in schedule):  # soak seed 1045: a partition of w1 after w1 was killed
             assert all(f.target in ("all", "one") for f in schedule if f.kind in ("partition-broker", "latency")), schedule
+        if any(f.kind in COORDINATOR_FAULTS for f in schedule):  # its successor may find the sweep done: no other fault
+            assert all(f.kind in (*COORDINATOR_FAULTS, "poison-chunk") for f in schedule), schedule
+            assert sum(f.kind in COORDINATOR_FAULTS for f in schedule) == 1, schedule
         for f in schedule:
             assert parse_fault(str(f)) == f  # every drawn fault is one a user could type
-        load_run_config({"workers": 3, "faults": schedule}, env={})  # and one ttg run accepts
+        resumable = {"broker_url": "redis://127.0.0.1:6399/0"} if any(f.kind in COORDINATOR_FAULTS for f in schedule) else {}
+        load_run_config({"workers": 3, "faults": schedule, **resumable}, env={})  # and one ttg run accepts
         seen_kinds |= {f.kind for f in schedule}
     assert seen_kinds == set(FUZZ_KINDS)
     assert draw_schedule(1, workers=3) != draw_schedule(2, workers=3)
@@ -84,3 +88,32 @@ def test_the_soak_summary_counts_every_run_and_splits_recovery_by_fault_kind() -
 def test_message_faults_take_a_message_count_and_no_duration(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_fault(text)
+
+
+def test_a_coordinator_fault_row_is_judged_on_its_successors_verdict(tmp_path: Path) -> None:
+    # Seed 9 draws kill-coordinator@33% with a poison at 19%: the first `ttg run` SIGKILLs itself, the fuzzer resumes
+    # the run, and the row is the successor's verdict: nothing lost, the poison dead-lettered once.
+    assert [str(f) for f in draw_schedule(9, workers=3)] == ["kill-coordinator@33%", "poison-chunk@19%"]
+    rc, rows, stderr = _fuzz(tmp_path, "--runs", "1", "--seed", "9")
+    assert rc == 0, stderr
+    (row,) = rows
+    assert row["ok"] and row["lost"] == 0 and row["dead_lettered"] == row["expected_dead"] == 1, row
+    assert [kind for kind, _ in row["recovery"]] == ["kill-coordinator"] and row["recovery"][0][1] is not None, row
+    record = json.loads((tmp_path / str(row["run_id"]) / "record.json").read_text())
+    assert record["resumed_at_chunks"] and 0 < record["resumed_at_chunks"] < 60, record["resumed_at_chunks"]  # 33% of 60 chunks, or a batch more
+    assert record["verdict"]["mismatches"] == 0  # the checksum covers the dead chunk too: compare value by value
+
+
+@pytest.mark.parametrize(
+    ("faults", "url", "says"),
+    [
+        (["kill-coordinator@40%"], None, "a private broker dies with its coordinator; pass --broker-url"),
+        (["kill-coordinator@40%", "terminate-coordinator@60%"], "redis://127.0.0.1:6399/0", "one coordinator fault per run"),
+    ],
+)
+def test_a_coordinator_fault_needs_a_broker_that_outlives_it_and_comes_once(faults: list[str], url: str | None, says: str) -> None:
+    given = {"faults": tuple(parse_fault(f) for f in faults), **({"broker_url": url} if url else {})}
+    with pytest.raises(ConfigError, match=says):
+        load_run_config(given, env={})
+    with pytest.raises(ConfigError, match="takes no /TARGET"):
+        parse_fault("kill-coordinator@40%/w1")

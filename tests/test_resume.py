@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fixtures.plugin import BrokerHandle
 from ttg.config import backend_for_url
@@ -50,3 +51,23 @@ def test_a_killed_coordinator_is_resumed_and_the_run_loses_nothing(broker: Broke
 def test_resume_needs_a_run_id_and_the_broker_that_holds_the_run(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "ttg", "run", "--resume", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "pass --run-id and --broker-url" in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["kill-coordinator", "terminate-coordinator"])
+def test_a_coordinator_fault_ends_ttg_run_and_resume_finishes_the_run(broker: BrokerHandle, tmp_path: Path, kind: str) -> None:
+    # The fault the fuzzer draws, through the CLI a user would type: `ttg run` signals itself at 40 % (SIGKILL exits
+    # -9 with no clean-up at all; SIGTERM unwinds like Ctrl-C, 130), its run stays on the broker, --resume finishes it.
+    run_id = f"cf{int(time.time() * 1000) % 10**8}"
+    first = _coordinator(broker, tmp_path, run_id, "--fault", f"{kind}@40%", "--fault", "poison-chunk@80%")
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == (-signal.SIGKILL if kind == "kill-coordinator" else 130), stderr
+    assert not stdout and f"finish run {run_id} with ttg run --resume" in stderr
+    recorded = int(np.load(tmp_path / run_id / "seen.npy").sum())
+    assert 120 <= recorded < 300, recorded  # 40 % of 300 chunks, and the fault fired mid-sweep
+
+    second = _coordinator(broker, tmp_path, run_id, "--resume", "--fault", "poison-chunk@80%")
+    stdout, stderr = second.communicate(timeout=180)
+    assert second.returncode == 1, stderr  # the poisoned chunk is dead-lettered, so the verdict is a failure, by design
+    v = json.loads(stdout)["verdict"]
+    # The checksum covers the whole sweep, dead chunk included: every recorded value is compared instead.
+    assert (v["lost"], v["chunks_completed"], v["dead_lettered"], v["mismatches"]) == (0, 299, 1, 0), v

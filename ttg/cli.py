@@ -83,7 +83,8 @@ def cli() -> None:
     multiple=True,
     help=(
         "Fault KIND@P%[:Ds][/TARGET]: kill-worker@30%, terminate-worker@50%/2, kill-broker@30%:2s, pause-broker@30%:5s, "
-        "partition-broker@30%:3s/w1, latency@20%:5s, poison-chunk@50%. TARGET: one, N, P%, random, all or a worker id. Repeatable."
+        "partition-broker@30%:3s/w1, latency@20%:5s, poison-chunk@50%, junk-messages@30%, forged-task@30%, "
+        "kill-coordinator@40% (then --resume). TARGET: one, N, P%, random, all or a worker id. Repeatable."
     ),
 )
 @click.option("--out", help="Directory for run directories. [env TTG_OUT; default runs]")
@@ -165,7 +166,7 @@ def _run_somewhere(cfg: RunConfig, run_id: str, on_progress: ProgressFn, resume:
     from ttg.run import execute
 
     if cfg.runtime == "local":
-        return execute(cfg, on_progress=on_progress, run_id=run_id, resume=resume)
+        return execute(cfg, on_progress=on_progress, run_id=run_id, resume=resume, own_process=True)
     from ttg.config import in_cluster
     from ttg.k8s.cluster import connect
 
@@ -173,7 +174,7 @@ def _run_somewhere(cfg: RunConfig, run_id: str, on_progress: ProgressFn, resume:
         from ttg.k8s.runtime import KubernetesRuntime
 
         runtime = KubernetesRuntime(connect(), cfg.namespace, run_id)
-        return execute(cfg, on_progress=on_progress, run_id=run_id, runtime=runtime, resume=resume)
+        return execute(cfg, on_progress=on_progress, run_id=run_id, runtime=runtime, resume=resume, own_process=True)
     from ttg.k8s.launch import launch
 
     err.print(f"deploying run {run_id} to namespace {cfg.namespace}; the coordinator runs in the cluster and its log follows")
@@ -260,7 +261,9 @@ def worker(
     broker = open_broker(
         settings.broker_url,
         run_id,
-        consumer=worker_id,
+        # Unique per process: a successor coordinator's w0 must never share a consumer with its dead predecessor's w0,
+        # still serving the run while it waits for that successor (giving back its chunks, it deletes its consumer).
+        consumer=f"{worker_id}.{os.getpid()}",
         max_deliveries=settings.max_deliveries,
         reclaim_after_s=settings.reclaim_after_s,
         prefetch=settings.prefetch,

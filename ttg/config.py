@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ttg.errors import ConfigError
-from ttg.faults import BROKER_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec, parse_fault, targets_count
+from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec, parse_fault, targets_count
 from ttg.sweep import SweepSpec, parse_axis
 
 BACKENDS = ("redis", "rabbitmq")
@@ -287,6 +287,8 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
             raise ConfigError(f"--broker-url scheme {scheme}:// does not match --backend {cfg.sweep.backend}; use a {want} URL or change --backend")
     for f in cfg.faults:
         check_fault(cfg, f)
+    if sum(f.kind in COORDINATOR_FAULTS for f in cfg.faults) > 1:
+        raise ConfigError("one coordinator fault per run: the first ends this coordinator; put the next on the ttg run --resume that follows")
     if any(f.kind == "kill-broker" for f in cfg.faults) and cfg.sweep.backend == "redis" and not cfg.persistence:
         cfg = dataclasses.replace(cfg, persistence=True)  # without AOF the restarted Redis would have lost the run
     return cfg
@@ -298,6 +300,8 @@ def check_fault(cfg: RunConfig, f: FaultSpec) -> None:
         raise ConfigError(f"{f} is a local-runtime fault; on Kubernetes use kill-pod, kill-worker, terminate-worker or poison-chunk")
     if f.kind in BROKER_FAULTS and cfg.sweep.broker_url:
         raise ConfigError(f"{f} hits the private broker TTG starts, never a shared one; drop --broker-url")
+    if f.kind in COORDINATOR_FAULTS and not cfg.sweep.broker_url:
+        raise ConfigError(f"{f} leaves the run for ttg run --resume, but a private broker dies with its coordinator; pass --broker-url")
     hit = targets_count(f.target, cfg.workers)
     if f.kind in WORKER_FAULTS and cfg.mode == "queue" and hit is not None and hit >= cfg.workers:
         raise ConfigError(f"{f} would stop all {cfg.workers} worker(s) and leave none to take over; pass more --workers or a smaller /TARGET")

@@ -15,6 +15,9 @@
   wrong shapes, another run's task), each naming a real chunk id; ``forged-task@30%`` puts well-formed
   tasks of the run there whose range is another chunk's. Every one must be rejected and counted, and
   change nothing else. ``/N`` sets how many.
+- ``kill-coordinator@40%`` SIGKILLs ``ttg run`` itself once 40 % of the chunks are recorded, and
+  ``terminate-coordinator@40%`` sends it SIGTERM: the run is left on the broker for
+  ``ttg run --resume`` to finish, losing nothing (only a ``ttg run`` process of its own takes them).
 
 ``/TARGET`` picks the workers: ``one`` (the default of worker faults: the one longest
 without a result, so surely mid-chunk), ``N``, ``P%`` of them, ``random`` (seeded by
@@ -34,7 +37,8 @@ WORKER_FAULTS = ("kill-worker", "terminate-worker", "kill-pod")  # kill-pod: kil
 BROKER_FAULTS = ("kill-broker", "pause-broker")  # need the private broker's process
 PROXY_FAULTS = ("partition-broker", "latency")  # need the fault proxies between workers and broker
 MESSAGE_FAULTS = ("junk-messages", "forged-task")  # published through the run's own broker connection
-KNOWN_FAULTS = (*WORKER_FAULTS, *BROKER_FAULTS, *PROXY_FAULTS, *MESSAGE_FAULTS, "poison-chunk")
+COORDINATOR_FAULTS = ("kill-coordinator", "terminate-coordinator")  # signal the `ttg run` process itself
+KNOWN_FAULTS = (*WORKER_FAULTS, *BROKER_FAULTS, *PROXY_FAULTS, *MESSAGE_FAULTS, *COORDINATOR_FAULTS, "poison-chunk")
 # How long a timed fault lasts when the spec gives no ``:Ds``.
 DEFAULT_DURATION_S = {"kill-broker": 1.0, "pause-broker": 3.0, "partition-broker": 3.0, "latency": 5.0}
 
@@ -98,6 +102,8 @@ def parse_fault(text: str) -> FaultSpec:
     if target is not None:
         if kind in BROKER_FAULTS:
             raise ConfigError(f"{kind} hits the one private broker and takes no /TARGET; drop '/{target}' from {text!r}")
+        if kind in COORDINATOR_FAULTS:
+            raise ConfigError(f"{kind} hits this coordinator and takes no /TARGET; drop '/{target}' from {text!r}")
         if kind == "poison-chunk" and not (target.isdigit() and int(target) >= 1):
             raise ConfigError(f"poison-chunk's /TARGET is the number of chunks to poison, 1 or more (got {target!r}) in {text!r}")
         if kind in MESSAGE_FAULTS and not (target.isdigit() and 1 <= int(target) <= 10_000):

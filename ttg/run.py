@@ -223,6 +223,7 @@ class _Collector:
         server: BrokerServer | None = None,
         proxies: Mapping[str, FaultProxy] | None = None,
         cancel: threading.Event | None = None,
+        own_process: bool = False,
     ) -> None:
         self.cfg, self.broker, self.runtime, self.ledger, self.on_progress = cfg, broker, runtime, ledger, on_progress
         self.cancel = cancel or threading.Event()
@@ -234,7 +235,17 @@ class _Collector:
         static = cfg.mode == "static"
         priority = ledger.results_by_worker if static else ledger.last_result
         self.faults = FaultSchedule(
-            cfg.faults, runtime, ledger.plan.chunks, self.t0, priority, server, proxies, rng, immediate=static, run=(broker, ledger.plan)
+            cfg.faults,
+            runtime,
+            ledger.plan.chunks,
+            self.t0,
+            priority,
+            server,
+            proxies,
+            rng,
+            immediate=static,
+            run=(broker, ledger.plan),
+            own_process=own_process,
         )
 
     def run(self) -> None:
@@ -305,6 +316,7 @@ def execute(
     cancel: threading.Event | None = None,
     runtime: Runtime | None = None,
     resume: bool = False,
+    own_process: bool = False,
 ) -> RunRecord:
     """Run one sweep and return its record (also written to ``<out>/<run_id>/record.json``).
 
@@ -316,7 +328,8 @@ def execute(
     workers run (default: local processes; the in-cluster coordinator passes its worker Job's).
     ``resume``: if ``<out>/<run_id>`` holds the ledger of a coordinator that died, continue that
     run (its recorded results kept, only unrecorded chunks published again if the plan never was
-    published completely); otherwise start it.
+    published completely); otherwise start it. ``own_process``: the caller is ``ttg run``, a process of its own, which
+    ``kill-coordinator`` and ``terminate-coordinator`` faults may signal.
     """
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     run_dir = preflight(cfg, run_id)
@@ -357,7 +370,7 @@ def execute(
                 log.warning("resuming run %s with %d of %d chunks recorded", run_id, ledger.completed, plan.chunks)
                 # A fault whose point has passed fired in the previous coordinator's life.
                 cfg = dataclasses.replace(cfg, faults=tuple(f for f in cfg.faults if f.at_fraction * plan.chunks > ledger.completed))
-            collector = _Collector(cfg, broker, runtime, ledger, on_progress, given.server, proxies, cancel)
+            collector = _Collector(cfg, broker, runtime, ledger, on_progress, given.server, proxies, cancel, own_process)
             published = run_dir / "published"
             if cfg.mode == "queue" and not (resuming and had_state and published.exists()):
                 # A plan published only in part, or a broker that lost the run: publish what is not recorded again;

@@ -10,8 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ttg.config import RunConfig, load_run_config, worker_ids
-from ttg.faults import BROKER_FAULTS, DEFAULT_DURATION_S, MESSAGE_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
+from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, DEFAULT_DURATION_S, MESSAGE_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
 from ttg.plan import ChunkPlan
-from ttg.run import execute, private_or_given_broker
+from ttg.run import BrokerAccess, Progress, execute, new_run_id, private_or_given_broker
 
 FUZZ_KINDS = (
     "kill-worker",
@@ -33,7 +38,14 @@ FUZZ_KINDS = (
     "poison-chunk",
     "junk-messages",
     "forged-task",
+    "kill-coordinator",
+    "terminate-coordinator",
 )
+# A coordinator fault leaves the rest of the run to `ttg run --resume`, which starts after the dead coordinator's workers
+# may have finished the sweep: a fault meant for the successor could find nothing left to hit. It is drawn with a
+# poison (in place from the start, in both lives) and nothing else.
+_WITH_COORDINATOR_FAULTS = ("poison-chunk",)
+_EXIT_STATUS = {"kill-coordinator": -signal.SIGKILL, "terminate-coordinator": 130}  # ttg run exits 130 on SIGTERM, like Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,17 @@ def draw_schedule(seed: int, workers: int, max_faults: int = 3, kinds: tuple[str
         # One broker-process fault per schedule: a second one lands while the first's restart (seconds on RabbitMQ)
         # is under way, waits for it, and in a sweep of a few seconds may never fire (soak seed 3026).
         broker_taken = any(f.kind in BROKER_FAULTS for f in specs)
-        kind = rng.choice([k for k in kinds if (k not in WORKER_FAULTS or stoppable > 0) and not (broker_taken and k in BROKER_FAULTS)])
+        coordinator_taken = any(f.kind in COORDINATOR_FAULTS for f in specs)
+        others_taken = any(f.kind not in _WITH_COORDINATOR_FAULTS for f in specs)
+        choices = [
+            k
+            for k in kinds
+            if (k not in WORKER_FAULTS or stoppable > 0)
+            and not (broker_taken and k in BROKER_FAULTS)
+            and not (coordinator_taken and k not in _WITH_COORDINATOR_FAULTS)
+            and not (others_taken and k in COORDINATOR_FAULTS)
+        ]
+        kind = rng.choice(choices)
         at = round(rng.uniform(0.05, 0.8), 2)
         duration = round(rng.uniform(0.5, 3.0), 1) if kind in DEFAULT_DURATION_S else None
         target: str | None = None
@@ -144,15 +166,12 @@ def fuzz(s: FuzzSettings, on_row: Callable[[FuzzRow], None] | None = None) -> li
             row = FuzzRow(seed, [str(f) for f in faults])
             row.expected_dead = len({c for f in faults if f.kind == "poison-chunk" for c in f.poisoned_chunks(ChunkPlan(s.params, s.chunk).chunks)})
             try:
-                record = execute(_config(s, seed, faults), access=access)
+                if any(f.kind in COORDINATOR_FAULTS for f in faults):
+                    _coordinator_run(s, seed, faults, access, row)
+                else:
+                    _judge(row, execute(_config(s, seed, faults), access=access).to_dict())
             except Exception as e:  # a run that cannot finish is a finding too: report it with its seed
                 row.error = f"{type(e).__name__}: {e}"
-            else:
-                v = record.verdict
-                row.run_id, row.lost, row.duplicates, row.dead_lettered = record.run_id, v["lost"], v["duplicates"], v["dead_lettered"]
-                row.mismatches, row.wall_s = v["mismatches"], record.wall_s
-                row.recovery = [(f["kind"], f["recovered_s"]) for f in record.faults if f["kind"] not in ("poison-chunk", *MESSAGE_FAULTS)]
-                row.not_injected = [f"{f['kind']}: {f['note']}" for f in record.faults if f["note"].startswith("not injected")]
             rows.append(row)
             if on_row is not None:
                 on_row(row)
@@ -168,6 +187,54 @@ def fuzz(s: FuzzSettings, on_row: Callable[[FuzzRow], None] | None = None) -> li
     }
     (s.out / f"fuzz-{s.backend}-seed{s.seed}-runs{s.runs}.json").write_text(json.dumps(doc, indent=1))
     return rows
+
+
+def _judge(row: FuzzRow, record: dict[str, Any]) -> None:
+    """Fill ``row`` from a run record (as ``RunRecord.to_dict`` or ``ttg run --json`` gives it)."""
+    v, faults = record["verdict"], record["faults"]
+    row.run_id, row.lost, row.duplicates, row.dead_lettered = record["run_id"], v["lost"], v["duplicates"], v["dead_lettered"]
+    row.mismatches, row.wall_s = v["mismatches"], record["wall_s"]
+    row.recovery += [(f["kind"], f["recovered_s"]) for f in faults if f["kind"] not in ("poison-chunk", *MESSAGE_FAULTS)]
+    row.not_injected += [f"{f['kind']}: {f['note']}" for f in faults if f["note"].startswith("not injected")]
+
+
+def _coordinator_run(s: FuzzSettings, seed: int, faults: tuple[FaultSpec, ...], access: BrokerAccess, row: FuzzRow) -> None:
+    """A coordinator fault: ``ttg run`` as a process of its own signals itself at its progress point, and then
+    ``ttg run --resume`` (here, in-process) must finish the run from what it left, losing nothing.
+
+    The first coordinator reaches the broker by ``--broker-url``, as a user's resumable run does: its workers outlive
+    it and serve the run for a while, beside the successor's. Recovery: from the first coordinator's death to the
+    successor's first newly recorded chunk.
+    """
+    fault = next(f for f in faults if f.kind in COORDINATOR_FAULTS)
+    run_id = f"fuzz{seed}-{new_run_id()[:6]}"
+    args = ["--backend", s.backend, "--run-id", run_id, "--out", str(s.out), "--params", str(s.params), "--chunk", str(s.chunk)]
+    args += ["--workers", str(s.workers), "--cost-us", repr(s.cost_us), "--seed", str(seed), "--timeout", "600", "--json"]
+    args += [part for f in faults for part in ("--fault", str(f))]
+    env = {**os.environ, "TTG_BROKER_URL": access.url}  # the URL holds the private broker's password: never in argv
+    started = time.monotonic()
+    first = subprocess.run([sys.executable, "-m", "ttg", "run", *args], env=env, capture_output=True, text=True, timeout=660, check=False)
+    died_at = time.monotonic()
+    if first.returncode == 0:
+        row.not_injected.append(f"{fault.kind}: not injected: the first coordinator finished the sweep before its progress point")
+        _judge(row, json.loads(first.stdout))
+        return
+    if first.returncode != _EXIT_STATUS[fault.kind]:
+        tail = first.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"the first coordinator exited with status {first.returncode}, not {_EXIT_STATUS[fault.kind]}: {tail[0]}")
+    progress: list[tuple[float, int]] = []
+
+    def on_progress(p: Progress) -> None:
+        if not progress or p.chunks_done != progress[-1][1]:
+            progress.append((time.monotonic(), p.chunks_done))
+
+    rest = tuple(f for f in faults if f.kind not in COORDINATOR_FAULTS)
+    record = execute(_config(s, seed, rest), access=access, run_id=run_id, resume=True, on_progress=on_progress)
+    _judge(row, record.to_dict())
+    row.wall_s = round(died_at - started + record.wall_s, 4)  # both lives
+    resumed = record.resumed_at_chunks or 0
+    recovered = next((t - died_at for t, done in progress if done > resumed), None)
+    row.recovery.insert(0, (fault.kind, None if recovered is None else round(recovered, 3)))
 
 
 def summarise(rows: list[FuzzRow]) -> dict[str, Any]:

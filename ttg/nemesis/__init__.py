@@ -19,9 +19,10 @@ from typing import Any
 
 from ttg.broker import Broker
 from ttg.errors import BrokerError
-from ttg.faults import BROKER_FAULTS, MESSAGE_FAULTS, PROXY_FAULTS, FaultSpec
+from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, MESSAGE_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
 from ttg.nemesis.base import Nemesis
 from ttg.nemesis.broker import BrokerServer, KillBroker, Latency, PartitionBroker, PauseBroker
+from ttg.nemesis.coordinator import SignalCoordinator
 from ttg.nemesis.messages import DEFAULT_COUNT, ForgeMessages
 from ttg.nemesis.proxy import FaultProxy
 from ttg.nemesis.workers import SignalWorker, select_workers
@@ -39,6 +40,7 @@ __all__ = [
     "Nemesis",
     "PartitionBroker",
     "PauseBroker",
+    "SignalCoordinator",
     "SignalWorker",
     "nemesis_for",
     "select_workers",
@@ -55,21 +57,22 @@ def nemesis_for(
     rng: random.Random | None = None,
     run: tuple[Broker, ChunkPlan] | None = None,
     hit: Collection[str] = (),
+    own_process: bool = False,
 ) -> Nemesis:
     """The nemesis that injects ``spec``; RuntimeError when this run offers nothing it needs (it is then "not injected").
 
     ``hit``: workers an earlier worker fault already stopped or is stopping (a SIGTERMed worker drains for a while,
     alive but quiet): no later fault picks them, so each fault hits a worker it can show an effect on.
+    ``own_process``: this coordinator is a ``ttg run`` process of its own, which a coordinator fault may signal
+    (never a test's or a Chaos Toolkit action's process that runs the sweep in-process).
     """
     if spec.kind in MESSAGE_FAULTS:
         if run is None:
             raise RuntimeError(f"{spec.kind} needs the run's broker connection")
         broker, plan = run
         return ForgeMessages(spec.kind, broker, plan, broker.run_id, int(spec.target or DEFAULT_COUNT), rng)
-    if spec.kind in ("kill-worker", "kill-pod"):
-        return SignalWorker(runtime, signal.SIGKILL, spec.kind, last_result, spec.target, rng, spared=hit)
-    if spec.kind == "terminate-worker":
-        return SignalWorker(runtime, signal.SIGTERM, spec.kind, last_result, spec.target, rng, spared=hit)
+    if spec.kind in (*COORDINATOR_FAULTS, *WORKER_FAULTS):
+        return _signal_nemesis(spec, runtime, last_result, rng, run, hit, own_process)
     if spec.kind in PROXY_FAULTS:
         if not proxies:
             raise RuntimeError(f"{spec.kind} needs the fault proxies between workers and broker")
@@ -86,6 +89,25 @@ def nemesis_for(
     if spec.kind == "pause-broker":
         return PauseBroker(server)
     raise ValueError(f"no nemesis for fault kind {spec.kind!r}")  # parse_fault admits only known kinds
+
+
+def _signal_nemesis(
+    spec: FaultSpec,
+    runtime: Runtime,
+    last_result: Mapping[str, float] | None,
+    rng: random.Random | None,
+    run: tuple[Broker, ChunkPlan] | None,
+    hit: Collection[str],
+    own_process: bool,
+) -> Nemesis:
+    """The process faults: signal some workers, or this coordinator."""
+    if spec.kind in COORDINATOR_FAULTS:
+        if not own_process or run is None:
+            raise RuntimeError(f"{spec.kind} signals the coordinator, which must be a ttg run process of its own")
+        sig = signal.SIGKILL if spec.kind == "kill-coordinator" else signal.SIGTERM
+        return SignalCoordinator(spec.kind, sig, run[0].run_id)
+    sig = signal.SIGTERM if spec.kind == "terminate-worker" else signal.SIGKILL  # kill-pod: kill-worker by its pod's name
+    return SignalWorker(runtime, sig, spec.kind, last_result, spec.target, rng, spared=hit)
 
 
 @dataclass
@@ -143,7 +165,9 @@ class FaultSchedule:
         rng: random.Random | None = None,
         immediate: bool = False,
         run: tuple[Broker, ChunkPlan] | None = None,
+        own_process: bool = False,
     ) -> None:
+        self.own_process = own_process  # a coordinator fault may signal this process (see nemesis_for)
         self.immediate = immediate  # fire at the progress point itself, not half a chunk later
         self.run = run  # the run's broker connection and plan, for message faults
         self.proxies = proxies or {}
@@ -222,7 +246,7 @@ class FaultSchedule:
         now = time.monotonic()
         try:
             hit = {w for r in self.records if isinstance(r.nemesis, SignalWorker) for w in r.nemesis.targets}
-            nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxies, self.rng, self.run, hit)
+            nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxies, self.rng, self.run, hit, self.own_process)
             nemesis.inject()
         except (RuntimeError, BrokerError) as e:  # BrokerError: a message fault's publish found no broker
             self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}", spec=spec))
