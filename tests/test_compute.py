@@ -16,9 +16,10 @@ from ttg.compute import ComputeCrashed, ComputeProcess
 from ttg.errors import AlgorithmError, AlgorithmNotFound
 
 
-@pytest.fixture
-def child() -> Iterator[ComputeProcess]:
-    proc = ComputeProcess("demo")
+@pytest.fixture(params=["pipe", "slots"])
+def child(request: pytest.FixtureRequest) -> Iterator[ComputeProcess]:
+    # A worker's child answers in shared-memory slots of a chunk's size; the verifier's, over the pipe. Both must hold.
+    proc = ComputeProcess("demo", slot_values=1_000_000 if request.param == "slots" else 0)
     proc.start()
     yield proc
     proc.close()
@@ -51,8 +52,27 @@ def test_an_algorithm_that_raises_fails_that_range_and_the_child_carries_on() ->
         proc.close()
 
 
-def test_a_crash_fails_the_range_being_computed_and_the_queued_one_goes_to_a_new_child() -> None:
-    proc = ComputeProcess("algos:segfaults_on_poison")
+def test_a_slot_holds_its_values_until_the_next_result_and_a_range_too_big_for_one_uses_the_pipe() -> None:
+    proc = ComputeProcess("algos:square_root", slot_values=1000)  # not periodic, unlike demo: a reused slot shows
+    sqrt = algorithms.load("algos:square_root")
+    proc.start()
+    try:
+        proc.submit(0, 1000)
+        first = proc.result()
+        for start in range(1000, 6000, 1000):  # more requests than slots, while the caller still holds `first`
+            proc.submit(start, start + 1000)
+        time.sleep(0.5)  # the child has written every reply by now (a slot reused too early would show here)
+        assert np.array_equal(first, sqrt(np.arange(0, 1000))), "a slot was overwritten before the next result()"
+        for start in range(1000, 6000, 1000):
+            assert np.array_equal(proc.result(), sqrt(np.arange(start, start + 1000)))
+        assert np.array_equal(proc.evaluate(0, 5000), sqrt(np.arange(5000)))  # 5x a slot: the pipe
+    finally:
+        proc.close()
+
+
+@pytest.mark.parametrize("slot_values", [0, 1000])
+def test_a_crash_fails_the_range_being_computed_and_the_queued_one_goes_to_a_new_child(slot_values: int) -> None:
+    proc = ComputeProcess("algos:segfaults_on_poison", slot_values=slot_values)
     proc.start()
     try:
         first = proc.pid

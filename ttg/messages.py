@@ -39,7 +39,7 @@ class ResultMessage:
     stop: int
     worker_id: str
     deliveries: int
-    values: bytes  # float64 little-endian, one per parameter in [start, stop)
+    values: bytes | memoryview  # float64 little-endian, one per parameter in [start, stop) (a worker's is a view of its reply slot)
     compute_s: float
 
     def array(self) -> np.ndarray:

@@ -71,7 +71,8 @@ class Worker:
         self.broker = broker
         self.spec = spec
         # The algorithm runs in a child process: nothing it does can starve this process's heartbeat.
-        self.compute = ComputeProcess(spec.algorithm, spec.cost_us, spec.grid)
+        # Its values come back in shared-memory slots of a chunk's size: only the result message copies them.
+        self.compute = ComputeProcess(spec.algorithm, spec.cost_us, spec.grid, slot_values=spec.plan.chunk_size)
         self.compute.start()  # an algorithm that cannot be loaded is a usage error, before the broker is reached
         self.stopping = threading.Event()
         self.chunks_done = 0
@@ -159,7 +160,7 @@ class Worker:
                 return
             chunk = plan.chunk(chunk_id)
             values = self.compute.evaluate(chunk.start, chunk.stop)
-            result = ResultMessage(self.spec.run_id, chunk.id, chunk.start, chunk.stop, self.spec.worker_id, 1, values.tobytes(), 0.0)
+            result = ResultMessage(self.spec.run_id, chunk.id, chunk.start, chunk.stop, self.spec.worker_id, 1, values.data.cast("B"), 0.0)
             self._patiently(functools.partial(self.broker.complete, None, chunk.id, result.encode()))
             self.chunks_done += 1
 
@@ -200,7 +201,7 @@ class Worker:
             return
         ctx = {"chunk_id": task.chunk_id, "deliveries": delivery.deliveries}
         result = ResultMessage(
-            task.run_id, task.chunk_id, task.start, task.stop, self.spec.worker_id, delivery.deliveries, values.tobytes(), time.perf_counter() - t0
+            task.run_id, task.chunk_id, task.start, task.stop, self.spec.worker_id, delivery.deliveries, values.data.cast("B"), time.perf_counter() - t0
         )
         self._patiently(functools.partial(self.broker.complete, delivery, task.chunk_id, result.encode()))
         self.chunks_done += 1
