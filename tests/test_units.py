@@ -225,6 +225,9 @@ def test_grid_axes_on_the_command_line_set_the_sweep_size() -> None:
         load_run_config({"grid": ["alpha"]}, env={})
     with pytest.raises(ConfigError, match="unique"):
         load_run_config({"grid": ["a=1", "a=2"], "chunk": 1}, env={})
+    # Found in review: a long value list given through the API passed, and every worker then failed to start (E2BIG).
+    with pytest.raises(ConfigError, match=r"grid axis 'a' is 1[0-9,]+ characters long.*start:stop:count"):
+        load_run_config({"grid": ["a=" + ",".join(str(0.1 + i) for i in range(20_000))]}, env={})
 
 
 def test_a_grid_algorithm_gets_axis_values_and_refuses_a_sweep_without_axes() -> None:

@@ -143,10 +143,21 @@ def _faults(value: Any) -> tuple[FaultSpec, ...]:
     return tuple(v if isinstance(v, FaultSpec) else parse_fault(str(v)) for v in value)
 
 
+MAX_AXIS_TEXT = 100_000  # workers and compute children get the axes as arguments: Linux takes 128 KiB per argument
+
+
 def _grid(value: Any) -> tuple[str, ...]:
     texts = [v for v in value.split(";") if v.strip()] if isinstance(value, str) else list(value)
     for t in texts:
-        parse_axis(t)  # fail early, with the axis named
+        name, _ = parse_axis(t)  # fail early, with the axis named
+        if len(t) > MAX_AXIS_TEXT:
+            raise ConfigError(
+                f"grid axis {name!r} is {len(t):,} characters long, more than the {MAX_AXIS_TEXT:,} a worker's argument may hold; use NAME=start:stop:count"
+            )
+    if sum(map(len, texts)) > 8 * MAX_AXIS_TEXT:
+        raise ConfigError(
+            f"the grid axes are {sum(map(len, texts)):,} characters long in all, more than a worker's arguments may hold; use NAME=start:stop:count"
+        )
     return tuple(t.strip() for t in texts)
 
 
