@@ -5,8 +5,13 @@ The behaviour every backend shares is in test_broker_contract.py.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -16,6 +21,7 @@ import pytest
 from ttg.broker import Broker, open_broker
 from ttg.brokers.rabbitmq import RabbitMQBroker
 from ttg.brokers.rabbitmq_status import _get
+from ttg.brokers.rabbitmq_wire import BATCH
 from ttg.messages import TaskMessage
 from ttg.servers.rabbitmq_server import PrivateRabbitMQ
 
@@ -133,3 +139,48 @@ def test_an_amqp_client_closed_while_it_connects_stops_cleanly(peer: str, caplog
         assert "I/O loop crashed" not in caplog.text and client.last_error != "I/O loop crashed", caplog.text
     finally:
         listener.close()
+
+
+def _policy(server: PrivateRabbitMQ, name: str, body: dict | None) -> None:  # type: ignore[type-arg]
+    """Set (or, with no body, delete) a policy on the private node through its management API."""
+    auth = base64.b64encode(f"{server.user}:{server.password}".encode()).decode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.management_port}/api/policies/%2F/{name}",
+        data=json.dumps(body).encode() if body else None,
+        method="PUT" if body else "DELETE",
+        headers={"Authorization": f"Basic {auth}", "content-type": "application/json"},
+    )
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+def test_a_message_whose_rejection_the_broker_refuses_comes_back_and_the_worker_carries_on(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
+    # Found in review: a refused publish (basic.nack) of a rejected message raised out of the worker (a crash), and on
+    # the I/O thread's path left the original unacknowledged for good. An attacker with a policy can make a queue refuse.
+    assert isinstance(coord, RabbitMQBroker)
+    coord.declare(1)
+    policy = f"full-{coord.run_id}"
+    _policy(rabbitmq_server, policy, {"pattern": f"^{coord.q.rejected}$", "definition": {"max-length": 0, "overflow": "reject-publish"}, "apply-to": "queues"})
+    w = open_broker(rabbitmq_server.url, coord.run_id, consumer="w", max_deliveries=50)
+    try:
+        coord.client.publish(coord.q.tasks, [(b"\xc1 not msgpack", {})])[0].result(timeout=10)
+        # This one is rejected on the I/O thread (its framing header is unreadable), never handed to the worker.
+        coord.client.publish(coord.q.tasks, [(b"framed junk", {BATCH: "zzz"})])[0].result(timeout=10)
+        d = w.receive(5.0)
+        assert d is not None and d.deliveries == 1
+        w.reject(d, "rejected: junk")  # refused: no exception, the message goes back
+        again = w.receive(5.0)
+        assert again is not None and again.body == d.body and again.deliveries == 2, again
+        assert coord.rejections() == []
+        _policy(rabbitmq_server, policy, None)
+        w.reject(again, "rejected: junk")
+        deadline = time.monotonic() + 10
+        while len(letters := coord.rejections()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        by_body = {x.body: x for x in letters}
+        assert set(by_body) == {d.body, b"framed junk"}, letters
+        assert by_body[d.body].reason == "rejected: junk" and by_body[d.body].deliveries == 2, letters
+        assert w.receive(1.5) is None, "nothing is left in the queue"
+    finally:
+        with contextlib.suppress(urllib.error.HTTPError):  # deleted already, unless an assertion failed first
+            _policy(rabbitmq_server, policy, None)
+        w.close()

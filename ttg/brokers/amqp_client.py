@@ -46,6 +46,7 @@ if getattr(io_services_utils._AsyncTransportBase, "_MAX_RECV_BYTES", 0) < 1 << 1
 
 OnMessage = Callable[[int, int, pika.BasicProperties, bytes], None]  # generation, delivery tag, properties, body
 PERSISTENT = 2
+REQUEUE_AFTER_S = 1.0  # a delivery whose replacement the broker refused goes back to its queue after this
 
 
 @dataclass
@@ -113,6 +114,11 @@ class AmqpClient:
 
     def ack(self, generation: int, tags: list[int]) -> None:
         self._call(lambda: self._ack(generation, tags))
+
+    def requeue(self, generation: int, tag: int, after_s: float = REQUEUE_AFTER_S) -> None:
+        """Give one delivery back to its queue (basic.nack, requeue) ``after_s`` from now: it comes again, its delivery
+        count raised. The pause keeps a broker that refuses every publish from turning it into a busy loop."""
+        self._call(lambda: self._ioloop.call_later(after_s, lambda: self._requeue(generation, tag)))
 
     def consume(self, queue: str, prefetch: int, on_message: OnMessage, arguments: dict[str, Any] | None = None) -> Future[None]:
         """Start consuming ``queue`` (now and after every reconnect); the Future fails with QueueMissing if it does not exist."""
@@ -256,6 +262,10 @@ class AmqpClient:
             return  # that connection is gone and the broker requeued the message: it will come again
         for tag in tags:
             self._ch.basic_ack(tag)
+
+    def _requeue(self, generation: int, tag: int) -> None:
+        if generation == self.generation and self._ch is not None and self._ch.is_open:
+            self._ch.basic_nack(tag, requeue=True)  # else that connection is gone, and the broker requeued it already
 
     def _add_consumer(self, consumer: _Consumer) -> None:
         self._consumers.append(consumer)

@@ -315,7 +315,13 @@ class RabbitMQBroker(Broker):
 
         def confirmed(f: Future[None]) -> None:
             if f.exception() is not None:
-                return  # not acked: the original comes back and is handled again
+                # Not acked: the original must come back and be handled again. A lost connection returns it by itself;
+                # a refused publish (basic.nack: a full queue, a resource alarm) leaves the connection up, and the
+                # original would sit unacknowledged, a chunk nobody finishes, until the connection closed.
+                if remaining[0] > 0 and self._client is not None:
+                    remaining[0] = -1  # once, however many of the replacements fail
+                    self._client.requeue(generation, tag)
+                return
             remaining[0] -= 1
             if remaining[0] == 0 and self._client is not None:
                 self._client.ack(generation, [tag])
@@ -362,14 +368,35 @@ class RabbitMQBroker(Broker):
             target = self.q.dead
         else:
             target = self.q.retry
-        await_confirms(self.client.publish(target, [(delivery.body, headers)]), f"a {target.rsplit('.', 1)[-1]} message")
-        self._settle([token])
+        self._move(delivery, target, headers, f"a {target.rsplit('.', 1)[-1]} message")
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         # No chunk header: whatever chunk this message claims, it is not counted as that chunk's death.
         headers: dict[str, Any] = {PRIOR: delivery.deliveries, "x-ttg-reason": reason[:2000]}
-        await_confirms(self.client.publish(self.q.rejected, [(delivery.body, headers)]), "a rejected message")
+        self._move(delivery, self.q.rejected, headers, "a rejected message")
+
+    def _move(self, delivery: Delivery, queue: str, headers: dict[str, Any], what: str) -> None:
+        """Publish ``delivery`` to ``queue``, then settle it. If the broker refuses the publish (basic.nack: a full
+        queue, say, by an operator's or an attacker's policy), give the task message back instead, and carry on:
+        it comes again later, never lost, and the worker never dies of it."""
+        try:
+            await_confirms(self.client.publish(queue, [(delivery.body, headers)]), what)
+        except BrokerUnavailable:
+            raise
+        except BrokerError as e:
+            log.warning("%s; its task message goes back to the queue", e, extra={"event": "refused"})
+            self._give_back(delivery.token)
+            return
         self._settle([delivery.token])
+
+    def _give_back(self, token: Token) -> None:
+        """Requeue the task message ``token`` came in, whole: its other chunks, settled or not, come again too."""
+        with self._lock:
+            self._handed_out_at.pop(token, None)
+            if self._open.pop((token.generation, token.tag), None) is None:
+                return  # static mode, or a message of a lost connection (the broker requeued it)
+        if self._client is not None:
+            self._client.requeue(token.generation, token.tag)
 
     def _flush(self) -> None:
         with self._lock:
