@@ -377,3 +377,16 @@ def test_junk_and_forged_task_faults_are_rejected_and_change_nothing_else(broker
     assert forged["kind"] == "forged-task" and forged["evidence"].startswith("6 forged-task message(s) published"), forged
     assert not junk["note"].startswith("not injected") and not forged["note"].startswith("not injected")
     assert 0 < v["rejected_messages"] <= 18, v  # those still queued when the last chunk was done are deleted with the run
+
+
+def test_the_coordinator_never_imports_the_users_algorithm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its module-level code may be slow, crash or hold the GIL: only compute children import it (preflight and the
+    # verifier included), never the process that holds the run's lease and broker connection.
+    log = tmp_path / "imports.txt"
+    monkeypatch.setenv("TTG_TEST_IMPORT_LOG", str(log))
+    args = ["run", "--params", "20000", "--chunk", "1000", "--workers", "2", "--algorithm", "algos_import_log:double", "--out", str(tmp_path), "--json"]
+    proc = subprocess.Popen(_ttg(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rc, rec, stderr = _record(proc)
+    assert rc == 0 and rec["verdict"]["checksum_ok"] is True, stderr
+    importers = [int(line) for line in log.read_text().split()]
+    assert len(importers) >= 4 and proc.pid not in importers, importers  # preflight probe, 2 workers' children, verifier

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from ttg import __version__, algorithms
+from ttg import __version__
 from ttg.broker import Broker, check_backend_available, open_broker
+from ttg.compute import ComputeProcess
 from ttg.config import RunConfig, check_run_id, redact_url, worker_ids
 from ttg.errors import ConfigError, RunConflict, RuntimeStartError
 from ttg.faults import PROXY_FAULTS
@@ -143,11 +144,24 @@ def _how_to_go_on(cfg: RunConfig, run_id: str) -> str:
     return f"resume it with the same command plus --resume, or discard it with: ttg runs delete {run_id}{broker}{where}"
 
 
+def check_algorithm(algorithm: str, grid: tuple[str, ...] = ()) -> None:
+    """AlgorithmNotFound (a usage error) unless ``algorithm`` loads. A user's module is imported in a compute child, as
+    the workers do, never here: its import-time code (slow, crashing, or holding the GIL) is no business of the
+    process that holds the run's lease and broker connection."""
+    if algorithm == "demo":
+        return
+    probe = ComputeProcess(algorithm, 0.0, grid)
+    try:
+        probe.start()
+    finally:
+        probe.close()
+
+
 def preflight(cfg: RunConfig, run_id: str) -> Path:
     """The checks that need no broker, made before one starts: the algorithm loads (a typo in --algorithm is a usage
     error) and ``--out`` is a directory this process can write; returns the run's directory, not yet created (a run
     refused later, for its lease, writes nothing); ConfigError naming the setting otherwise."""
-    algorithms.load(cfg.sweep.algorithm)
+    check_algorithm(cfg.sweep.algorithm, cfg.sweep.grid)
     run_dir = cfg.out / run_id
     try:
         if cfg.out.exists() and not cfg.out.is_dir():
