@@ -24,6 +24,10 @@ CASES = {
     "class-algorithm": (["--algorithm", "subprocess:Popen"], "subprocess:Popen is a class"),
     "system-function": (["--algorithm", "subprocess:getoutput"], "system module subprocess"),
     "run-id-escapes-out": (["--run-id", "../../x"], "run id"),
+    "algorithm-import-crashes": (
+        ["--algorithm", "algos_import_crash:never"],
+        "importing algorithm 'algos_import_crash:never': the compute process killed by SIGSEGV",
+    ),
 }
 
 

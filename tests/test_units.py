@@ -226,7 +226,7 @@ def test_grid_axes_on_the_command_line_set_the_sweep_size() -> None:
     with pytest.raises(ConfigError, match="unique"):
         load_run_config({"grid": ["a=1", "a=2"], "chunk": 1}, env={})
     # Found in review: a long value list given through the API passed, and every worker then failed to start (E2BIG).
-    with pytest.raises(ConfigError, match=r"grid axis 'a' is 1[0-9,]+ characters long.*start:stop:count"):
+    with pytest.raises(ConfigError, match=r"grid axis 'a' is 1[0-9,]+ bytes long.*start:stop:count"):
         load_run_config({"grid": ["a=" + ",".join(str(0.1 + i) for i in range(20_000))]}, env={})
 
 

@@ -84,7 +84,7 @@ def cli() -> None:
     help=(
         "Fault KIND@P%[:Ds][/TARGET]: kill-worker@30%, terminate-worker@50%/2, kill-broker@30%:2s, pause-broker@30%:5s, "
         "partition-broker@30%:3s/w1, latency@20%:5s, poison-chunk@50%, junk-messages@30%, forged-task@30%, "
-        "kill-coordinator@40% (then --resume). TARGET: one, N, P%, random, all or a worker id. Repeatable."
+        "kill-coordinator@40% (needs --broker-url; then --resume). TARGET: one, N, P%, random, all or a worker id. Repeatable."
     ),
 )
 @click.option("--out", help="Directory for run directories. [env TTG_OUT; default runs]")

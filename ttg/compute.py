@@ -31,6 +31,7 @@ import fcntl
 import logging
 import mmap
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -49,8 +50,8 @@ _REQUEST = struct.Struct("<qqq")
 _REPLY = struct.Struct("<BQ")
 OK, RAISED, LOAD_FAILED, IN_SLOT = 0, 1, 2, 3
 _PIPE_BYTES = 1 << 20  # a chunk of 100,000 values fits in one pipe buffer: one wake-up per reply, not sixteen
-SLOTS = 4  # shared-memory reply slots: requests in the child use SLOTS - 2 of them at most (see ComputeProcess.submit)
-_MAX_SLOT_BYTES = 64 << 20  # a chunk of more than 8M values goes through the pipe instead
+SLOTS = 3  # shared-memory reply slots: a range gets one while at most SLOTS - 2 wait in the child (see ComputeProcess.submit)
+_MAX_SLOT_BYTES = 16 << 20  # a chunk of more than 2M values goes through the pipe instead (SLOTS x this is mapped)
 
 
 class ComputeCrashed(AlgorithmError):
@@ -122,8 +123,9 @@ class ComputeProcess:
         self._stranded: list[str] = []  # requests queued behind a crash for which no new child could start: their errors
         self.restarts = 0
 
-    def start(self) -> None:
-        """Start the child and wait until it has loaded the algorithm (AlgorithmNotFound when it cannot)."""
+    def start(self, timeout_s: float | None = None) -> None:
+        """Start the child and wait until it has loaded the algorithm (AlgorithmNotFound when it cannot, or when the
+        import takes more than ``timeout_s``; ComputeCrashed when the import killed the child)."""
         if self._slot_bytes and self._shm is None:
             # One mapping for the life of this object: a child started after a crash maps the same slots, so a range
             # queued behind the crash is resent unchanged.
@@ -145,6 +147,10 @@ class ComputeProcess:
             os.close(req_r)
             os.close(rep_w)
         self._to_child, self._from_child = req_w, rep_r
+        if timeout_s is not None and not select.select([rep_r], [], [], timeout_s)[0]:
+            self.kill()
+            self.close()
+            raise AlgorithmNotFound(f"importing algorithm {self.algorithm!r} took more than {timeout_s:g} s; check what its module does when imported")
         status, _, payload = self._reply()
         if status == LOAD_FAILED:
             self.close()

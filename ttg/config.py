@@ -150,14 +150,13 @@ def _grid(value: Any) -> tuple[str, ...]:
     texts = [v for v in value.split(";") if v.strip()] if isinstance(value, str) else list(value)
     for t in texts:
         name, _ = parse_axis(t)  # fail early, with the axis named
-        if len(t) > MAX_AXIS_TEXT:
+        size = len(t.encode())  # the kernel's limit is in bytes
+        if size > MAX_AXIS_TEXT:
             raise ConfigError(
-                f"grid axis {name!r} is {len(t):,} characters long, more than the {MAX_AXIS_TEXT:,} a worker's argument may hold; use NAME=start:stop:count"
+                f"grid axis {name!r} is {size:,} bytes long, more than the {MAX_AXIS_TEXT:,} a worker's argument may hold; use NAME=start:stop:count"
             )
-    if sum(map(len, texts)) > 8 * MAX_AXIS_TEXT:
-        raise ConfigError(
-            f"the grid axes are {sum(map(len, texts)):,} characters long in all, more than a worker's arguments may hold; use NAME=start:stop:count"
-        )
+    if (total := sum(len(t.encode()) for t in texts)) > 8 * MAX_AXIS_TEXT:
+        raise ConfigError(f"the grid axes are {total:,} bytes long in all, more than a worker's arguments may hold; use NAME=start:stop:count")
     return tuple(t.strip() for t in texts)
 
 

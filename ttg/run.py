@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import random
@@ -30,9 +31,9 @@ from urllib.parse import urlsplit
 
 from ttg import __version__
 from ttg.broker import Broker, check_backend_available, open_broker
-from ttg.compute import ComputeProcess
+from ttg.compute import ComputeCrashed, ComputeProcess
 from ttg.config import RunConfig, check_run_id, redact_url, worker_ids
-from ttg.errors import ConfigError, RunConflict, RuntimeStartError
+from ttg.errors import AlgorithmNotFound, ConfigError, RunConflict, RuntimeStartError
 from ttg.faults import PROXY_FAULTS
 from ttg.lease import LEASE_TTL_S, new_owner
 from ttg.ledger import Ledger
@@ -61,6 +62,7 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 T = TypeVar("T")
 BROKER_WAIT_S = 60.0  # how long the coordinator rides out an unreachable broker
+ALGORITHM_IMPORT_TIMEOUT_S = 120.0  # a module that takes longer to import is taken for hung
 ORPHAN_WAIT_S = 30.0  # local workers of a dead coordinator on the user's broker: how long they wait for a successor
 PROGRESS_LINE_EVERY_S = 5.0  # `ttg run` prints a progress line this often when its output is not a terminal (a pod's log)
 
@@ -144,6 +146,7 @@ def _how_to_go_on(cfg: RunConfig, run_id: str) -> str:
     return f"resume it with the same command plus --resume, or discard it with: ttg runs delete {run_id}{broker}{where}"
 
 
+@functools.lru_cache(maxsize=16)  # `ttg run` checks before its progress bar and again in execute(): one child, not two
 def check_algorithm(algorithm: str, grid: tuple[str, ...] = ()) -> None:
     """AlgorithmNotFound (a usage error) unless ``algorithm`` loads. A user's module is imported in a compute child, as
     the workers do, never here: its import-time code (slow, crashing, or holding the GIL) is no business of the
@@ -152,7 +155,10 @@ def check_algorithm(algorithm: str, grid: tuple[str, ...] = ()) -> None:
         return
     probe = ComputeProcess(algorithm, 0.0, grid)
     try:
-        probe.start()
+        probe.start(timeout_s=ALGORITHM_IMPORT_TIMEOUT_S)
+    except ComputeCrashed as e:
+        why = str(e).split(" while ")[0]  # "the compute process killed by SIGSEGV"
+        raise AlgorithmNotFound(f"importing algorithm {algorithm!r}: {why}; check what its module does when imported") from None
     finally:
         probe.close()
 

@@ -116,7 +116,7 @@ class AmqpClient:
         self._call(lambda: self._ack(generation, tags))
 
     def requeue(self, generation: int, tag: int, after_s: float = REQUEUE_AFTER_S) -> None:
-        """Give one delivery back to its queue (basic.nack, requeue) ``after_s`` from now: it comes again, its delivery
+        """Give one delivery back to its queue (basic.reject, requeue) ``after_s`` from now: it comes again, its delivery
         count raised. The pause keeps a broker that refuses every publish from turning it into a busy loop."""
         self._call(lambda: self._ioloop.call_later(after_s, lambda: self._requeue(generation, tag)))
 
@@ -265,7 +265,9 @@ class AmqpClient:
 
     def _requeue(self, generation: int, tag: int) -> None:
         if generation == self.generation and self._ch is not None and self._ch.is_open:
-            self._ch.basic_nack(tag, requeue=True)  # else that connection is gone, and the broker requeued it already
+            # basic.reject, not basic.nack: from RabbitMQ 4.3 only a reject raises a quorum queue's delivery count, and
+            # the count is what ends a message that keeps coming back (max-deliveries).
+            self._ch.basic_reject(tag, requeue=True)  # else that connection is gone, and the broker requeued it already
 
     def _add_consumer(self, consumer: _Consumer) -> None:
         self._consumers.append(consumer)

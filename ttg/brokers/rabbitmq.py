@@ -384,7 +384,7 @@ class RabbitMQBroker(Broker):
         except BrokerUnavailable:
             raise
         except BrokerError as e:
-            log.warning("%s; its task message goes back to the queue", e, extra={"event": "refused"})
+            log.warning("RabbitMQ refused %s for %s (%s): its task message goes back", what, queue, str(e).split(";")[0], extra={"event": "refused"})
             self._give_back(delivery.token)
             return
         self._settle([delivery.token])

@@ -215,7 +215,7 @@ def _coordinator_run(s: FuzzSettings, seed: int, faults: tuple[FaultSpec, ...], 
     started = time.monotonic()
     first = subprocess.run([sys.executable, "-m", "ttg", "run", *args], env=env, capture_output=True, text=True, timeout=660, check=False)
     died_at = time.monotonic()
-    if first.returncode == 0:
+    if first.returncode in (0, 1) and first.stdout.strip():  # 1: finished, with a poison dead-lettered (by design)
         row.not_injected.append(f"{fault.kind}: not injected: the first coordinator finished the sweep before its progress point")
         _judge(row, json.loads(first.stdout))
         return
