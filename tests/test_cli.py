@@ -178,6 +178,30 @@ def test_a_worker_gives_up_on_an_unreachable_broker_with_exit_3() -> None:
     assert "Redis unreachable" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_worker_of_a_live_coordinator_outlasts_its_broker_wait_and_stops_when_asked() -> None:
+    # Soak seed 8056: the last worker gave up on a stalled RabbitMQ after its --broker-wait while its coordinator still
+    # waited, and the run ended with chunks held. The coordinator decides when the broker is lost; its workers wait.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import port_for
+
+    url = f"redis://127.0.0.1:{port_for.select_random()}/0"  # nothing listens there
+    args = ["worker", "--run-id", "x", "--params", "10", "--chunk", "5", "--broker-wait", "1", "--coordinator-pid", str(os.getpid())]
+    proc = subprocess.Popen([sys.executable, "-m", "ttg", *args], env={**os.environ, "TTG_BROKER_URL": url}, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4.0)
+        assert proc.poll() is None, "the worker gave up while the coordinator that started it (this test) lived"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3 and "retrying while the coordinator lives" in stderr and "Traceback" not in stderr, stderr
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -209,4 +209,18 @@ class Worker:
         log.debug("chunk finished", extra={"event": "finished", **ctx})
 
     def _patiently(self, op: Callable[[], T]) -> T:
-        return patiently(op, wait_s=self.spec.broker_wait_s)
+        """``op``, retried while the broker is unreachable: for ``broker_wait_s``, or for as long as the coordinator that
+        started this worker lives and has not asked it to stop. That coordinator decides when the broker is lost (it
+        ends the run, or stops its workers); a worker that gave up on its own would leave the run with nobody to
+        finish it (soak seed 8056: RabbitMQ left a retry publish unconfirmed for a minute after a broker restart,
+        and the last worker exited with two chunks held)."""
+        while True:
+            try:
+                return patiently(op, wait_s=self.spec.broker_wait_s)
+            except BrokerUnavailable as e:
+                if not self._coordinator_alive() or self.stopping.is_set():
+                    raise
+                log.warning("broker still unreachable after %gs; retrying while the coordinator lives: %s", self.spec.broker_wait_s, e)
+
+    def _coordinator_alive(self) -> bool:
+        return self.spec.coordinator_pid is not None and os.getppid() == self.spec.coordinator_pid
