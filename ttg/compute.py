@@ -57,6 +57,10 @@ _MAX_SLOT_BYTES = 16 << 20  # a chunk of more than 2M values goes through the pi
 class ComputeCrashed(AlgorithmError):
     """The compute child died while evaluating a range (a crash of the algorithm, or a kill)."""
 
+    def __init__(self, message: str, how: str = "") -> None:
+        super().__init__(message)
+        self.how = how  # how the child ended ("killed by SIGSEGV"), when it was seen to end
+
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
@@ -244,7 +248,8 @@ class ComputeProcess:
         proc, self._proc = self._proc, None
         code = proc.wait() if proc is not None else None
         self._close_fds()
-        raise ComputeCrashed(f"the compute process {describe_exit(code)} while evaluating; a new one is started for the next chunk")
+        how = describe_exit(code)
+        raise ComputeCrashed(f"the compute process {how} while evaluating; a new one is started for the next chunk", how)
 
     def _close_fds(self) -> None:
         for fd in (self._to_child, self._from_child):

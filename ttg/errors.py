@@ -27,6 +27,10 @@ class BrokerUnavailable(BrokerError):
     """The broker could not be reached within the configured retry policy."""
 
 
+class PublishRefused(BrokerError):
+    """The broker refused a published message (RabbitMQ's basic.nack: a full queue, an internal error)."""
+
+
 class UnknownBackend(ConfigError):
     """A broker URL scheme or backend name that no registered backend handles."""
 

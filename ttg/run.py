@@ -157,8 +157,7 @@ def check_algorithm(algorithm: str, grid: tuple[str, ...] = ()) -> None:
     try:
         probe.start(timeout_s=ALGORITHM_IMPORT_TIMEOUT_S)
     except ComputeCrashed as e:
-        why = str(e).split(" while ")[0]  # "the compute process killed by SIGSEGV"
-        raise AlgorithmNotFound(f"importing algorithm {algorithm!r}: {why}; check what its module does when imported") from None
+        raise AlgorithmNotFound(f"importing algorithm {algorithm!r}: the compute process {e.how}; check what its module does when imported") from None
     finally:
         probe.close()
 

@@ -96,7 +96,7 @@ class Worker:
             return
 
         def watch() -> None:
-            while os.getppid() == pid:
+            while self._coordinator_alive():
                 time.sleep(0.5)
             if self.spec.successor_wait_s <= 0:
                 # The coordinator's private broker went with it: there is nothing to give back and nobody to serve.

@@ -34,7 +34,7 @@ from pika.adapters.select_connection import IOLoop
 from pika.adapters.utils import io_services_utils
 
 from ttg.config import redact_url
-from ttg.errors import BrokerError, BrokerUnavailable, ConfigError
+from ttg.errors import BrokerError, BrokerUnavailable, ConfigError, PublishRefused
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class AmqpClient:
             if fut is None:
                 continue
             if nacked:
-                fut.set_exception(BrokerError("RabbitMQ refused a message (basic.nack); it will be sent again"))
+                fut.set_exception(PublishRefused("RabbitMQ refused a message (basic.nack)"))
             else:
                 fut.set_result(None)
 

@@ -51,7 +51,7 @@ from ttg.brokers import rabbitmq_topology as topo
 from ttg.brokers.amqp_client import AmqpClient, QueueMissing
 from ttg.brokers.rabbitmq_wire import BATCH, CHUNK, PRIOR, Token, await_confirms, pack_batch, unpack_batch
 from ttg.config import redact_url
-from ttg.errors import BrokerError, BrokerUnavailable, MessageError, RunConflict
+from ttg.errors import BrokerError, BrokerUnavailable, MessageError, PublishRefused, RunConflict
 
 log = logging.getLogger(__name__)
 
@@ -381,10 +381,8 @@ class RabbitMQBroker(Broker):
         it comes again later, never lost, and the worker never dies of it."""
         try:
             await_confirms(self.client.publish(queue, [(delivery.body, headers)]), what)
-        except BrokerUnavailable:
-            raise
-        except BrokerError as e:
-            log.warning("RabbitMQ refused %s for %s (%s): its task message goes back", what, queue, str(e).split(";")[0], extra={"event": "refused"})
+        except PublishRefused as e:
+            log.warning("RabbitMQ refused %s for %s (%s): its task message goes back", what, queue, e, extra={"event": "refused"})
             self._give_back(delivery.token)
             return
         self._settle([delivery.token])
