@@ -96,11 +96,11 @@ def test_a_slow_heal_holds_no_other_fault_and_a_fault_without_evidence_is_not_in
     # Once, a RabbitMQ node's ~6 s restart held the schedule's lock: a 2 s partition healed 7 s late, and a pause
     # of a broker another fault had killed was recorded as healed and recovered. Here a heal that blocks (the
     # stand-in for a slow restart) must not hold up another fault's heal, nor the collector's poll.
-    slow, latency, blind = _Gate("partition-broker"), _Gate("latency"), _Gate("pause-broker", shows="")
+    slow, latency, blind = _Gate("partition-broker"), _Gate("latency"), _Gate("latency", shows="")
     slow.release.clear()
     made = iter([slow, latency, blind])
     monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
-    specs = (parse_fault("partition-broker@0%:0.05s"), parse_fault("latency@0%:0.2s"), parse_fault("pause-broker@0%:0.1s"))
+    specs = (parse_fault("partition-broker@0%:0.05s"), parse_fault("latency@0%:0.2s"), parse_fault("latency@0%:0.1s"))
     schedule = FaultSchedule(specs, LocalRuntime(tmp_path), 10, time.monotonic(), {}, immediate=True)
     schedule.poll(chunks_done=1, redelivered_at=[])
     assert len(schedule.records) == 3
@@ -167,4 +167,39 @@ def test_a_fault_on_the_broker_or_its_path_waits_while_the_broker_is_down(tmp_pa
         schedule.poll(chunks_done=1, redelivered_at=[])
         time.sleep(0.01)
     assert [r.kind for r in schedule.records] == ["kill-broker", "partition-broker"]
+    schedule.finish()
+
+
+def test_a_broker_fault_waits_while_a_partition_or_latency_is_on_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Soak seed 9031: a pause fired during a latency fault; the paused broker took no traffic, the latency delayed
+    # nothing, and the row failed as "not injected". Seed 8192: a kill during a partition made the partition's
+    # recovery 16 s. Each fault now has the path to itself.
+    latency, pause = _Gate("latency"), _Gate("pause-broker")
+    made = iter([latency, pause])
+    monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
+    specs = (parse_fault("latency@0%:0.3s"), parse_fault("pause-broker@0%:0.1s"))
+    schedule = FaultSchedule(specs, LocalRuntime(tmp_path), 10, time.monotonic(), {}, immediate=True)
+    schedule.poll(chunks_done=1, redelivered_at=[])
+    assert [r.kind for r in schedule.records] == ["latency"], "no broker fault while the latency is on"
+    deadline = time.monotonic() + 10
+    while len(schedule.records) < 2 and time.monotonic() < deadline:
+        schedule.poll(chunks_done=1, redelivered_at=[])
+        time.sleep(0.01)
+    slowed, paused = schedule.records
+    assert slowed.healed_at is not None and paused.fired_at >= slowed.healed_at
+    schedule.finish()
+
+
+def test_a_due_fault_fires_before_a_sweep_that_speeds_up_after_a_stall_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Soak seed 8192: after a 16 s stall the whole-run average said a chunk took ~1 s, so a fault due at 69% waited
+    # that long, and the last third of the sweep was done first: "not injected". The wait follows the recent pace.
+    monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: _Gate("kill-worker"))
+    schedule = FaultSchedule((parse_fault("kill-worker@69%"),), LocalRuntime(tmp_path), 100, time.monotonic() - 60, {})
+    done = 60
+    while done < 100 and not schedule.records:
+        schedule.poll(chunks_done=done, redelivered_at=[])
+        time.sleep(0.01)  # ~100 chunks a second from now on: the rest of the sweep takes ~0.4 s
+        done += 1
+    assert schedule.records, "the fault fired before the sweep's last chunk"
+    assert 69 <= schedule.records[0].at_chunks < 100
     schedule.finish()

@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,8 @@ __all__ = [
     "select_workers",
 ]
 log = logging.getLogger(__name__)
+RATE_WINDOW_S = 3.0  # the pace that decides when a due fault fires is measured over this much recent progress
+MIN_RATE_SPAN_S = 0.2  # ... once it spans at least this long
 
 
 def nemesis_for(
@@ -180,11 +183,13 @@ class FaultSchedule:
         self.records: list[FaultRecord] = []
         self.pending: list[FaultSpec] = []
         self._due_at: float | None = None
+        self._ready_since: float | None = None  # when the next pending fault reached its progress point
         self._active: list[tuple[threading.Timer, Nemesis, FaultRecord]] = []
         self._lock = threading.RLock()
         self._fired = threading.Condition(self._lock)
         self._chunks_done = 0
         self._healing = 0  # heals under way (a broker restart on a timer thread)
+        self._progress: deque[tuple[float, int]] = deque()  # (when, chunks done) over the last RATE_WINDOW_S
         for spec in specs:
             self.add(spec)
 
@@ -210,20 +215,21 @@ class FaultSchedule:
         now = time.monotonic()
         with self._lock:
             self._chunks_done = chunks_done
+            self._progress.append((now, chunks_done))
+            while now - self._progress[0][0] > RATE_WINDOW_S:
+                self._progress.popleft()
             while self.pending and chunks_done >= self.pending[0].at_fraction * self.chunks:
-                if self.pending[0].kind in (*BROKER_FAULTS, *PROXY_FAULTS, *MESSAGE_FAULTS) and self._broker_down():
-                    # A fault on the broker or its path while the broker is killed or frozen would act on nothing and
-                    # prove nothing (soak seed 3147: a partition during a broker kill): it waits for the broker to be back.
+                if self._must_wait(self.pending[0]):
                     break
                 # Results arrive the moment a worker finishes a chunk, so firing at once would hit
                 # workers between chunks; half a chunk later, every busy worker is mid-chunk.
-                if self._due_at is None:
-                    workers = max(1, len(self.runtime.alive()))
-                    per_chunk = (now - self.started) * workers / max(1, chunks_done)
-                    self._due_at = now if self.immediate else now + min(1.0, per_chunk / 2)
+                # The wait is measured again at every poll: the pace may change while the fault waits.
+                if self._ready_since is None:
+                    self._ready_since = now
+                self._due_at = now if self.immediate else self._ready_since + self._delay(now, chunks_done)
                 if now < self._due_at:
                     break
-                self._due_at = None
+                self._due_at = self._ready_since = None
                 self._fire(self.pending.pop(0), chunks_done)
             for rec in self.records:
                 if rec.nemesis is not None and not rec.evidence and not rec.timed:
@@ -238,9 +244,32 @@ class FaultSchedule:
                     if later:
                         rec.recovered_s = min(later) - rec.fired_at
 
-    def _broker_down(self) -> bool:
-        """A broker fault has fired and is not healed yet (its restart may be under way)."""
-        return any(r.kind in BROKER_FAULTS and r.fired_at != float("inf") and r.healed_at is None for r in self.records)
+    def _must_wait(self, spec: FaultSpec) -> bool:
+        """Whether ``spec`` must wait for another fault to heal, so that each fault's effect is its own to show.
+
+        A fault on the broker or its path while the broker is killed or frozen would act on nothing and prove nothing
+        (soak seed 3147: a partition during a broker kill). A broker fault while a partition or latency is on the
+        path would leave that fault nothing to hold or delay (seed 9031: a pause during a latency) and its recovery
+        would absorb the restart (seed 8192: a partition's recovery took 16 s).
+        """
+        if spec.kind in (*BROKER_FAULTS, *PROXY_FAULTS, *MESSAGE_FAULTS) and self._active_of(BROKER_FAULTS):
+            return True
+        return spec.kind in BROKER_FAULTS and self._active_of(PROXY_FAULTS)
+
+    def _active_of(self, kinds: Collection[str]) -> bool:
+        """A fault of ``kinds`` has fired and is not healed yet (a broker's restart may be under way)."""
+        return any(r.kind in kinds and r.fired_at != float("inf") and r.healed_at is None for r in self.records)
+
+    def _delay(self, now: float, chunks_done: int) -> float:
+        """Half a chunk, by the recent pace (capped at 1 s), and never so long that the sweep ends first: after a long
+        stall the whole-run average says a chunk takes seconds while the rest may finish in a fraction of one (soak
+        seed 8192: a partition at 69% never fired, the last third of the sweep took less than its wait)."""
+        workers = max(1, len(self.runtime.alive()))
+        (t0, c0), (t1, c1) = self._progress[0], self._progress[-1]
+        recent = c1 > c0 and t1 - t0 >= MIN_RATE_SPAN_S
+        rate = (c1 - c0) / (t1 - t0) if recent else max(1, chunks_done) / max(1e-3, now - self.started)
+        left_s = max(0, self.chunks - chunks_done) / rate
+        return min(1.0, workers / rate / 2, left_s / 3)
 
     def _fire(self, spec: FaultSpec, chunks_done: int) -> None:
         now = time.monotonic()
