@@ -23,7 +23,9 @@ def ttg(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         (["run", "--broker-url", "http://localhost"], "broker URL must start with redis://"),
         (["run", "--params", "10", "--chunk", "100"], "must not exceed params"),
         (["run", "--no-such-flag"], "No such option"),
-        (["worker", "--run-id", "x"], "needs a broker"),
+        (["worker", "--run-id", "x", "--params", "10", "--chunk", "5"], "needs a broker"),
+        (["worker", "--run-id", "x"], "pass --params N --chunk K"),
+        (["worker", "--run-id", "x", "--params", "10", "--chunk", "5", "--poison-chunks", "a,b"], "--poison-chunks must be comma-separated"),
         (["run", "--algorithm", "nocolon", "--params", "100", "--chunk", "10"], "package.module:function"),
     ],
 )

@@ -13,7 +13,7 @@ import redis
 import ttg.nemesis as nemesis_module
 from ttg.config import load_run_config
 from ttg.errors import ConfigError
-from ttg.faults import parse_fault
+from ttg.faults import FaultSpec, parse_fault
 from ttg.nemesis import FaultSchedule, Nemesis, PartitionBroker, PauseBroker
 from ttg.runtimes.local import LocalRuntime
 from ttg.servers.redis_server import PrivateRedis
@@ -96,22 +96,22 @@ def test_a_slow_heal_holds_no_other_fault_and_a_fault_without_evidence_is_not_in
     # Once, a RabbitMQ node's ~6 s restart held the schedule's lock: a 2 s partition healed 7 s late, and a pause
     # of a broker another fault had killed was recorded as healed and recovered. Here a heal that blocks (the
     # stand-in for a slow restart) must not hold up another fault's heal, nor the collector's poll.
-    slow, latency, blind = _Gate("partition-broker"), _Gate("latency"), _Gate("latency", shows="")
+    slow, other, blind = _Gate("latency"), _Gate("partition-broker"), _Gate("partition-broker", shows="")
     slow.release.clear()
-    made = iter([slow, latency, blind])
+    made = iter([slow, other, blind])
     monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
-    specs = (parse_fault("partition-broker@0%:0.05s"), parse_fault("latency@0%:0.2s"), parse_fault("latency@0%:0.1s"))
+    specs = (parse_fault("latency@0%:0.05s"), parse_fault("partition-broker@0%:0.2s"), parse_fault("partition-broker@0%:0.1s"))
     schedule = FaultSchedule(specs, LocalRuntime(tmp_path), 10, time.monotonic(), {}, immediate=True)
     schedule.poll(chunks_done=1, redelivered_at=[])
     assert len(schedule.records) == 3
     cut, slowed, pause = schedule.records
     try:
-        assert slow.healing.wait(10), "the partition's (slow) heal has begun"
+        assert slow.healing.wait(10), "the first fault's (slow) heal has begun"
         deadline = time.monotonic() + 10
         while slowed.healed_s is None and time.monotonic() < deadline:
             schedule.poll(chunks_done=1, redelivered_at=[])  # the collector's poll is not blocked by the slow heal either
             time.sleep(0.01)
-        assert slowed.healed_s is not None and cut.healed_s is None, "the latency healed on its own clock, during the slow heal"
+        assert slowed.healed_s is not None and cut.healed_s is None, "the second fault healed on its own clock, during the slow heal"
     finally:
         slow.release.set()
     deadline = time.monotonic() + 10
@@ -178,15 +178,27 @@ def test_a_broker_fault_waits_while_a_partition_or_latency_is_on_the_path(tmp_pa
     made = iter([latency, pause])
     monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
     specs = (parse_fault("latency@0%:0.3s"), parse_fault("pause-broker@0%:0.1s"))
+    _one_waits_for_the_other(tmp_path, specs)
+
+
+def test_a_latency_waits_while_a_partition_holds_the_traffic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Soak seed 10030: a 0.6 s latency fell inside a 1.8 s partition; blackholed traffic is not delayed, so it had
+    # nothing to show and the row failed as "not injected".
+    made = iter([_Gate("partition-broker"), _Gate("latency")])
+    monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
+    _one_waits_for_the_other(tmp_path, (parse_fault("partition-broker@0%:0.3s"), parse_fault("latency@0%:0.1s")))
+
+
+def _one_waits_for_the_other(tmp_path: Path, specs: tuple[FaultSpec, FaultSpec]) -> None:
     schedule = FaultSchedule(specs, LocalRuntime(tmp_path), 10, time.monotonic(), {}, immediate=True)
     schedule.poll(chunks_done=1, redelivered_at=[])
-    assert [r.kind for r in schedule.records] == ["latency"], "no broker fault while the latency is on"
+    assert [r.kind for r in schedule.records] == [specs[0].kind], f"no {specs[1].kind} while the {specs[0].kind} is on"
     deadline = time.monotonic() + 10
     while len(schedule.records) < 2 and time.monotonic() < deadline:
         schedule.poll(chunks_done=1, redelivered_at=[])
         time.sleep(0.01)
-    slowed, paused = schedule.records
-    assert slowed.healed_at is not None and paused.fired_at >= slowed.healed_at
+    first, second = schedule.records
+    assert first.healed_at is not None and second.fired_at >= first.healed_at
     schedule.finish()
 
 

@@ -225,42 +225,21 @@ def summary_table(record: RunRecord) -> Table:
 @click.option(
     "--successor-wait", type=click.FloatRange(0), default=30.0, show_default=True, help="With --coordinator-pid: seconds to wait for a successor, then exit."
 )
-def worker(
-    run_id: str,
-    worker_id: str | None,
-    static: str | None,
-    params: int | None,
-    chunk: int | None,
-    broker_wait: float,
-    poison_chunks: str,
-    coordinator_pid: int | None,
-    successor_wait: float,
-    **options: Any,
-) -> int:
+def worker(**options: Any) -> int:
     """Serve one run until its sweep is drained (burst mode). SIGTERM: finish the chunk, exit 0."""
+    from ttg.argv import decode_worker
     from ttg.broker import open_broker
-    from ttg.plan import ChunkPlan
     from ttg.worker import Worker, WorkerSpec
 
-    run_id = check_run_id(run_id)
-    settings = load_sweep_settings(passed_options(**options))
+    args = decode_worker(options)
+    settings = args.sweep
     if not settings.broker_url:
         raise ConfigError("ttg worker needs a broker; pass --broker-url or set TTG_BROKER_URL")
-    worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    logs.setup(settings.log_format, getattr(logging, settings.log_level.upper()), run_id=run_id, worker_id=worker_id)
-    if params is None or chunk is None:
-        raise ConfigError("ttg worker checks every task against the run's plan: pass --params N --chunk K, as given to ttg run")
-    plan = ChunkPlan(params, chunk)
-    block: tuple[int, int] | None = None
-    if static is not None:
-        try:
-            index, of = (int(x) for x in static.split("/"))
-        except ValueError:
-            raise ConfigError(f"--static must look like I/W, for example 0/4 (got {static!r})") from None
-        block = (index, of)
+    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    logs.setup(settings.log_format, getattr(logging, settings.log_level.upper()), run_id=args.run_id, worker_id=worker_id)
     broker = open_broker(
         settings.broker_url,
-        run_id,
+        args.run_id,
         # Unique per process: a successor coordinator's w0 must never share a consumer with its dead predecessor's w0,
         # still serving the run while it waits for that successor (giving back its chunks, it deletes its consumer).
         consumer=f"{worker_id}.{os.getpid()}",
@@ -268,22 +247,18 @@ def worker(
         reclaim_after_s=settings.reclaim_after_s,
         prefetch=settings.prefetch,
     )
-    try:
-        poisoned = frozenset(int(c) for c in poison_chunks.split(",") if c.strip())
-    except ValueError:
-        raise ConfigError(f"--poison-chunks must be comma-separated chunk ids, for example 3,17 (got {poison_chunks!r})") from None
     spec = WorkerSpec(
-        run_id,
+        args.run_id,
         worker_id,
-        plan,
+        args.plan,
         settings.algorithm,
         settings.cost_us,
-        broker_wait_s=broker_wait,
-        static=block,
+        broker_wait_s=args.broker_wait_s,
+        static=args.static,
         grid=settings.grid,
-        poisoned=poisoned,
-        coordinator_pid=coordinator_pid,
-        successor_wait_s=successor_wait,
+        poisoned=args.poisoned,
+        coordinator_pid=args.coordinator_pid,
+        successor_wait_s=args.successor_wait_s,
     )
     w = Worker(broker, spec)
     w.install_signal_handlers()

@@ -30,6 +30,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from ttg import __version__
+from ttg.argv import worker_argv
 from ttg.broker import Broker, check_backend_available, open_broker
 from ttg.compute import ComputeCrashed, ComputeProcess
 from ttg.config import RunConfig, check_run_id, redact_url, worker_ids
@@ -103,30 +104,12 @@ def worker_launches(
     password, so it goes in ``TTG_BROKER_URL``, never in the arguments, which any local user can read.
     ``coordinator_pid``: workers exit once that process (their parent) is gone, after waiting
     ``successor_wait_s`` for a successor coordinator (0: at once, as when the broker died with it)."""
-    s = cfg.sweep
-    chunks = ChunkPlan(cfg.params, cfg.chunk).chunks
-    poisoned = sorted({c for f in cfg.faults if f.kind == "poison-chunk" for c in f.poisoned_chunks(chunks)})
-    options = {
-        "--run-id": run_id,
-        "--algorithm": s.algorithm,
-        "--cost-us": repr(s.cost_us),
-        "--max-deliveries": str(s.max_deliveries),
-        "--reclaim-after": repr(s.reclaim_after_s),
-        **({"--prefetch": str(s.prefetch)} if s.prefetch is not None else {}),
-        "--log-format": s.log_format,
-        "--log-level": s.log_level,
-        "--params": str(cfg.params),  # the plan: every task is checked against it before it is computed
-        "--chunk": str(cfg.chunk),
-        **({"--coordinator-pid": str(coordinator_pid), "--successor-wait": repr(successor_wait_s)} if coordinator_pid is not None else {}),
-    }
-    common = [part for pair in options.items() for part in pair]
-    common += [part for axis in s.grid for part in ("--grid", axis)]
-    common += ["--poison-chunks", ",".join(map(str, poisoned))] if poisoned else []
     launches = []
     for i, wid in enumerate(worker_ids(cfg.workers)):
-        extra = ["--static", f"{i}/{cfg.workers}"] if cfg.mode == "static" else []
+        static = f"{i}/{cfg.workers}" if cfg.mode == "static" else None
+        args = worker_argv(cfg, run_id, wid, static=static, coordinator_pid=coordinator_pid, successor_wait_s=successor_wait_s)
         url = urls if isinstance(urls, str) else urls[wid]
-        launches.append(WorkerLaunch(wid, tuple([*common, "--worker-id", wid, *extra]), {"TTG_BROKER_URL": url}))
+        launches.append(WorkerLaunch(wid, tuple(args), {"TTG_BROKER_URL": url}))
     return launches
 
 

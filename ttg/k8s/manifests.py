@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from ttg import __version__
+from ttg.argv import coordinator_argv, worker_argv
 from ttg.config import RunConfig
 from ttg.errors import ConfigError
 
@@ -84,26 +86,17 @@ class ManifestSettings:
 
     @property
     def worker_args(self) -> list[str]:
-        s = self.cfg.sweep
-        args = ["worker", "--run-id", self.run_id, "--worker-id", "$(POD_NAME)", "--algorithm", s.algorithm, "--cost-us", f"{s.cost_us:g}"]
-        args += ["--max-deliveries", str(s.max_deliveries), "--reclaim-after", f"{s.reclaim_after_s:g}", "--log-format", "json"]
-        args += [part for axis in s.grid for part in ("--grid", axis)]
-        args += ["--params", str(self.cfg.params), "--chunk", str(self.cfg.chunk)]  # every task is checked against the plan
-        if self.mode == "static":
-            args += ["--static", f"$(JOB_INDEX)/{self.workers}"]
-        return args
+        # The same codec as local workers (ttg.argv): every setting reaches the pods, the poison-chunk fault included.
+        # JSON logs: one event per line for `kubectl logs` and a log collector.
+        cfg = replace(self.cfg, sweep=replace(self.cfg.sweep, log_format="json"))
+        static = f"$(JOB_INDEX)/{self.workers}" if self.mode == "static" else None
+        return ["worker", *worker_argv(cfg, self.run_id, "$(POD_NAME)", static=static)]
 
     @property
     def coordinator_args(self) -> list[str]:
-        c, s = self.cfg, self.cfg.sweep
         # --resume: a replacement of a disrupted coordinator pod continues the run from the ledger on the PVC.
-        args = ["run", "--runtime", "kubernetes", "--run-id", self.run_id, "--resume", "--backend", s.backend]
-        args += ["--params", str(c.params), "--chunk", str(c.chunk)]
-        args += ["--workers", str(c.workers), "--mode", c.mode, "--algorithm", s.algorithm, "--cost-us", f"{s.cost_us:g}", "--verify", str(c.verify)]
-        args += ["--max-deliveries", str(s.max_deliveries), "--reclaim-after", f"{s.reclaim_after_s:g}", "--out", "/results", "--json"]
-        args += [part for axis in s.grid for part in ("--grid", axis)]
-        args += [part for f in c.faults for part in ("--fault", str(f))]
-        return args
+        cfg = replace(self.cfg, out=Path("/results"), runtime="kubernetes", namespace=self.namespace, image=self.image)
+        return ["run", *coordinator_argv(cfg, self.run_id, resume=True), "--json"]
 
 
 def _environment() -> jinja2.Environment:
