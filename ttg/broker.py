@@ -12,14 +12,12 @@ state only. Nothing ever flushes a broker.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-from ttg.errors import UnknownBackend
+from ttg import backends
 
 
 @dataclass(frozen=True)
@@ -200,28 +198,10 @@ class Broker(ABC):
         self.close()
 
 
-# Lazy registry: a backend's driver is imported only when its scheme is used.
-_BACKENDS: dict[str, str] = {
-    "redis": "ttg.brokers.redis_streams:RedisStreamsBroker",
-    "rediss": "ttg.brokers.redis_streams:RedisStreamsBroker",
-    "amqp": "ttg.brokers.rabbitmq:RabbitMQBroker",
-    "amqps": "ttg.brokers.rabbitmq:RabbitMQBroker",
-}
-BACKEND_SCHEMES = {"redis": "redis", "rabbitmq": "amqp"}
-# Each driver parses its own URLs (port, database, query options); its parser is the one to ask.
-_URL_CHECKS: dict[str, str] = {
-    "redis": "ttg.brokers.redis_streams:check_url",
-    "rediss": "ttg.brokers.redis_streams:check_url",
-    "amqp": "ttg.brokers.amqp_client:check_url",
-    "amqps": "ttg.brokers.amqp_client:check_url",
-}
-
-
 def check_broker_url(url: str) -> None:
     """ConfigError naming --broker-url when the backend's driver cannot read ``url`` (a port that is not a number,
     an unknown or malformed query option); nothing is connected to."""
-    check = load_for_scheme(_URL_CHECKS, url, "broker backend")
-    check(url)
+    backends.for_url(url).load("url_check")(url)
 
 
 def open_broker(
@@ -232,7 +212,7 @@ def open_broker(
     ``consumer`` names the worker (None for the coordinator). ``prefetch`` caps
     what a worker holds ahead of its computation (None: the backend's default).
     """
-    cls = load_for_scheme(_BACKENDS, url, "broker backend")
+    cls = backends.for_url(url).load("broker")
     options: dict[str, Any] = {"consumer": consumer, "max_deliveries": max_deliveries, "reclaim_after_s": reclaim_after_s}
     if prefetch is not None:
         options["prefetch"] = prefetch
@@ -240,19 +220,6 @@ def open_broker(
     return broker
 
 
-def load_for_scheme(table: dict[str, str], url: str, what: str) -> Any:
-    """Import ``module:name`` registered for ``url``'s scheme in ``table`` (lazily: drivers load only when used)."""
-    scheme = urlsplit(url).scheme
-    target = table.get(scheme)
-    if target is None:
-        raise UnknownBackend(f"no {what} handles {scheme or '(no scheme)'}:// URLs; known schemes: {', '.join(sorted(table))}")
-    module_name, _, name = target.partition(":")
-    return getattr(importlib.import_module(module_name), name)
-
-
 def check_backend_available(backend: str) -> None:
-    """Fail early, with the list of what exists, when a backend name has no implementation yet."""
-    scheme = BACKEND_SCHEMES.get(backend)
-    if scheme is None or scheme not in _BACKENDS:
-        known = sorted(b for b, s in BACKEND_SCHEMES.items() if s in _BACKENDS)
-        raise UnknownBackend(f"backend {backend!r} is not available in this version; available: {', '.join(known)}")
+    """Fail early, with the list of what exists, when a backend name is not registered."""
+    backends.backend(backend)

@@ -15,26 +15,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from ttg import backends
 from ttg.errors import ConfigError
 from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec, parse_fault, targets_count
 from ttg.sweep import SweepSpec, parse_axis
 
-BACKENDS = ("redis", "rabbitmq")
+BACKENDS = backends.NAMES
 MODES = ("queue", "static")
 RUNTIMES = ("local", "kubernetes")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-_SCHEME_BACKEND = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq"}
 
 
 def backend_for_url(url: str) -> str:
     """The backend a broker URL's scheme belongs to (``redis`` or ``rabbitmq``); ConfigError for any other scheme."""
-    scheme = urlsplit(url).scheme
-    if scheme not in _SCHEME_BACKEND:
-        raise ConfigError(
-            f"broker URL must start with redis://, rediss://, amqp:// or amqps:// (got {redact_url(url)!r}); pass --broker-url or set TTG_BROKER_URL"
-        )
-    return _SCHEME_BACKEND[scheme]
+    try:
+        return backends.for_url(url).name
+    except ConfigError:
+        *rest, last = [f"{s}://" for s in backends.SCHEMES]
+        known = f"{', '.join(rest)} or {last}" if rest else last
+        raise ConfigError(f"broker URL must start with {known} (got {redact_url(url)!r}); pass --broker-url or set TTG_BROKER_URL") from None
 
 
 # Query options that carry a credential in the URL forms the drivers accept (redis-py: ?password=; pika:
@@ -293,13 +293,13 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
     if cfg.sweep.broker_url:
         scheme = urlsplit(cfg.sweep.broker_url).scheme
         if backend_for_url(cfg.sweep.broker_url) != cfg.sweep.backend:
-            want = "redis://" if cfg.sweep.backend == "redis" else "amqp://"
+            want = f"{backends.backend(cfg.sweep.backend).schemes[0]}://"
             raise ConfigError(f"--broker-url scheme {scheme}:// does not match --backend {cfg.sweep.backend}; use a {want} URL or change --backend")
     for f in cfg.faults:
         check_fault(cfg, f)
     if sum(f.kind in COORDINATOR_FAULTS for f in cfg.faults) > 1:
         raise ConfigError("one coordinator fault per run: the first ends this coordinator; put the next on the ttg run --resume that follows")
-    if any(f.kind == "kill-broker" for f in cfg.faults) and cfg.sweep.backend == "redis" and not cfg.persistence:
+    if any(f.kind == "kill-broker" for f in cfg.faults) and not backends.backend(cfg.sweep.backend).kill_keeps_state and not cfg.persistence:
         cfg = dataclasses.replace(cfg, persistence=True)  # without AOF the restarted Redis would have lost the run
     return cfg
 

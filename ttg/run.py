@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from ttg import __version__
+from ttg import __version__, backends
 from ttg.argv import worker_argv
 from ttg.broker import Broker, check_backend_available, open_broker
 from ttg.compute import ComputeCrashed, ComputeProcess
@@ -118,8 +118,8 @@ def _proxies_for(cfg: RunConfig, url: str, always: bool) -> dict[str, FaultProxy
     if not always and not any(f.kind in PROXY_FAULTS for f in cfg.faults):
         return {}
     parts = urlsplit(url)
-    default = 6379 if parts.scheme.startswith("redis") else 5672
-    return {w: FaultProxy(parts.hostname or "127.0.0.1", parts.port or default) for w in worker_ids(cfg.workers)}
+    port = parts.port or backends.for_url(url).default_port
+    return {w: FaultProxy(parts.hostname or "127.0.0.1", port) for w in worker_ids(cfg.workers)}
 
 
 def _how_to_go_on(cfg: RunConfig, run_id: str) -> str:

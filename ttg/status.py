@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ttg.broker import load_for_scheme
+from ttg import backends
 
 
 @dataclass(frozen=True)
@@ -33,17 +33,9 @@ class RunStatus:
         return self.queued + self.inflight
 
 
-_READERS = {
-    "redis": "ttg.brokers.redis_status:read",
-    "rediss": "ttg.brokers.redis_status:read",
-    "amqp": "ttg.brokers.rabbitmq_status:read",
-    "amqps": "ttg.brokers.rabbitmq_status:read",
-}
-
-
 def read_status(url: str, *, run_id: str | None = None, management_url: str | None = None) -> list[RunStatus]:
     """Every TTG run on the broker at ``url`` (or just ``run_id``), sorted by run id."""
-    reader: Callable[..., list[RunStatus]] = load_for_scheme(_READERS, url, "status reader")
+    reader: Callable[..., list[RunStatus]] = backends.for_url(url).load("status_reader")
     runs = reader(url, management_url=management_url)
     return sorted((r for r in runs if run_id is None or r.run_id == run_id), key=lambda r: r.run_id)
 

@@ -1,0 +1,77 @@
+"""The backend registry: everything TTG knows about a broker backend, in one entry per backend.
+
+Config, the broker factory and the status reader read it, so a third backend is one entry here plus its adapter
+modules, and a name or URL scheme nobody registered fails with the list of the ones that exist: nothing falls back
+to a default backend. Adapters are named as ``module:attribute`` and imported only when used, so a run on Redis never
+imports pika and the other way round.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from ttg.errors import UnknownBackend
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    schemes: tuple[str, ...]  # URL schemes it serves; the first is the one TTG writes
+    default_port: int
+    broker: str  # the ttg.broker.Broker implementation
+    url_check: str  # the driver's own URL parser: ConfigError before anything connects
+    status_reader: str  # ttg status: every run on a broker of this backend
+    kill_keeps_state: bool  # a SIGKILLed private broker restarts with its queues without --persistence
+
+    def load(self, attribute: str) -> Any:
+        """Import the ``module:name`` this spec names in ``attribute`` (``broker``, ``url_check``, ``status_reader``)."""
+        module_name, _, name = str(getattr(self, attribute)).partition(":")
+        return getattr(importlib.import_module(module_name), name)
+
+
+REGISTRY: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec(
+            "redis",
+            ("redis", "rediss"),
+            6379,
+            "ttg.brokers.redis_streams:RedisStreamsBroker",
+            "ttg.brokers.redis_streams:check_url",
+            "ttg.brokers.redis_status:read",
+            kill_keeps_state=False,  # without AOF a restarted redis-server is empty
+        ),
+        BackendSpec(
+            "rabbitmq",
+            ("amqp", "amqps"),
+            5672,
+            "ttg.brokers.rabbitmq:RabbitMQBroker",
+            "ttg.brokers.amqp_client:check_url",
+            "ttg.brokers.rabbitmq_status:read",
+            kill_keeps_state=True,  # durable quorum queues and persistent messages
+        ),
+    )
+}
+NAMES = tuple(REGISTRY)
+SCHEMES = tuple(s for spec in REGISTRY.values() for s in spec.schemes)
+
+
+def backend(name: str) -> BackendSpec:
+    """The spec of backend ``name``; UnknownBackend (a ConfigError) names the ones that exist."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownBackend(f"unknown backend {name!r}; known backends: {', '.join(NAMES)}") from None
+
+
+def for_url(url: str) -> BackendSpec:
+    """The backend whose driver serves ``url``'s scheme; UnknownBackend names the schemes that exist."""
+    scheme = urlsplit(url).scheme
+    for spec in REGISTRY.values():
+        if scheme in spec.schemes:
+            return spec
+    known = ", ".join(f"{s}://" for s in SCHEMES)
+    raise UnknownBackend(f"no broker backend handles {scheme or '(no scheme)'}:// URLs; known schemes: {known}")
