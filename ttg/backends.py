@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ttg.errors import UnknownBackend
+
+if TYPE_CHECKING:
+    from ttg.servers import PrivateServer
 
 
 @dataclass(frozen=True)
@@ -24,12 +27,20 @@ class BackendSpec:
     broker: str  # the ttg.broker.Broker implementation
     url_check: str  # the driver's own URL parser: ConfigError before anything connects
     status_reader: str  # ttg status: every run on a broker of this backend
-    kill_keeps_state: bool  # a SIGKILLed private broker restarts with its queues without --persistence
+    server: str  # the private broker TTG starts for a run (a ttg.servers.PrivateServer)
+    durable: bool  # a SIGKILLed private broker restarts with what it confirmed, without --persistence
+    k8s_ports: tuple[int, ...]  # the broker Service's ports on Kubernetes (the first is the clients')
+    k8s_url: str  # the in-cluster broker URL, from {user}, {password} and {host}
 
     def load(self, attribute: str) -> Any:
-        """Import the ``module:name`` this spec names in ``attribute`` (``broker``, ``url_check``, ``status_reader``)."""
+        """Import the ``module:name`` this spec names in ``attribute`` (``broker``, ``url_check``, ``status_reader``, ``server``)."""
         module_name, _, name = str(getattr(self, attribute)).partition(":")
         return getattr(importlib.import_module(module_name), name)
+
+    def private_server(self, *, persistence: bool) -> PrivateServer:
+        """A private broker of this backend for one run (not started)."""
+        server: PrivateServer = self.load("server").for_run(persistence=persistence)
+        return server
 
 
 REGISTRY: dict[str, BackendSpec] = {
@@ -42,7 +53,10 @@ REGISTRY: dict[str, BackendSpec] = {
             "ttg.brokers.redis_streams:RedisStreamsBroker",
             "ttg.brokers.redis_streams:check_url",
             "ttg.brokers.redis_status:read",
-            kill_keeps_state=False,  # without AOF a restarted redis-server is empty
+            "ttg.servers.redis_server:PrivateRedis",
+            durable=False,  # without AOF a restarted redis-server is empty
+            k8s_ports=(6379,),
+            k8s_url="redis://:{password}@{host}:6379/0",
         ),
         BackendSpec(
             "rabbitmq",
@@ -51,7 +65,10 @@ REGISTRY: dict[str, BackendSpec] = {
             "ttg.brokers.rabbitmq:RabbitMQBroker",
             "ttg.brokers.amqp_client:check_url",
             "ttg.brokers.rabbitmq_status:read",
-            kill_keeps_state=True,  # durable quorum queues and persistent messages
+            "ttg.servers.rabbitmq_server:PrivateRabbitMQ",
+            durable=True,  # durable quorum queues and persistent messages
+            k8s_ports=(5672, 15672),  # AMQP, and the management API ttg status reads
+            k8s_url="amqp://{user}:{password}@{host}:5672/%2F",
         ),
     )
 }

@@ -45,8 +45,6 @@ from ttg.record import RunRecord
 from ttg.retry import patiently
 from ttg.runtimes import Runtime, WorkerLaunch
 from ttg.runtimes.local import LocalRuntime
-from ttg.servers.rabbitmq_server import PrivateRabbitMQ
-from ttg.servers.redis_server import PrivateRedis
 from ttg.verdict import judge
 
 log = logging.getLogger(__name__)
@@ -86,12 +84,8 @@ def private_or_given_broker(cfg: RunConfig) -> Iterator[BrokerAccess]:
     if cfg.sweep.broker_url:
         yield BrokerAccess(cfg.sweep.broker_url)
         return
-    if cfg.sweep.backend == "rabbitmq":
-        # Queues are durable and messages persistent: a RabbitMQ broker always keeps what it confirmed.
-        with PrivateRabbitMQ() as rabbit:
-            yield BrokerAccess(rabbit.url, rabbit.startup_s, rabbit)
-        return
-    with PrivateRedis(appendonly=cfg.persistence) as server:
+    # A durable backend (RabbitMQ) keeps what it confirmed anyway; Redis only with --persistence (AOF).
+    with backends.backend(cfg.sweep.backend).private_server(persistence=cfg.persistence) as server:
         yield BrokerAccess(server.url, server.startup_s, server)
 
 
@@ -450,7 +444,7 @@ def execute(
         broker_url=redact_url(url),
         run_dir=str(run_dir),
         grid=list(cfg.sweep.grid),
-        persistence=(cfg.persistence or cfg.sweep.backend == "rabbitmq") and broker_startup_s is not None,
+        persistence=(cfg.persistence or backends.backend(cfg.sweep.backend).durable) and broker_startup_s is not None,
         worker_exit_codes=runtime.exit_codes(),
         broker_stats=asdict(stats),
         coordinator_peak_rss_mb=round(_peak_rss_mb(), 1),

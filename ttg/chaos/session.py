@@ -18,13 +18,12 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ttg import backends
 from ttg.config import RunConfig, load_run_config
 from ttg.errors import TTGError
 from ttg.record import RunRecord
 from ttg.run import BrokerAccess, LiveRun, execute
 from ttg.servers import PrivateServer
-from ttg.servers.rabbitmq_server import PrivateRabbitMQ
-from ttg.servers.redis_server import PrivateRedis
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ def run_config(settings: Mapping[str, Any]) -> RunConfig:
     """A validated RunConfig from the experiment's settings; what they leave out comes from TTG_* or the defaults."""
     given = {k: v for k, v in {**EXPERIMENT_DEFAULTS, **settings}.items() if v is not None and v != ""}
     cfg = load_run_config(given)  # "faults" may be a comma-separated string, as in TTG_FAULTS
-    if cfg.sweep.backend == "redis" and not cfg.sweep.broker_url:
+    if not backends.backend(cfg.sweep.backend).durable and not cfg.sweep.broker_url:
         cfg = dataclasses.replace(cfg, persistence=True)  # the session's Redis logs every write: a kill-broker loses nothing
     return cfg
 
@@ -124,7 +123,7 @@ def broker_for(cfg: RunConfig) -> BrokerAccess:
     with _lock:
         server = _session.servers.get(cfg.sweep.backend)
         if server is None:
-            server = PrivateRabbitMQ() if cfg.sweep.backend == "rabbitmq" else PrivateRedis(appendonly=True)
+            server = backends.backend(cfg.sweep.backend).private_server(persistence=True)
             server.start()
             _session.servers[cfg.sweep.backend] = server
     return BrokerAccess(server.url, server.startup_s, server)

@@ -9,7 +9,7 @@ from typing import Any
 
 import jinja2
 
-from ttg import __version__
+from ttg import __version__, backends
 from ttg.argv import coordinator_argv, worker_argv
 from ttg.config import RunConfig
 from ttg.errors import ConfigError
@@ -70,14 +70,12 @@ class ManifestSettings:
 
     @property
     def broker_ports(self) -> list[int]:
-        return [6379] if self.backend == "redis" else [5672, 15672]
+        return list(backends.backend(self.backend).k8s_ports)
 
     @property
     def broker_url(self) -> str:
         host = f"{self.broker_host}-0.{self.broker_host}.{self.namespace}.svc"
-        if self.backend == "redis":
-            return f"redis://:{self.broker_password}@{host}:6379/0"
-        return f"amqp://{self.broker_user}:{self.broker_password}@{host}:5672/%2F"
+        return backends.backend(self.backend).k8s_url.format(user=self.broker_user, password=self.broker_password, host=host)
 
     @property
     def backoff_limit(self) -> int:

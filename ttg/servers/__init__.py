@@ -52,6 +52,11 @@ class PrivateServer(ABC):
 
     startup_s: float | None = None  # seconds from start() to ready, once started
 
+    @classmethod
+    @abstractmethod
+    def for_run(cls, *, persistence: bool) -> Self:
+        """A server for one run; ``persistence``: whatever it confirmed survives a SIGKILL and restart."""
+
     @property
     @abstractmethod
     def url(self) -> str: ...

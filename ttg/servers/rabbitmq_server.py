@@ -68,6 +68,10 @@ class PrivateRabbitMQ(PrivateServer):
         self.user = f"ttg-{uuid.uuid4().hex[:8]}"
         self.password = secrets.token_hex(16)  # hex: nothing to escape in a URL or the config file
 
+    @classmethod
+    def for_run(cls, *, persistence: bool) -> PrivateRabbitMQ:
+        return cls()  # durable queues and persistent messages: it keeps what it confirmed, persistence or not
+
     @property
     def url(self) -> str:
         return f"amqp://{self.user}:{self.password}@127.0.0.1:{self.port}/%2F"

@@ -47,6 +47,10 @@ class PrivateRedis(PrivateServer):
         self.startup_s: float | None = None
         self.password = secrets.token_urlsafe(24)
 
+    @classmethod
+    def for_run(cls, *, persistence: bool) -> PrivateRedis:
+        return cls(appendonly=persistence)  # without AOF a restarted redis-server comes back empty
+
     @property
     def url(self) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
