@@ -17,8 +17,8 @@ from fixtures.plugin import kind_unavailable_reason
 from fixtures.scales import parse_scales
 from ttg.broker import open_broker
 from ttg.ledger import Ledger
-from ttg.messages import TaskMessage
 from ttg.plan import ChunkPlan
+from ttg.producer import publish_plan
 from ttg.servers.redis_server import PrivateRedis
 
 
@@ -36,7 +36,7 @@ def test_a_fleet_worker_killed_and_respawned_leaves_nothing_behind(redis_broker:
     f = fleet(redis_broker, workers=2, cost_us=50, params=plan.params, chunk=plan.chunk_size)  # 40 chunks of ~25 ms
     coord = open_broker(redis_broker.url, f.run_id)
     coord.declare(plan.chunks)
-    coord.publish_tasks((c.id, TaskMessage(f.run_id, c.id, c.start, c.stop).encode()) for c in plan)
+    publish_plan(coord, plan)
     ledger = Ledger(plan, f.run_id)
     killed = respawned = False
     deadline = time.monotonic() + 60

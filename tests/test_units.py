@@ -279,3 +279,18 @@ def test_a_c_extension_function_is_an_algorithm_but_a_system_function_is_not() -
     for spec in ("os:system", "builtins:eval", "subprocess:getoutput", "shutil:rmtree", "subprocess:Popen"):
         with pytest.raises(AlgorithmNotFound):
             algorithms.load(spec)
+
+
+def test_the_producer_frames_every_unrecorded_chunk_as_a_task_the_worker_accepts() -> None:
+    from ttg.messages import decode_planned_task
+    from ttg.producer import task_messages
+
+    plan = ChunkPlan(1_005, 100)  # 11 chunks, the last one short
+    seen = np.zeros(plan.chunks, dtype=bool)
+    seen[[0, 4, 10]] = True  # recorded before a coordinator died: not published again
+    tasks = list(task_messages("r1", plan, seen))
+    assert [cid for cid, _ in tasks] == [1, 2, 3, 5, 6, 7, 8, 9]
+    for cid, body in tasks:
+        task = decode_planned_task(body, "r1", plan)
+        assert (task.chunk_id, task.start, task.stop) == (cid, plan.chunk(cid).start, plan.chunk(cid).stop)
+    assert len(list(task_messages("r1", plan))) == plan.chunks

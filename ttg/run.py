@@ -38,9 +38,9 @@ from ttg.errors import AlgorithmNotFound, ConfigError, RunConflict, RuntimeStart
 from ttg.faults import PROXY_FAULTS
 from ttg.lease import LEASE_TTL_S, new_owner
 from ttg.ledger import Ledger
-from ttg.messages import TaskMessage
 from ttg.nemesis import BrokerServer, FaultProxy, FaultSchedule
 from ttg.plan import ChunkPlan
+from ttg.producer import publish_plan
 from ttg.record import RunRecord
 from ttg.retry import patiently
 from ttg.runtimes import Runtime, WorkerLaunch
@@ -371,8 +371,7 @@ def execute(
             if cfg.mode == "queue" and not (resuming and had_state and published.exists()):
                 # A plan published only in part, or a broker that lost the run: publish what is not recorded again;
                 # a chunk computed twice is dropped as a duplicate, never counted twice.
-                todo = (c for c in plan if not ledger.seen[c.id])
-                broker.publish_tasks((c.id, TaskMessage(run_id, c.id, c.start, c.stop).encode()) for c in todo)
+                publish_plan(broker, plan, ledger.seen)
                 published.touch()
             if on_start is not None:
                 on_start(LiveRun(run_id, run_dir, plan.chunks, collector.faults, runtime, given.server))

@@ -1,0 +1,28 @@
+"""The producer: a chunk plan becomes the run's task messages on the broker.
+
+The coordinator publishes through here, and so do the tests that drive a broker by hand, so there is one way to
+frame a plan. A resumed run skips what its ledger has already recorded; a chunk published twice is harmless (its
+second result is dropped as a duplicate), a chunk never published is lost, so on doubt publish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ttg.broker import Broker
+from ttg.messages import TaskMessage
+from ttg.plan import ChunkPlan
+
+
+def task_messages(run_id: str, plan: ChunkPlan, seen: np.ndarray | None = None) -> Iterator[tuple[int, bytes]]:
+    """(chunk id, encoded task) for every chunk of ``plan`` not marked in ``seen`` (a ledger's per-chunk flags)."""
+    for c in plan:
+        if seen is None or not seen[c.id]:
+            yield c.id, TaskMessage(run_id, c.id, c.start, c.stop).encode()
+
+
+def publish_plan(broker: Broker, plan: ChunkPlan, seen: np.ndarray | None = None) -> None:
+    """Publish the chunks of ``plan`` that ``seen`` does not mark as recorded, as tasks of ``broker``'s run."""
+    broker.publish_tasks(task_messages(broker.run_id, plan, seen))
