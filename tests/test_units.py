@@ -294,3 +294,16 @@ def test_the_producer_frames_every_unrecorded_chunk_as_a_task_the_worker_accepts
         task = decode_planned_task(body, "r1", plan)
         assert (task.chunk_id, task.start, task.stop) == (cid, plan.chunk(cid).start, plan.chunk(cid).stop)
     assert len(list(task_messages("r1", plan))) == plan.chunks
+
+
+def test_every_fault_kind_is_documented_in_the_readme_with_its_default_duration() -> None:
+    from pathlib import Path
+
+    from ttg.faults import KINDS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = {line.split("`")[1]: line for line in readme.splitlines() if line.startswith("| `")}
+    for kind in KINDS.values():
+        assert f"`{kind.name}`" in readme, f"{kind.name} is not in the README"
+        if kind.duration_s is not None:
+            assert f"(default {kind.duration_s:g})" in rows[kind.name], f"the README's {kind.name} row gives another default duration"

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ttg import backends
 from ttg.errors import ConfigError
-from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec, parse_fault, targets_count
+from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, KUBERNETES_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec, parse_fault, targets_count
 from ttg.sweep import SweepSpec, parse_axis
 
 BACKENDS = backends.NAMES
@@ -306,8 +306,8 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
 
 def check_fault(cfg: RunConfig, f: FaultSpec) -> None:
     """Raise ConfigError when ``f`` cannot be injected into a run of ``cfg`` (also for faults added to a running sweep)."""
-    if cfg.runtime == "kubernetes" and f.kind not in (*WORKER_FAULTS, "poison-chunk"):
-        raise ConfigError(f"{f} is a local-runtime fault; on Kubernetes use kill-pod, kill-worker, terminate-worker or poison-chunk")
+    if cfg.runtime == "kubernetes" and not f.info.on_kubernetes:
+        raise ConfigError(f"{f} is a local-runtime fault; on Kubernetes use {', '.join(KUBERNETES_FAULTS[:-1])} or {KUBERNETES_FAULTS[-1]}")
     if f.kind in BROKER_FAULTS and cfg.sweep.broker_url:
         raise ConfigError(f"{f} hits the private broker TTG starts, never a shared one; drop --broker-url")
     if f.kind in COORDINATOR_FAULTS and not cfg.sweep.broker_url:

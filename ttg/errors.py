@@ -42,6 +42,11 @@ class RunConflict(ConfigError):
     """
 
 
+class NotInjected(TTGError):
+    """A fault could not be injected into this run: what it needs is not there (a private broker, a live worker,
+    the fault proxies). The fault is recorded "not injected", never "recovered"."""
+
+
 class MessageError(TTGError):
     """A broker message failed decoding or schema checks.
 

@@ -33,14 +33,52 @@ from dataclasses import dataclass
 
 from ttg.errors import ConfigError
 
-WORKER_FAULTS = ("kill-worker", "terminate-worker", "kill-pod")  # kill-pod: kill-worker by its Kubernetes name
-BROKER_FAULTS = ("kill-broker", "pause-broker")  # need the private broker's process
-PROXY_FAULTS = ("partition-broker", "latency")  # need the fault proxies between workers and broker
-MESSAGE_FAULTS = ("junk-messages", "forged-task")  # published through the run's own broker connection
-COORDINATOR_FAULTS = ("kill-coordinator", "terminate-coordinator")  # signal the `ttg run` process itself
-KNOWN_FAULTS = (*WORKER_FAULTS, *BROKER_FAULTS, *PROXY_FAULTS, *MESSAGE_FAULTS, *COORDINATOR_FAULTS, "poison-chunk")
+
+@dataclass(frozen=True)
+class FaultKind:
+    """What TTG knows about one kind of fault; every other module asks this table instead of listing kinds."""
+
+    name: str
+    family: str  # worker, broker, proxy, message, coordinator or launch: what it acts on, and what it needs
+    what: str  # one line, for help and docs
+    duration_s: float | None = None  # a timed fault heals after this by default; None: nothing to heal
+    on_kubernetes: bool = False  # offered by the Kubernetes runtime
+    recoverable: bool = True  # the run recovers from it (and recovery is measured); a poison or junk is not recovered
+    at_launch: bool = False  # in place from the workers' start, not injected into a running sweep
+
+
+KINDS: dict[str, FaultKind] = {
+    k.name: k
+    for k in (
+        FaultKind("kill-worker", "worker", "SIGKILL the target worker(s): survivors take their chunks over", on_kubernetes=True),
+        FaultKind("terminate-worker", "worker", "SIGTERM: the worker finishes its chunk and exits", on_kubernetes=True),
+        FaultKind("kill-pod", "worker", "kill-worker by the worker's Kubernetes pod name", on_kubernetes=True),
+        FaultKind("kill-broker", "broker", "SIGKILL the private broker; restart it on its data after D s", duration_s=1.0),
+        FaultKind("pause-broker", "broker", "SIGSTOP the private broker for D s", duration_s=3.0),
+        FaultKind("partition-broker", "proxy", "blackhole the target workers' broker traffic for D s", duration_s=3.0),
+        FaultKind("latency", "proxy", "+50 ms on the target workers' broker traffic for D s", duration_s=5.0),
+        FaultKind("junk-messages", "message", "publish messages that are not tasks of the run, naming real chunk ids", recoverable=False),
+        FaultKind("forged-task", "message", "publish well-formed tasks of the run whose range is another chunk's", recoverable=False),
+        FaultKind("kill-coordinator", "coordinator", "SIGKILL ttg run itself; ttg run --resume finishes the run"),
+        FaultKind("terminate-coordinator", "coordinator", "SIGTERM ttg run itself; ttg run --resume finishes the run"),
+        FaultKind("poison-chunk", "launch", "the chunk(s) at P% fail on every delivery: dead-lettered", on_kubernetes=True, recoverable=False, at_launch=True),
+    )
+}
+
+
+def _family(family: str) -> tuple[str, ...]:
+    return tuple(k.name for k in KINDS.values() if k.family == family)
+
+
+WORKER_FAULTS = _family("worker")  # signal workers (kill-pod: kill-worker by its Kubernetes name)
+BROKER_FAULTS = _family("broker")  # need the private broker's process
+PROXY_FAULTS = _family("proxy")  # need the fault proxies between workers and broker
+MESSAGE_FAULTS = _family("message")  # published through the run's own broker connection
+COORDINATOR_FAULTS = _family("coordinator")  # signal the `ttg run` process itself
+KNOWN_FAULTS = tuple(KINDS)
+KUBERNETES_FAULTS = tuple(k.name for k in KINDS.values() if k.on_kubernetes)
 # How long a timed fault lasts when the spec gives no ``:Ds``.
-DEFAULT_DURATION_S = {"kill-broker": 1.0, "pause-broker": 3.0, "partition-broker": 3.0, "latency": 5.0}
+DEFAULT_DURATION_S = {k.name: k.duration_s for k in KINDS.values() if k.duration_s is not None}
 
 _FAULT_RE = re.compile(r"(?P<kind>[a-z][a-z-]*)@(?P<pct>\d+(?:\.\d+)?)%(?::(?P<dur>\d+(?:\.\d+)?)s)?(?:/(?P<target>[A-Za-z0-9_.%-]+))?")
 _TARGET_RE = re.compile(r"one|all|random|\d+|\d+(?:\.\d+)?%|[A-Za-z][A-Za-z0-9_.-]*")
@@ -57,6 +95,10 @@ class FaultSpec:
         text = f"{self.kind}@{self.at_fraction * 100:g}%"
         text += f":{self.duration_s:g}s" if self.duration_s is not None else ""
         return text + (f"/{self.target}" if self.target is not None else "")
+
+    @property
+    def info(self) -> FaultKind:
+        return KINDS[self.kind]
 
     @property
     def timed(self) -> bool:

@@ -15,7 +15,7 @@ from chaoslib.exceptions import ActivityFailed
 from ttg.chaos import session
 from ttg.config import check_fault
 from ttg.errors import TTGError
-from ttg.faults import parse_fault
+from ttg.faults import KINDS, parse_fault
 
 __all__ = ["heal_faults", "inject_fault", "start_sweep", "stop_sweep", "wait_for_sweep"]
 
@@ -68,8 +68,8 @@ def inject_fault(
     sweep = session.current_sweep()
     if sweep is None or sweep.live is None:
         raise ActivityFailed("no sweep is running: put a start_sweep action before inject_fault in the method")
-    if kind == "poison-chunk":
-        raise ActivityFailed("poison-chunk is set when the workers start: pass faults='poison-chunk@P%' to start_sweep instead")
+    if kind in KINDS and KINDS[kind].at_launch:
+        raise ActivityFailed(f"{kind} is set when the workers start: pass faults='{kind}@P%' to start_sweep instead")
     spec_text = f"{kind}@{float(at_percent):g}%" + (f":{float(duration_s):g}s" if duration_s is not None else "")
     spec_text += f"/{target}" if target not in (None, "", "default") else ""
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ttg.config import RunConfig, load_run_config, worker_ids
-from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, DEFAULT_DURATION_S, MESSAGE_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
+from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, DEFAULT_DURATION_S, KINDS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
 from ttg.plan import ChunkPlan
 from ttg.run import BrokerAccess, Progress, execute, new_run_id, private_or_given_broker
 
@@ -194,7 +194,7 @@ def _judge(row: FuzzRow, record: dict[str, Any]) -> None:
     v, faults = record["verdict"], record["faults"]
     row.run_id, row.lost, row.duplicates, row.dead_lettered = record["run_id"], v["lost"], v["duplicates"], v["dead_lettered"]
     row.mismatches, row.wall_s = v["mismatches"], record["wall_s"]
-    row.recovery += [(f["kind"], f["recovered_s"]) for f in faults if f["kind"] not in ("poison-chunk", *MESSAGE_FAULTS)]
+    row.recovery += [(f["kind"], f["recovered_s"]) for f in faults if KINDS[f["kind"]].recoverable]
     row.not_injected += [f"{f['kind']}: {f['note']}" for f in faults if f["note"].startswith("not injected")]
 
 

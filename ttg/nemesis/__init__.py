@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttg.broker import Broker
-from ttg.errors import BrokerError
+from ttg.errors import BrokerError, NotInjected
 from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, MESSAGE_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
 from ttg.nemesis.base import Nemesis
 from ttg.nemesis.broker import BrokerServer, KillBroker, Latency, PartitionBroker, PauseBroker
@@ -62,7 +62,7 @@ def nemesis_for(
     hit: Collection[str] = (),
     own_process: bool = False,
 ) -> Nemesis:
-    """The nemesis that injects ``spec``; RuntimeError when this run offers nothing it needs (it is then "not injected").
+    """The nemesis that injects ``spec``; NotInjected when this run offers nothing it needs (it is then "not injected").
 
     ``hit``: workers an earlier worker fault already stopped or is stopping (a SIGTERMed worker drains for a while,
     alive but quiet): no later fault picks them, so each fault hits a worker it can show an effect on.
@@ -71,22 +71,22 @@ def nemesis_for(
     """
     if spec.kind in MESSAGE_FAULTS:
         if run is None:
-            raise RuntimeError(f"{spec.kind} needs the run's broker connection")
+            raise NotInjected(f"{spec.kind} needs the run's broker connection")
         broker, plan = run
         return ForgeMessages(spec.kind, broker, plan, broker.run_id, int(spec.target or DEFAULT_COUNT), rng)
     if spec.kind in (*COORDINATOR_FAULTS, *WORKER_FAULTS):
         return _signal_nemesis(spec, runtime, last_result, rng, run, hit, own_process)
     if spec.kind in PROXY_FAULTS:
         if not proxies:
-            raise RuntimeError(f"{spec.kind} needs the fault proxies between workers and broker")
+            raise NotInjected(f"{spec.kind} needs the fault proxies between workers and broker")
         live = [w for w in runtime.alive() if w in proxies and w not in hit]
         chosen = live if spec.target in (None, "all") else select_workers(spec.target, live, last_result or {}, rng or random.Random(0))
         picked = {w: proxies[w] for w in chosen}
         return PartitionBroker(picked) if spec.kind == "partition-broker" else Latency(picked)
-    if spec.kind == "poison-chunk":
-        raise RuntimeError("poison-chunk is set up when the workers start, not injected into a running sweep")
+    if spec.info.at_launch:
+        raise NotInjected(f"{spec.kind} is set up when the workers start, not injected into a running sweep")
     if server is None:
-        raise RuntimeError(f"{spec.kind} needs a private broker that TTG started (not --broker-url)")
+        raise NotInjected(f"{spec.kind} needs a private broker that TTG started (not --broker-url)")
     if spec.kind == "kill-broker":
         return KillBroker(server)
     if spec.kind == "pause-broker":
@@ -106,7 +106,7 @@ def _signal_nemesis(
     """The process faults: signal some workers, or this coordinator."""
     if spec.kind in COORDINATOR_FAULTS:
         if not own_process or run is None:
-            raise RuntimeError(f"{spec.kind} signals the coordinator, which must be a ttg run process of its own")
+            raise NotInjected(f"{spec.kind} signals the coordinator, which must be a ttg run process of its own")
         sig = signal.SIGKILL if spec.kind == "kill-coordinator" else signal.SIGTERM
         return SignalCoordinator(spec.kind, sig, run[0].run_id)
     sig = signal.SIGTERM if spec.kind == "terminate-worker" else signal.SIGKILL  # kill-pod: kill-worker by its pod's name
@@ -196,7 +196,7 @@ class FaultSchedule:
     def add(self, spec: FaultSpec) -> None:
         """Schedule ``spec``; a poison is in place from the start (the workers were launched with it)."""
         with self._lock:
-            if spec.kind == "poison-chunk":
+            if spec.info.at_launch:  # poison-chunk, the one fault in place from the start
                 ids = spec.poisoned_chunks(self.chunks)
                 target = f"chunk {ids[0]}" if len(ids) == 1 else f"chunks {ids[0]}..{ids[-1]}"
                 self.records.append(FaultRecord(spec.kind, target, 0.0, 0, spec=spec, poisoned=ids))
@@ -279,7 +279,7 @@ class FaultSchedule:
             hit = {w for r in self.records if isinstance(r.nemesis, SignalWorker) for w in r.nemesis.targets}
             nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxies, self.rng, self.run, hit, self.own_process)
             nemesis.inject()
-        except (RuntimeError, BrokerError) as e:  # BrokerError: a message fault's publish found no broker
+        except (NotInjected, BrokerError) as e:  # BrokerError: a message fault's publish found no broker
             self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}", spec=spec))
             self._fired.notify_all()
             return

@@ -7,6 +7,7 @@ import random
 import signal
 from collections.abc import Collection, Mapping
 
+from ttg.errors import NotInjected
 from ttg.faults import targets_count
 from ttg.nemesis.base import Nemesis
 from ttg.runtimes import Runtime
@@ -23,13 +24,13 @@ def select_workers(target: str | None, alive: list[str], last_result: Mapping[st
     seeded run (and ``ttg chaos fuzz --seed``) replays the same choice.
     """
     if not alive:
-        raise RuntimeError("no live worker to hit")
+        raise NotInjected("no live worker to hit")
     if target == "random":
         return [rng.choice(sorted(alive))]
     count = targets_count(target, len(alive))
     if count is None:
         if target not in alive:
-            raise RuntimeError(f"worker {target} is not running (live: {', '.join(alive)})")
+            raise NotInjected(f"worker {target} is not running (live: {', '.join(alive)})")
         return [target]
     return sorted(alive, key=lambda w: last_result.get(w, 0.0))[: min(count, len(alive))]
 
