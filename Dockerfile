@@ -11,7 +11,7 @@ WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY ttg ./ttg
 COPY fixtures ./fixtures
-RUN python -m venv /opt/ttg && /opt/ttg/bin/pip install --no-compile '.[k8s]'
+RUN python -m venv /opt/ttg && /opt/ttg/bin/pip install --no-compile '.[all,k8s]'
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0

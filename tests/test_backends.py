@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +38,34 @@ def test_an_unknown_backend_or_scheme_fails_with_the_known_ones_and_never_falls_
         open_broker("nats://127.0.0.1:4222", "run-1")
     with pytest.raises(ConfigError, match=r"must start with redis://, rediss://, amqp:// or amqps://"):
         backend_for_url("http://127.0.0.1/")
+
+
+def _ttg_without(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ttg ARGS`` in a Python where ``module`` cannot be imported (as if its extra were not installed)."""
+    code = f"import sys; sys.modules[{module!r}] = None; sys.argv = ['ttg', *{list(args)!r}]; from ttg.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_a_backend_whose_driver_is_not_installed_fails_with_the_extra_to_install(tmp_path: Path) -> None:
+    proc = _ttg_without("pika", "run", "--backend", "rabbitmq", "--params", "100", "--chunk", "10", "--out", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert "the rabbitmq backend needs the pika package" in proc.stderr and "pip install 'ttg[rabbitmq]'" in proc.stderr
+    assert "sweep" not in proc.stderr, "refused before anything starts"
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_redis_run_needs_no_rabbitmq_driver(tmp_path: Path) -> None:
+    # The drivers are extras: a sweep on one backend must never import the other's client library.
+    proc = _ttg_without("pika", "run", "--backend", "redis", "--params", "2000", "--chunk", "100", "--workers", "1", "--out", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["verdict"]["ok"] is True
+
+
+@pytest.mark.parametrize("driver", ["redis", "pika"])
+def test_the_cli_the_coordinator_and_the_pytest_plugin_import_without_either_driver(driver: str) -> None:
+    code = (
+        f"import sys; sys.modules[{driver!r}] = None\n"
+        "import ttg.cli, ttg.run, ttg.chaos.session, ttg.k8s.manifests, ttg.status, ttg.report.render, fixtures.plugin"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ttg.errors import UnknownBackend
+from ttg.errors import MissingDriver, UnknownBackend
 
 if TYPE_CHECKING:
     from ttg.servers import PrivateServer
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
+    driver: str  # the client library it needs, installed with the extra of the backend's name: pip install 'ttg[redis]'
     schemes: tuple[str, ...]  # URL schemes it serves; the first is the one TTG writes
     default_port: int
     broker: str  # the ttg.broker.Broker implementation
@@ -34,8 +35,18 @@ class BackendSpec:
 
     def load(self, attribute: str) -> Any:
         """Import the ``module:name`` this spec names in ``attribute`` (``broker``, ``url_check``, ``status_reader``, ``server``)."""
+        self.require_driver()
         module_name, _, name = str(getattr(self, attribute)).partition(":")
         return getattr(importlib.import_module(module_name), name)
+
+    def require_driver(self) -> None:
+        """MissingDriver, naming the extra to install, when this backend's client library is not installed."""
+        try:
+            importlib.import_module(self.driver)
+        except ImportError:
+            raise MissingDriver(
+                f"the {self.name} backend needs the {self.driver} package, which is not installed: pip install 'ttg[{self.name}]' (or 'ttg[all]')"
+            ) from None
 
     def private_server(self, *, persistence: bool) -> PrivateServer:
         """A private broker of this backend for one run (not started)."""
@@ -47,6 +58,7 @@ REGISTRY: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in (
         BackendSpec(
+            "redis",
             "redis",
             ("redis", "rediss"),
             6379,
@@ -60,6 +72,7 @@ REGISTRY: dict[str, BackendSpec] = {
         ),
         BackendSpec(
             "rabbitmq",
+            "pika",
             ("amqp", "amqps"),
             5672,
             "ttg.brokers.rabbitmq:RabbitMQBroker",

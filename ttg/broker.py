@@ -221,5 +221,5 @@ def open_broker(
 
 
 def check_backend_available(backend: str) -> None:
-    """Fail early, with the list of what exists, when a backend name is not registered."""
-    backends.backend(backend)
+    """Fail early, with the list of what exists, when a backend name is not registered or its driver is missing."""
+    backends.backend(backend).require_driver()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -413,10 +414,10 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except ConfigError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)  # a message's [x] is text
         sys.exit(EXIT_USAGE)
     except TTGError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)  # a message's [x] is text
         sys.exit(EXIT_ENVIRONMENT)
     except Exception:  # process boundary: a bug must not pass for a failed verdict (exit 1)
         err.print_exception()

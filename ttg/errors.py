@@ -35,6 +35,10 @@ class UnknownBackend(ConfigError):
     """A broker URL scheme or backend name that no registered backend handles."""
 
 
+class MissingDriver(ConfigError):
+    """A backend's client library (redis, pika) is not installed; the message names the extra to install."""
+
+
 class RunConflict(ConfigError):
     """The run id is taken: its state exists (results on disk, keys or queues on the broker) or another coordinator holds it.
 

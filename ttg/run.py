@@ -143,6 +143,7 @@ def preflight(cfg: RunConfig, run_id: str) -> Path:
     """The checks that need no broker, made before one starts: the algorithm loads (a typo in --algorithm is a usage
     error) and ``--out`` is a directory this process can write; returns the run's directory, not yet created (a run
     refused later, for its lease, writes nothing); ConfigError naming the setting otherwise."""
+    check_backend_available(cfg.sweep.backend)  # its driver is installed
     check_algorithm(cfg.sweep.algorithm, cfg.sweep.grid)
     run_dir = cfg.out / run_id
     try:
