@@ -24,7 +24,7 @@ demo: install
 	$(VENV)/bin/ttg run --params 1000000 --chunk 10000 --workers 2 --cost-us 2 --fault kill-worker@30%
 
 test: install lint
-	$(PY) -m pytest -m "not matrix"
+	$(PY) -m pytest -m "not matrix" --durations=20
 
 scenarios: install
 	$(PY) -m pytest scenarios
