@@ -174,7 +174,7 @@ def test_a_broker_fault_waits_while_a_partition_or_latency_is_on_the_path(tmp_pa
     # Soak seed 9031: a pause fired during a latency fault; the paused broker took no traffic, the latency delayed
     # nothing, and the row failed as "not injected". Seed 8192: a kill during a partition made the partition's
     # recovery 16 s. Each fault now has the path to itself.
-    latency, pause = _Gate("latency"), _Gate("pause-broker")
+    latency, pause = _Gate("latency", shows=""), _Gate("pause-broker")  # no effect shown yet: it is not cut short
     made = iter([latency, pause])
     monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
     specs = (parse_fault("latency@0%:0.3s"), parse_fault("pause-broker@0%:0.1s"))
@@ -184,7 +184,7 @@ def test_a_broker_fault_waits_while_a_partition_or_latency_is_on_the_path(tmp_pa
 def test_a_latency_waits_while_a_partition_holds_the_traffic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Soak seed 10030: a 0.6 s latency fell inside a 1.8 s partition; blackholed traffic is not delayed, so it had
     # nothing to show and the row failed as "not injected".
-    made = iter([_Gate("partition-broker"), _Gate("latency")])
+    made = iter([_Gate("partition-broker", shows=""), _Gate("latency")])
     monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
     _one_waits_for_the_other(tmp_path, (parse_fault("partition-broker@0%:0.3s"), parse_fault("latency@0%:0.1s")))
 
@@ -214,4 +214,21 @@ def test_a_due_fault_fires_before_a_sweep_that_speeds_up_after_a_stall_ends(tmp_
         done += 1
     assert schedule.records, "the fault fired before the sweep's last chunk"
     assert 69 <= schedule.records[0].at_chunks < 100
+    schedule.finish()
+
+
+def test_a_due_broker_fault_cuts_short_a_latency_that_has_shown_its_effect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Soak seeds 10076 and 10101: a pause due at 70% waited for a latency to run its course and the short sweep ended
+    # first ("not injected"). A latency that has delayed traffic already has proved what it can: it heals early.
+    latency, pause = _Gate("latency"), _Gate("pause-broker")
+    made = iter([latency, pause])
+    monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
+    schedule = FaultSchedule(
+        (parse_fault("latency@0%:600s"), parse_fault("pause-broker@10%:0.1s")), LocalRuntime(tmp_path), 10, time.monotonic(), {}, immediate=True
+    )
+    schedule.poll(chunks_done=0, redelivered_at=[])
+    schedule.poll(chunks_done=1, redelivered_at=[])
+    slowed, paused = schedule.records
+    assert slowed.healed_at is not None and slowed.healed_s is not None and slowed.healed_s < 10, "the 600 s latency was healed early"
+    assert paused.fired_at >= slowed.healed_at
     schedule.finish()
