@@ -43,7 +43,13 @@ def _ttg(*args: str) -> list[str]:
 
 def _coordinator(broker: BrokerHandle, out: Path, run_id: str, *extra: str, sweep: list[str] = SWEEP) -> subprocess.Popen[str]:
     args = ["run", "--backend", backend_for_url(broker.url), "--broker-url", broker.url, "--run-id", run_id, "--out", str(out), *sweep, *extra]
-    return subprocess.Popen(_ttg(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as at a terminal: a shell without job control starts a background job (a CI runner, `make test &`) with
+    # SIGINT ignored, Python keeps an inherited ignore, and the Ctrl-C test would find a coordinator deaf to it.
+    return subprocess.Popen(_ttg(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_declared(broker: BrokerHandle, run_id: str, proc: subprocess.Popen[str], timeout_s: float = 30.0) -> None:
