@@ -184,6 +184,7 @@ class FaultSchedule:
         self.pending: list[FaultSpec] = []
         self._due_at: float | None = None
         self._ready_since: float | None = None  # when the next pending fault reached its progress point
+        self._ready_workers = 1  # workers alive then (a pod LIST on Kubernetes: asked once per fault, not per poll)
         self._active: list[tuple[threading.Timer, Nemesis, FaultRecord]] = []
         self._lock = threading.RLock()
         self._fired = threading.Condition(self._lock)
@@ -219,13 +220,13 @@ class FaultSchedule:
             while now - self._progress[0][0] > RATE_WINDOW_S:
                 self._progress.popleft()
             while self.pending and chunks_done >= self.pending[0].at_fraction * self.chunks:
-                if self._must_wait(self.pending[0]) and not self._cut_short_for(self.pending[0]):
+                if not self._may_fire(self.pending[0]):
                     break
                 # Results arrive the moment a worker finishes a chunk, so firing at once would hit
                 # workers between chunks; half a chunk later, every busy worker is mid-chunk.
                 # The wait is measured again at every poll: the pace may change while the fault waits.
                 if self._ready_since is None:
-                    self._ready_since = now
+                    self._ready_since, self._ready_workers = now, max(1, len(self.runtime.alive()))
                 self._due_at = now if self.immediate else self._ready_since + self._delay(now, chunks_done)
                 if now < self._due_at:
                     break
@@ -244,50 +245,49 @@ class FaultSchedule:
                     if later:
                         rec.recovered_s = min(later) - rec.fired_at
 
-    def _must_wait(self, spec: FaultSpec) -> bool:
-        """Whether ``spec`` must wait for another fault to heal, so that each fault's effect is its own to show.
+    def _blockers(self, spec: FaultSpec) -> list[FaultRecord]:
+        """The active faults ``spec`` must wait for, so that each fault's effect is its own to show.
 
         A fault on the broker or its path while the broker is killed or frozen would act on nothing and prove nothing
         (soak seed 3147: a partition during a broker kill). A broker fault while a partition or latency is on the
         path would leave that fault nothing to hold or delay (seed 9031: a pause during a latency) and its recovery
-        would absorb the restart (seed 8192: a partition's recovery took 16 s). A latency waits for a partition to heal.
+        would absorb the restart (seed 8192: a partition's recovery took 16 s). Blackholed traffic is not delayed, so
+        a latency waits for a partition (seed 10030).
         """
-        if spec.kind in (*BROKER_FAULTS, *PROXY_FAULTS, *MESSAGE_FAULTS) and self._active_of(BROKER_FAULTS):
-            return True
-        if spec.kind == "latency" and self._active_of(("partition-broker",)):
-            return True  # blackholed traffic is not delayed: a latency inside a partition shows nothing (seed 10030)
-        return spec.kind in BROKER_FAULTS and self._active_of(PROXY_FAULTS)
+        kinds: tuple[str, ...] = ()
+        if spec.kind in (*BROKER_FAULTS, *PROXY_FAULTS, *MESSAGE_FAULTS):
+            kinds += BROKER_FAULTS
+        if spec.kind in BROKER_FAULTS:
+            kinds += PROXY_FAULTS
+        if spec.kind == "latency":
+            kinds += ("partition-broker",)
+        return [r for r in self.records if r.kind in kinds and r.fired_at != float("inf") and r.healed_at is None]
 
-    def _cut_short_for(self, spec: FaultSpec) -> bool:
-        """Heal early the partitions and latencies that keep ``spec`` waiting, if each has shown its effect already;
-        True when ``spec`` may fire now. On a short sweep a fault that waits for a 2 s latency to run its course may
-        find the sweep over (soak seeds 10076, 10101); one that has shown its effect has proved what it can. Broker
-        faults are never cut short: their heal is a restart, which the collector's thread must not wait for."""
-        blocking = ("partition-broker",) if spec.kind == "latency" else PROXY_FAULTS if spec.kind in BROKER_FAULTS else ()
-        if not blocking or self._active_of(BROKER_FAULTS):
+    def _may_fire(self, spec: FaultSpec) -> bool:
+        """No active fault holds ``spec`` up, or those that do are partitions or latencies that have shown their effect:
+        they are healed early. On a short sweep a fault that waits for a 2 s latency to run its course may find the sweep
+        over (soak seeds 10076, 10101); one that has shown its effect has proved what it can. Broker faults are never
+        cut short: their heal is a restart, which the collector's thread must not wait for."""
+        blockers = self._blockers(spec)
+        if any(r.kind in BROKER_FAULTS for r in blockers):
             return False
-        active = [(n, r) for _, n, r in self._active if r.kind in blocking]
-        if not all(n.evidence() for n, _ in active):
-            return False
+        active = [(n, r) for _, n, r in self._active if any(r is b for b in blockers)]
+        if len(active) < len(blockers) or not all(n.evidence() for n, _ in active):
+            return False  # one is being healed already (not in _active), or has shown nothing yet
         for nemesis, rec in active:
             log.info("healing %s early: %s is due and it has shown its effect", rec.kind, spec.kind)
             self._heal(nemesis, rec)
-        return not self._must_wait(spec)
-
-    def _active_of(self, kinds: Collection[str]) -> bool:
-        """A fault of ``kinds`` has fired and is not healed yet (a broker's restart may be under way)."""
-        return any(r.kind in kinds and r.fired_at != float("inf") and r.healed_at is None for r in self.records)
+        return True
 
     def _delay(self, now: float, chunks_done: int) -> float:
         """Half a chunk, by the recent pace (capped at 1 s), and never so long that the sweep ends first: after a long
         stall the whole-run average says a chunk takes seconds while the rest may finish in a fraction of one (soak
         seed 8192: a partition at 69% never fired, the last third of the sweep took less than its wait)."""
-        workers = max(1, len(self.runtime.alive()))
         (t0, c0), (t1, c1) = self._progress[0], self._progress[-1]
         recent = c1 > c0 and t1 - t0 >= MIN_RATE_SPAN_S
         rate = (c1 - c0) / (t1 - t0) if recent else max(1, chunks_done) / max(1e-3, now - self.started)
         left_s = max(0, self.chunks - chunks_done) / rate
-        return min(1.0, workers / rate / 2, left_s / 3)
+        return min(1.0, self._ready_workers / rate / 2, left_s / 3)
 
     def _fire(self, spec: FaultSpec, chunks_done: int) -> None:
         now = time.monotonic()
