@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: soak install brokers demo test scenarios lint bench image report clean
+.PHONY: soak install brokers demo test scenarios lint bench bench-compute-child image report clean
 
 IMAGE ?= ttg-worker:$(shell $(PYTHON) -c 'import re; print(re.search(r"__version__ = \"(.+?)\"", open("ttg/__init__.py").read()).group(1))')
 
@@ -36,6 +36,11 @@ lint: install
 
 bench: install
 	$(VENV)/bin/ttg bench --params 10000000 --chunk 10000 --workers 2
+
+# The compute child's cost: ttg bench with the algorithm in the child and in the worker's own process, side by side
+# (about 10 minutes). Issue 12's bar: the child loses at most 2 % of the ratio to Pool.
+bench-compute-child: install
+	scripts/compute-child-ab/run
 
 # The milestone results report: small and medium sweeps on both backends (with their fault scenarios and the
 # benchmarks), the chaos experiments' journals and a short fuzz per backend, rendered into reports/milestone/.

@@ -52,20 +52,93 @@ def test_an_algorithm_that_raises_fails_that_range_and_the_child_carries_on() ->
         proc.close()
 
 
-def test_a_slot_holds_its_values_until_the_next_result_and_a_range_too_big_for_one_uses_the_pipe() -> None:
+def test_a_slot_holds_its_values_until_the_next_result_and_ranges_past_the_slots_use_the_pipe() -> None:
     proc = ComputeProcess("algos:square_root", slot_values=1000)  # not periodic, unlike demo: a reused slot shows
     sqrt = algorithms.load("algos:square_root")
     proc.start()
     try:
         proc.submit(0, 1000)
         first = proc.result()
-        for start in range(1000, 6000, 1000):  # more requests than slots, while the caller still holds `first`
+        starts = range(1000, (proc.capacity + 4) * 1000, 1000)  # more ranges than slots, while the caller holds `first`
+        for start in starts:
             proc.submit(start, start + 1000)
+        proc.flush()
         time.sleep(0.5)  # the child has written every reply by now (a slot reused too early would show here)
         assert np.array_equal(first, sqrt(np.arange(0, 1000))), "a slot was overwritten before the next result()"
-        for start in range(1000, 6000, 1000):
+        for start in starts:  # slot and pipe replies of one batch, in submission order
             assert np.array_equal(proc.result(), sqrt(np.arange(start, start + 1000)))
         assert np.array_equal(proc.evaluate(0, 5000), sqrt(np.arange(5000)))  # 5x a slot: the pipe
+    finally:
+        proc.close()
+
+
+def test_a_batch_is_computed_in_order_and_its_sync_says_the_time_per_range() -> None:
+    proc = ComputeProcess("demo", cost_us=2000.0, slot_values=100)  # 10 parameters at 2 ms each: 20 ms a range
+    proc.start()
+    try:
+        for i in range(4):
+            proc.submit(i * 10, i * 10 + 10)
+        proc.flush()
+        for i in range(4):
+            assert np.array_equal(proc.result(), algorithms.demo(np.arange(i * 10, i * 10 + 10)))
+        assert proc.chunk_s is not None and 0.015 < proc.chunk_s < 1.0, proc.chunk_s
+    finally:
+        proc.close()
+
+
+def test_a_range_that_raises_fails_alone_and_its_batch_carries_on() -> None:
+    proc = ComputeProcess("algos:poison", slot_values=1000)
+    proc.start()
+    try:
+        pid = proc.pid
+        for start, stop in ((0, 10), (1000, 2000), (20, 30)):  # the second holds the poisoned parameter 1234
+            proc.submit(start, stop)
+        assert np.array_equal(proc.result(), algorithms.demo(np.arange(0, 10)))
+        with pytest.raises(AlgorithmError, match="ValueError: cannot evaluate parameter 1234"):
+            proc.result()
+        assert np.array_equal(proc.result(), algorithms.demo(np.arange(20, 30))) and proc.pid == pid
+    finally:
+        proc.close()
+
+
+def test_a_crash_inside_a_batch_is_blamed_on_the_range_that_crashed_not_on_the_oldest() -> None:
+    # The child answers a batch once, at its end; when it dies mid-batch, the ranges it finished are read from their
+    # slots' records and delivered. Blaming the oldest range instead would fail an innocent chunk on every crash.
+    proc = ComputeProcess("algos:segfaults_on_poison", slot_values=1000)
+    proc.start()
+    try:
+        first = proc.pid
+        for start, stop in ((0, 10), (20, 30), (1000, 2000), (40, 50)):  # the third holds parameter 1234: SIGSEGV
+            proc.submit(start, stop)
+        proc.flush()
+        assert np.array_equal(proc.result(), algorithms.demo(np.arange(0, 10)))
+        proc.submit(60, 70)  # submitted after the crash, before it is read: goes to the new child
+        assert np.array_equal(proc.result(), algorithms.demo(np.arange(20, 30)))
+        with pytest.raises(ComputeCrashed, match="killed by SIGSEGV"):
+            proc.result()
+        assert np.array_equal(proc.result(), algorithms.demo(np.arange(40, 50)))
+        assert np.array_equal(proc.result(), algorithms.demo(np.arange(60, 70)))
+        assert proc.pid != first and proc.restarts == 1
+    finally:
+        proc.close()
+
+
+def test_adjacent_ranges_are_computed_in_one_call_and_a_crash_in_it_is_narrowed_to_its_range() -> None:
+    # A worker's chunks mostly come in order: the child evaluates adjacent ranges of a batch in one call of the
+    # algorithm. When that call kills it, which range did is not known: they go again one call each.
+    proc = ComputeProcess("algos:segfaults_on_poison", slot_values=1000)
+    proc.start()
+    try:
+        for start in (0, 1000, 2000):  # the second holds parameter 1234: SIGSEGV, in a call that covers all three
+            proc.submit(start, start + 1000)
+        assert np.array_equal(proc.result(), algorithms.demo(np.arange(0, 1000)))
+        with pytest.raises(ComputeCrashed, match="killed by SIGSEGV"):
+            proc.result()
+        assert np.array_equal(proc.result(), algorithms.demo(np.arange(2000, 3000)))
+        assert proc.restarts == 2, "one crash in the merged call, one in the range alone"
+        for start in (3000, 4000):  # merging resumes once the narrowed-down ranges are read
+            proc.submit(start, start + 1000)
+        assert [len(proc.result()) for _ in range(2)] == [1000, 1000]
     finally:
         proc.close()
 

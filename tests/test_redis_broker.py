@@ -55,6 +55,31 @@ def test_a_worker_takes_fast_chunks_in_batches_and_loses_none(brokers: dict[str,
     assert len(coord.read_results(10, 0.5)) == 4 and coord.stats().inflight == 0
 
 
+def test_a_worker_that_holds_a_batch_of_chunks_is_sized_by_its_pace_not_by_how_long_it_holds_each(redis_url: str, run_id: str) -> None:
+    # A worker keeps two batches of chunks in its compute child, so it holds each chunk for a whole batch. Sizing the
+    # next fetch by that hold (25 ms here, more than BATCH_TARGET_S) made fetches shrink to one chunk each (ttg bench,
+    # chunk 1,000: 0.96 round trips per chunk). Its pace is 16 chunks per 25 ms: a fetch should hold about 12.
+    coord = open_broker(redis_url, run_id)
+    worker = open_broker(redis_url, run_id, consumer="w", reclaim_after_s=RECLAIM_S)
+    try:
+        coord.declare(400)
+        coord.publish_tasks((i, TaskMessage(run_id, i, i * 10, i * 10 + 10).encode()) for i in range(400))
+        fetched: list[int] = []
+        done = 0
+        for _ in range(8):
+            held = [d for d in (worker.receive(0.5) for _ in range(16)) if d is not None]
+            time.sleep(0.025)
+            for d in held:
+                worker.complete(d, done, b"r")
+                done += 1
+            fetched.append(worker._batch)  # type: ignore[attr-defined]
+        assert min(fetched[2:]) >= 8, f"fetch sizes {fetched}"
+    finally:
+        worker.close()
+        coord.delete_run()
+        coord.close()
+
+
 def test_a_crashed_consumers_chunk_is_taken_over_within_the_reclaim_bound(brokers: dict[str, Broker]) -> None:
     a, b = brokers["a"], brokers["b"]
     a._stop.set()  # a "crashes": no heartbeat, never completes

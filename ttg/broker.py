@@ -148,7 +148,11 @@ class Broker(ABC):
     # -- worker side --------------------------------------------------------
     @abstractmethod
     def receive(self, timeout_s: float) -> Delivery | None:
-        """Block for at most ``timeout_s`` for the next task; returns None when nothing came."""
+        """Block for at most ``timeout_s`` for the next task; returns None when nothing came.
+
+        ``timeout_s`` 0 asks for what is at hand: a task already fetched, or None at once. A worker asks so while it
+        still has chunks to finish; the next fetch then rides on a completion's round trip instead of costing one.
+        """
 
     @abstractmethod
     def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> None:

@@ -23,7 +23,7 @@ from types import FrameType
 from typing import NamedTuple, TypeVar
 
 from ttg.broker import Broker, Delivery
-from ttg.compute import ComputeProcess
+from ttg.compute import MAX_BATCH, ComputeProcess
 from ttg.errors import AlgorithmError, BrokerUnavailable, MessageError
 from ttg.messages import ResultMessage, TaskMessage, decode_planned_task
 from ttg.plan import ChunkPlan
@@ -59,7 +59,7 @@ class _Started(NamedTuple):
     t0: float
 
 
-PIPELINE_DEPTH = 2  # chunks a worker keeps in its compute child: one computing, one queued behind it
+BATCH_TARGET_S = 0.02  # a batch's compute time: results reach the coordinator in bursts no longer than this
 
 
 class PoisonedChunk(AlgorithmError):
@@ -128,30 +128,59 @@ class Worker:
         return EXIT_OK
 
     def _run_queue(self) -> None:
-        """Keep up to PIPELINE_DEPTH chunks in the compute child: the next is queued there while this process
-        sends the previous result, so neither side waits for the other. On SIGTERM, finish those, take no more."""
-        inflight: deque[_Started] = deque()
+        """Keep two batches of chunks in the compute child: the next batch is computed there while this process
+        sends the previous one's results, so neither side waits for the other. A batch is what the broker has ready
+        (up to what the child computes in BATCH_TARGET_S), sent in one write and answered in one reply: the child's
+        wake-ups are paid per batch, not per chunk. On SIGTERM, finish those, take no more."""
+        batches: deque[list[_Started]] = deque()
         while not self.stopping.is_set():
-            if len(inflight) >= PIPELINE_DEPTH:
-                self._finish(inflight.popleft())
-                continue
-            delivery = self._patiently(lambda: self.broker.receive(timeout_s=0.0 if inflight else 1.0))
-            if delivery is not None:
-                started = self._start(delivery)
-                if started is not None:
-                    inflight.append(started)
-                continue
-            if inflight:
-                # Nothing ready this instant (on RabbitMQ the next message comes only after an ack): finish the
-                # oldest and look again, so the compute child stays busy. Once the run has ended the broker keeps
-                # saying None, and the pipeline empties.
-                self._finish(inflight.popleft())
-                continue
-            if self._patiently(self.broker.drained):
-                log.info("sweep drained", extra={"event": "draining"})
-                return
-        while inflight:
-            self._finish(inflight.popleft())
+            if len(batches) < 2:
+                batch = self._start_batch(timeout_s=0.0 if batches else 1.0)
+                if batch:
+                    batches.append(batch)
+                    continue
+                if batch is None and not batches:
+                    if self._patiently(self.broker.drained):
+                        log.info("sweep drained", extra={"event": "draining"})
+                        return
+                    continue
+                if not batches:
+                    continue  # what came was rejected or failed: look again
+            # Two batches in the child, or nothing more ready this instant (on RabbitMQ the next message comes only
+            # after an ack): finish the oldest and look again. Once the run has ended the broker keeps saying None,
+            # and the pipeline empties.
+            for started in batches.popleft():
+                self._finish(started)
+        while batches:
+            for started in batches.popleft():
+                self._finish(started)
+
+    def _batch_size(self) -> int:
+        """Chunks to send the child at once: as many as it computes in BATCH_TARGET_S (one until it has said how
+        long a chunk takes), at most MAX_BATCH, and no more than two batches of its reply slots hold."""
+        per_chunk = self.compute.chunk_s
+        fits = max(1, self.compute.capacity // 2)
+        wanted = 1 if per_chunk is None else int(BATCH_TARGET_S / max(per_chunk, 1e-6))
+        return max(1, min(MAX_BATCH, fits, wanted))
+
+    def _start_batch(self, timeout_s: float) -> list[_Started] | None:
+        """Take what the broker has ready (waiting ``timeout_s`` for the first) and send it to the child as one batch;
+        None when nothing came."""
+        size = self._batch_size()
+        batch: list[_Started] = []
+        received = False
+        while len(batch) < size and not (received and self.stopping.is_set()):
+            wait = 0.0 if received else timeout_s
+            delivery = self._patiently(lambda: self.broker.receive(timeout_s=wait))  # noqa: B023  (called at once)
+            if delivery is None:
+                break
+            received = True
+            started = self._start(delivery)
+            if started is not None:
+                batch.append(started)
+        if batch:
+            self.compute.flush()
+        return batch if received else None
 
     def _run_static(self, index: int, of: int) -> None:
         plan = self.spec.plan

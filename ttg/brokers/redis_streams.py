@@ -134,10 +134,10 @@ class RedisStreamsBroker(Broker):
         self._batch = 1
         self.prefetch = prefetch  # the most chunks a worker fetches at once
         self._max_batch = prefetch
-        self._chunk_s: float | None = None  # moving average of the worker's time per chunk
+        self._chunk_s: float | None = None  # the worker's time per chunk, over its last completions
+        self._completed_at: deque[float] = deque(maxlen=2 * MAX_BATCH + 1)
         # When each held task was handed to the worker: it keeps up to two in its compute child, so "since the
         # previous hand-out" would measure the pipeline, not the chunk.
-        self._handed_out_at: dict[bytes, float] = {}
         self._held: set[bytes] = set()  # every entry this worker owns: buffered, computing, or completed but unsent
         self._held_lock = threading.Lock()
         self._stop = threading.Event()
@@ -312,12 +312,11 @@ class RedisStreamsBroker(Broker):
                 if self._reclaim_batch() == "ended":
                     self._ended = True
                     return None  # the coordinator ended the run: stop taking work (close() gives back the rest)
-            if not self._buffer:
+            if not self._buffer and timeout_s > 0:  # (0: what is at hand; complete() fetches when it runs out)
                 # Pending completions run before the read blocks, so one round trip does both.
                 self._fetch(block_ms=max(1, min(_MAX_BLOCK_MS, int((min(deadline, self._next_reclaim) - time.monotonic()) * 1000))))
             if self._buffer:
                 delivery = self._buffer.popleft()
-                self._handed_out_at[delivery.token] = time.monotonic()
                 return delivery
             if time.monotonic() >= deadline:
                 return None
@@ -329,9 +328,13 @@ class RedisStreamsBroker(Broker):
             return
         if delivery.token in self._done:
             return  # the caller is retrying after a broker error: this completion is already queued
-        took = time.monotonic() - self._handed_out_at.pop(delivery.token, time.monotonic())
-        self._chunk_s = took if self._chunk_s is None else 0.8 * self._chunk_s + 0.2 * took
-        self._batch = max(1, min(self._max_batch, int(BATCH_TARGET_S / max(self._chunk_s, 1e-6))))
+        # The worker's time per chunk is the interval between its completions, not a chunk's time from hand-out to
+        # completion: a worker that keeps batches of chunks in its compute child holds each one for a whole batch, and
+        # sizing by that made every fetch smaller, and each chunk wait longer, until fetches were one chunk each.
+        self._completed_at.append(time.monotonic())
+        if len(self._completed_at) > 1:
+            self._chunk_s = (self._completed_at[-1] - self._completed_at[0]) / (len(self._completed_at) - 1)
+            self._batch = max(1, min(self._max_batch, int(BATCH_TARGET_S / max(self._chunk_s, 1e-6))))
         if not self._done:
             self._done_since = time.monotonic()
         self._done[delivery.token] = (chunk_id, result)
@@ -348,7 +351,6 @@ class RedisStreamsBroker(Broker):
         idle_ms = max(0, self.min_idle_ms - self.retry_delay_ms)
         args = [GROUP, self.consumer, delivery.token, reason[:2000], delivery.deliveries, self.max_deliveries, int(retry), idle_ms]
         run_script(self.r, redis_lua.FAIL, self._keys, args)
-        self._handed_out_at.pop(delivery.token, None)
         with self._held_lock:
             self._held.discard(delivery.token)
 
@@ -356,7 +358,6 @@ class RedisStreamsBroker(Broker):
     def reject(self, delivery: Delivery, reason: str) -> None:
         assert self.consumer, "reject() needs a consumer name"
         run_script(self.r, redis_lua.REJECT, self._keys, [GROUP, delivery.token, reason[:2000]])
-        self._handed_out_at.pop(delivery.token, None)
         with self._held_lock:
             self._held.discard(delivery.token)
 
