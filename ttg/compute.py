@@ -198,6 +198,7 @@ class ComputeProcess:
         self._dead_how = ""  # how the child ended, while its finished ranges are still being read
         self._finished_by_dead: int | None = None  # once the child died: how many of the oldest pending it finished
         self._blame_unsure = False  # the child died in a merged call: which of its ranges killed it is not known yet
+        self._died_idle = False  # the child died having finished all it received: nobody is to blame
         self._careful = 0  # results to read before ranges may be merged again (after a crash in a merged call)
         self._stranded: list[str] = []  # requests queued behind a crash for which no new child could start: their errors
         self.restarts = 0
@@ -231,24 +232,37 @@ class ComputeProcess:
             # From the worker's main thread, which lives as long as the worker: the child's parent-death signal is
             # tied to the thread that forked it.
             self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, pass_fds=passed)
+        except OSError as e:  # EAGAIN, ENOMEM: likely just after the OOM killer took the last one
+            for fd in (req_w, rep_r):
+                os.close(fd)
+            raise ComputeCrashed(f"no compute process could be started: {e}") from e
         finally:
             os.close(req_r)
             os.close(rep_w)
         self._to_child, self._reader = req_w, _Reader(rep_r)
-        self._dead_how, self._finished_by_dead = "", None
+        self._dead_how, self._finished_by_dead, self._died_idle = "", None, False
+        # A child that fails to start is dropped alone: the slots, and the ranges waiting for a child, stay.
         if timeout_s is not None and not select.select([rep_r], [], [], timeout_s)[0]:
-            self.kill()
-            self.close()
+            self._drop_child(kill=True)
             raise AlgorithmNotFound(f"importing algorithm {self.algorithm!r} took more than {timeout_s:g} s; check what its module does when imported")
         reply = self._next_reply()
         if reply is None:
             how = self._dead_how
-            self._finished_by_dead = None
-            self.close()
+            self._drop_child()
             raise ComputeCrashed(f"the compute process {how} while importing algorithm {self.algorithm!r}", how)
         if reply[0] == LOAD_FAILED:
-            self.close()
+            self._drop_child()
             raise AlgorithmNotFound(reply[1].decode(errors="replace"))
+
+    def _drop_child(self, kill: bool = False) -> None:
+        """Let a child that did not start go: its process and pipes, nothing else."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if kill:
+                proc.kill()
+            proc.wait()
+        self._close_fds()
+        self._dead_how, self._finished_by_dead, self._died_idle = "", None, False
 
     def evaluate(self, start: int, stop: int) -> np.ndarray:
         """The algorithm's values for parameters [start, stop), computed in the child.
@@ -298,10 +312,12 @@ class ComputeProcess:
         if not self._unsent or self._reader is None:  # nothing to send, or no child: sent to the next one
             return
         batch = list(self._pending)[-self._unsent :]
+        try:
+            _write_all(self._to_child, b"".join(r.wire for r in batch) + _REQUEST.pack(SYNC, 0, 0))
+        except BrokenPipeError:  # the child was gone before it read any of these: they go to the next one
+            return
         self._unsent = 0
         self._flushes += 1
-        with contextlib.suppress(BrokenPipeError):  # the child is gone; reading its reply says how
-            _write_all(self._to_child, b"".join(r.wire for r in batch) + _REQUEST.pack(SYNC, 0, 0))
 
     @property
     def pending(self) -> int:
@@ -340,10 +356,11 @@ class ComputeProcess:
         """The oldest pending request, once its outcome is known: computed, or the one the child died in."""
         request = self._pending[0]
         self._wait_for(request)
-        while self._finished_by_dead == 0 and self._blame_unsure:
+        while self._finished_by_dead == 0 and (self._blame_unsure or self._died_idle):
             # The child died inside a merged call: send what it did not finish again, one call per range, so the
-            # range that kills it is known; blaming the oldest would fail an innocent chunk.
-            self._restart_queued(unmerged=True)
+            # range that kills it is known; blaming the oldest would fail an innocent chunk. Or it died with nothing
+            # of these in hand (killed while idle): they go to a new child, and nobody is blamed.
+            self._restart_queued(unmerged=self._blame_unsure)
             if self._stranded:
                 raise ComputeCrashed(self._stranded.pop(0))
             request = self._pending[0]
@@ -412,6 +429,7 @@ class ComputeProcess:
                 break
             finished += 1
         self._finished_by_dead = finished
+        self._died_idle = finished >= len(self._pending) - self._unsent  # it finished all it had read
         # The first unfinished range heads its group (what comes before it is finished): it was computed alone unless
         # the range after it was sent mergeable and adjacent.
         rest = list(self._pending)[finished : finished + 2]
@@ -422,7 +440,7 @@ class ComputeProcess:
         range until they are all read."""
         queued, self._pending = list(self._pending), deque()
         self._early.clear()
-        self._dead_how, self._finished_by_dead, self._blame_unsure = "", None, False
+        self._dead_how, self._finished_by_dead, self._blame_unsure, self._died_idle = "", None, False, False
         self._unsent = 0
         if unmerged:
             queued = [r.without_merge() for r in queued]
@@ -438,7 +456,7 @@ class ComputeProcess:
         except AlgorithmError as e:  # the new child cannot start: each queued range fails in turn, with why
             self._pending.clear()
             self._unsent = 0
-            self._free.extend(r.slot for r in queued if r.slot >= 0)
+            self._free.extend(r.slot for r in queued if r.slot >= 0 and self._shm is not None)
             self._stranded = [f"no compute process could be started after a crash: {e}"] * len(queued)
 
     def _close_fds(self) -> None:
@@ -464,7 +482,8 @@ class ComputeProcess:
         self._early.clear()
         self._stranded.clear()
         self._unsent = 0
-        self._dead_how, self._finished_by_dead, self._blame_unsure, self._careful = "", None, False, 0
+        self._dead_how, self._finished_by_dead, self._blame_unsure, self._careful, self._died_idle = "", None, False, 0, False
+        self._synced = self._flushes
         proc, self._proc = self._proc, None
         if proc is not None:
             with contextlib.suppress(OSError):

@@ -312,9 +312,13 @@ class RedisStreamsBroker(Broker):
                 if self._reclaim_batch() == "ended":
                     self._ended = True
                     return None  # the coordinator ended the run: stop taking work (close() gives back the rest)
-            if not self._buffer and timeout_s > 0:  # (0: what is at hand; complete() fetches when it runs out)
+            if not self._buffer and timeout_s > 0:
                 # Pending completions run before the read blocks, so one round trip does both.
                 self._fetch(block_ms=max(1, min(_MAX_BLOCK_MS, int((min(deadline, self._next_reclaim) - time.monotonic()) * 1000))))
+            elif not self._buffer and self._done and time.monotonic() - self._done_since >= FLUSH_AFTER_S:
+                # 0: what is at hand, and no waiting. Completions held past FLUSH_AFTER_S go now, with a look for the
+                # next tasks in the same round trip (the worker may be about to wait for a slow batch).
+                self._fetch(block_ms=0)
             if self._buffer:
                 delivery = self._buffer.popleft()
                 return delivery
