@@ -96,11 +96,12 @@ def test_a_slow_heal_holds_no_other_fault_and_a_fault_without_evidence_is_not_in
     # Once, a RabbitMQ node's ~6 s restart held the schedule's lock: a 2 s partition healed 7 s late, and a pause
     # of a broker another fault had killed was recorded as healed and recovered. Here a heal that blocks (the
     # stand-in for a slow restart) must not hold up another fault's heal, nor the collector's poll.
-    slow, other, blind = _Gate("latency"), _Gate("partition-broker"), _Gate("partition-broker", shows="")
+    # (Three partitions: kinds that may be on together; a latency and a partition now wait for each other.)
+    slow, other, blind = _Gate("partition-broker"), _Gate("partition-broker"), _Gate("partition-broker", shows="")
     slow.release.clear()
     made = iter([slow, other, blind])
     monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
-    specs = (parse_fault("latency@0%:0.05s"), parse_fault("partition-broker@0%:0.2s"), parse_fault("partition-broker@0%:0.1s"))
+    specs = (parse_fault("partition-broker@0%:0.05s"), parse_fault("partition-broker@0%:0.2s"), parse_fault("partition-broker@0%:0.1s"))
     schedule = FaultSchedule(specs, LocalRuntime(tmp_path), 10, time.monotonic(), {}, immediate=True)
     schedule.poll(chunks_done=1, redelivered_at=[])
     assert len(schedule.records) == 3
@@ -187,6 +188,14 @@ def test_a_latency_waits_while_a_partition_holds_the_traffic(tmp_path: Path, mon
     made = iter([_Gate("partition-broker", shows=""), _Gate("latency")])
     monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
     _one_waits_for_the_other(tmp_path, (parse_fault("partition-broker@0%:0.3s"), parse_fault("latency@0%:0.1s")))
+
+
+def test_a_partition_waits_for_a_latency_to_show_its_effect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Soak seed 12041: a partition fired 40 ms after a latency on the same worker; the latency had delayed nothing yet,
+    # then had nothing to delay, and its row failed as "not injected".
+    made = iter([_Gate("latency", shows=""), _Gate("partition-broker")])
+    monkeypatch.setattr(nemesis_module, "nemesis_for", lambda *a, **k: next(made))
+    _one_waits_for_the_other(tmp_path, (parse_fault("latency@0%:0.3s"), parse_fault("partition-broker@0%:0.1s")))
 
 
 def _one_waits_for_the_other(tmp_path: Path, specs: tuple[FaultSpec, FaultSpec]) -> None:

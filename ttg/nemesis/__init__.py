@@ -252,7 +252,8 @@ class FaultSchedule:
         (soak seed 3147: a partition during a broker kill). A broker fault while a partition or latency is on the
         path would leave that fault nothing to hold or delay (seed 9031: a pause during a latency) and its recovery
         would absorb the restart (seed 8192: a partition's recovery took 16 s). Blackholed traffic is not delayed, so
-        a latency waits for a partition (seed 10030).
+        a latency waits for a partition (seed 10030), and a partition for a latency until it has delayed something
+        (seed 12041: a partition 40 ms after a latency on the same worker left the latency nothing to show).
         """
         kinds: tuple[str, ...] = ()
         if spec.kind in (*BROKER_FAULTS, *PROXY_FAULTS, *MESSAGE_FAULTS):
@@ -261,6 +262,8 @@ class FaultSchedule:
             kinds += PROXY_FAULTS
         if spec.kind == "latency":
             kinds += ("partition-broker",)
+        if spec.kind == "partition-broker":
+            kinds += ("latency",)
         return [r for r in self.records if r.kind in kinds and r.fired_at != float("inf") and r.healed_at is None]
 
     def _may_fire(self, spec: FaultSpec) -> bool:
