@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from importlib.resources import files
@@ -25,6 +26,21 @@ def test_every_registered_backend_names_adapters_that_exist(name: str) -> None:
         assert backends.for_url(f"{scheme}://host/") is spec and backend_for_url(f"{scheme}://host/") == name
     # The Kubernetes manifests render the broker from a template named after the backend.
     assert files("ttg.k8s").joinpath("templates", f"{name}.yaml.j2").is_file()
+
+
+def test_a_backend_says_its_server_version_and_whether_its_server_counts_round_trips(redis_url: str) -> None:
+    # What ttg bench and the report's environment table ask the registry, instead of testing backend names.
+    for spec in backends.REGISTRY.values():
+        assert re.fullmatch(r"\d+\.\d+(\.\d+)?", spec.server_version()), spec.server_version()  # both binaries are installed here
+    counter = backends.backend("redis").round_trip_counter()
+    assert counter is not None and counter(redis_url) >= 0
+    assert backends.backend("rabbitmq").round_trip_counter() is None  # RabbitMQ keeps no per-request count
+
+
+def test_a_report_on_a_machine_without_a_driver_says_so_in_place_of_the_version() -> None:
+    code = "import sys; sys.modules['pika'] = None; from ttg import backends; print(backends.backend('rabbitmq').server_version())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "unknown (pika not installed)", proc.stderr
 
 
 def test_the_config_offers_exactly_the_registered_backends() -> None:

@@ -9,6 +9,7 @@ imports pika and the other way round.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -32,9 +33,23 @@ class BackendSpec:
     durable: bool  # a SIGKILLed private broker restarts with what it confirmed, without --persistence
     k8s_ports: tuple[int, ...]  # the broker Service's ports on Kubernetes (the first is the clients')
     k8s_url: str  # the in-cluster broker URL, from {user}, {password} and {host}
+    round_trips: str = ""  # ttg bench: round trips the server answered so far, from a URL; "" when it keeps no count
+
+    def server_version(self) -> str:
+        """The version of this machine's server binary, for a report's environment table."""
+        try:
+            server = self.load("server")
+        except MissingDriver:
+            return f"unknown ({self.driver} not installed)"
+        return str(server.version())
+
+    def round_trip_counter(self) -> Callable[[str], int] | None:
+        """``round_trips`` loaded, or None when the backend's server keeps no such count."""
+        return self.load("round_trips") if self.round_trips else None
 
     def load(self, attribute: str) -> Any:
-        """Import the ``module:name`` this spec names in ``attribute`` (``broker``, ``url_check``, ``status_reader``, ``server``)."""
+        """Import the ``module:name`` this spec names in ``attribute`` (``broker``, ``url_check``, ``status_reader``, ``server``,
+        ``round_trips``)."""
         self.require_driver()
         module_name, _, name = str(getattr(self, attribute)).partition(":")
         return getattr(importlib.import_module(module_name), name)
@@ -69,6 +84,7 @@ REGISTRY: dict[str, BackendSpec] = {
             durable=False,  # without AOF a restarted redis-server is empty
             k8s_ports=(6379,),
             k8s_url="redis://:{password}@{host}:6379/0",
+            round_trips="ttg.brokers.redis_status:round_trips",
         ),
         BackendSpec(
             "rabbitmq",
@@ -86,6 +102,7 @@ REGISTRY: dict[str, BackendSpec] = {
     )
 }
 NAMES = tuple(REGISTRY)
+DEFAULT = "redis"  # the backend of a run that names none
 SCHEMES = tuple(s for spec in REGISTRY.values() for s in spec.schemes)
 
 

@@ -22,18 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 
-from ttg import algorithms
+from ttg import algorithms, backends
 from ttg.config import RunConfig
 from ttg.plan import ChunkPlan
 from ttg.run import execute, private_or_given_broker
-
-# Commands that open a round trip. Scripts are left out: a worker's completion script always
-# travels in one pipeline with its next XREADGROUP, and the coordinator's XTRIM with its XREAD;
-# the rare reclaim/fail script calls are left out too (a slight undercount under faults only).
-_ROUND_TRIP_COMMANDS = ("xreadgroup", "xread", "hgetall", "hmget", "xinfo|groups", "xpending")
-
 
 _pool_fn: algorithms.Algorithm | None = None  # each Pool process loads the algorithm once, as a TTG worker does
 
@@ -75,12 +68,6 @@ def time_pool(cfg: RunConfig, rounds: int) -> list[float]:
         return [_pool_round(pool, cfg, plan) for _ in range(rounds)]
 
 
-def _round_trips(url: str) -> int:
-    with redis.Redis.from_url(url) as client:
-        stats = client.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in _ROUND_TRIP_COMMANDS)
-
-
 def run_bench(cfg: RunConfig, *, repeat: int = 3, on_round: Callable[[str], None] | None = None) -> dict[str, Any]:
     plan = ChunkPlan(cfg.params, cfg.chunk)
     ttg_s: list[float] = []
@@ -89,8 +76,9 @@ def run_bench(cfg: RunConfig, *, repeat: int = 3, on_round: Callable[[str], None
     with tempfile.TemporaryDirectory(prefix="ttg-bench-") as tmp, private_or_given_broker(cfg) as access:
         url, broker_startup_s = access.url, access.startup_s
         run_cfg = dataclasses.replace(cfg, out=Path(tmp), sweep=dataclasses.replace(cfg.sweep, broker_url=url))
+        count_round_trips = backends.for_url(url).round_trip_counter()  # None: the server keeps no such count
         with warm_pool(cfg) as pool:
-            rt_before = _round_trips(url) if url.startswith("redis") else 0
+            rt_before = count_round_trips(url) if count_round_trips else 0
             for i in range(repeat):
                 rec = execute(run_cfg)
                 records.append(rec)
@@ -98,7 +86,7 @@ def run_bench(cfg: RunConfig, *, repeat: int = 3, on_round: Callable[[str], None
                 pool_s.append(_pool_round(pool, cfg, plan))
                 if on_round:
                     on_round(f"round {i + 1}/{repeat}: TTG {ttg_s[-1]:.3f} s, Pool {pool_s[-1]:.3f} s, ratio {pool_s[-1] / ttg_s[-1]:.3f}")
-            rt_after = _round_trips(url) if url.startswith("redis") else 0
+            rt_after = count_round_trips(url) if count_round_trips else 0
         for r in records:
             if not r.verdict["ok"]:
                 raise RuntimeError(f"benchmark run {r.run_id} failed its verdict: {r.verdict}")
@@ -119,7 +107,7 @@ def run_bench(cfg: RunConfig, *, repeat: int = 3, on_round: Callable[[str], None
         "ratio": t_pool / t_ttg,
         "ttg_total_s": statistics.median(r.total_s for r in records),
         "broker_startup_s": broker_startup_s,
-        # Counted from Redis's command statistics; RabbitMQ has no such per-client counter (None).
-        "round_trips_per_chunk": (rt_after - rt_before) / (plan.chunks * repeat) + 1 / 1000 if url.startswith("redis") else None,
+        # Counted by the server where it keeps a count (Redis's command statistics); None where it does not (RabbitMQ).
+        "round_trips_per_chunk": (rt_after - rt_before) / (plan.chunks * repeat) + 1 / 1000 if count_round_trips else None,
         "coordinator_peak_rss_mb": max(r.coordinator_peak_rss_mb for r in records),
     }

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ttg import logs
+from ttg import backends, logs
 
 err = Console(stderr=True)
 if not err.is_terminal:
@@ -24,7 +24,7 @@ def chaos() -> None:
 
 
 @chaos.command()
-@click.option("--backend", type=click.Choice(["redis", "rabbitmq"]), default="redis", show_default=True, help="Broker backend.")
+@click.option("--backend", type=click.Choice(backends.NAMES), default=backends.DEFAULT, show_default=True, help="Broker backend.")
 @click.option("--broker-url", default=None, help="Use this broker (no broker faults are drawn then) instead of a private one.")
 @click.option("--runs", type=click.IntRange(1, 10_000), default=20, show_default=True, help="Sweeps to run, each with its own schedule.")
 @click.option("--seed", type=click.IntRange(0, 2**31), default=0, show_default=True, help="Run i uses seed SEED+i; replay a row with --seed S --runs 1.")

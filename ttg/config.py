@@ -174,7 +174,7 @@ def _broker_url(value: Any) -> str | None:
 class SweepSettings:
     """Settings shared by the coordinator and every worker of a run."""
 
-    backend: str = "redis"
+    backend: str = backends.DEFAULT
     broker_url: str | None = field(default=None, repr=False)
     algorithm: str = "demo"
     cost_us: float = 0.0
@@ -219,7 +219,7 @@ class RunConfig:
 
 # name -> (converter, default); the name is also the TTG_<NAME> environment variable.
 _SWEEP_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
-    "backend": (_choice("backend", "--backend", BACKENDS), "redis"),
+    "backend": (_choice("backend", "--backend", BACKENDS), backends.DEFAULT),
     "broker_url": (_broker_url, None),
     "algorithm": (str, "demo"),
     "cost_us": (_float_in("cost_us", "--cost-us", 0.0, 1e7), 0.0),

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ttg import backends
 from ttg.config import RunConfig, load_run_config, worker_ids
 from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, DEFAULT_DURATION_S, KINDS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
 from ttg.plan import ChunkPlan
@@ -50,7 +51,7 @@ _EXIT_STATUS = {"kill-coordinator": -signal.SIGKILL, "terminate-coordinator": 13
 
 @dataclass(frozen=True)
 class FuzzSettings:
-    backend: str = "redis"
+    backend: str = backends.DEFAULT
     runs: int = 20
     seed: int = 0
     params: int = 200_000

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
-import re
-import shutil
 import statistics
-import subprocess
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from glob import glob
 from typing import Any
 
-from ttg import __version__
+from ttg import __version__, backends
 from ttg.report.inputs import Inputs
 
 WORKER_KILLS = ("kill-worker", "kill-pod")
@@ -25,19 +21,6 @@ def scale_name(params: int) -> str:
         if params >= size:
             return f"{params / size:g}{suffix}"
     return str(params)
-
-
-def _broker_versions() -> dict[str, str]:
-    """The broker versions on this machine (the private brokers of local runs are these binaries)."""
-    out = {"redis": "not found", "rabbitmq": "not found"}
-    if shutil.which("redis-server"):
-        text = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
-        m = re.search(r"v=(\S+)", text)
-        out["redis"] = m.group(1) if m else text.strip()
-    dirs = sorted(glob("/usr/lib/rabbitmq/lib/rabbitmq_server-*"))
-    if dirs:
-        out["rabbitmq"] = dirs[-1].rsplit("-", 1)[1]
-    return out
 
 
 # Cell texts shared by the Jinja2 templates and the .docx writer.
@@ -222,7 +205,8 @@ def build(inputs: Inputs, title: str) -> Report:
         "ttg": ", ".join(sorted({str(rec.get("ttg_version", "?")) for rec in inputs.runs}) or {__version__}),
         "report made with ttg": __version__,
         "python": platform.python_version(),
-        **{f"{k}-server" if k == "redis" else k: v for k, v in _broker_versions().items()},
+        # The private brokers of local runs are this machine's server binaries.
+        **{f"{spec.name} server": spec.server_version() for spec in backends.REGISTRY.values()},
         "cores": str(os.cpu_count()),
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
         "runtime": ", ".join(runtimes),

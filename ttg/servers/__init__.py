@@ -57,6 +57,11 @@ class PrivateServer(ABC):
     def for_run(cls, *, persistence: bool) -> Self:
         """A server for one run; ``persistence``: whatever it confirmed survives a SIGKILL and restart."""
 
+    @classmethod
+    @abstractmethod
+    def version(cls) -> str:
+        """The version of the server binary this machine's private brokers run ("not found" when there is none)."""
+
     @property
     @abstractmethod
     def url(self) -> str: ...

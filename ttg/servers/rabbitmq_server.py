@@ -16,6 +16,7 @@ SIGKILLed coordinator takes its node with it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import secrets
@@ -71,6 +72,12 @@ class PrivateRabbitMQ(PrivateServer):
     @classmethod
     def for_run(cls, *, persistence: bool) -> PrivateRabbitMQ:
         return cls()  # durable queues and persistent messages: it keeps what it confirmed, persistence or not
+
+    @classmethod
+    def version(cls) -> str:
+        # The install directory names it; rabbitmqctl would start an Erlang VM (seconds) to say the same.
+        dirs = sorted(glob.glob("/usr/lib/rabbitmq/lib/rabbitmq_server-*"))
+        return dirs[-1].rsplit("-", 1)[1] if dirs else "not found"
 
     @property
     def url(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import shutil
 import signal
@@ -50,6 +51,14 @@ class PrivateRedis(PrivateServer):
     @classmethod
     def for_run(cls, *, persistence: bool) -> PrivateRedis:
         return cls(appendonly=persistence)  # without AOF a restarted redis-server comes back empty
+
+    @classmethod
+    def version(cls) -> str:
+        if not shutil.which("redis-server"):
+            return "not found"
+        text = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
+        m = re.search(r"v=(\S+)", text)
+        return m.group(1) if m else text.strip()
 
     @property
     def url(self) -> str:
