@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def test_the_docx_opens_and_its_tables_hold_the_numbers_with_the_failure_in_red(
     static = next(r for r in inputs[1] if r["mode"] == "static")
     failures = {row.cells[0].text: row for row in document.tables[0].rows[1:]}  # the first table lists the failures
     assert static["run_id"] in failures and "w:fill" in failures[static["run_id"]]._tr.xml  # shaded, so it stands out on paper
-    runs = next(t for t in document.tables if t.rows[0].cells[0].text == "run" and len(t.columns) == 14)
+    runs = next(t for t in document.tables if t.rows[0].cells[0].text == "run" and len(t.columns) == 15)
     shaded = {row.cells[0].text for row in runs.rows[1:] if "w:fill" in row._tr.xml}
     assert shaded == {r["run_id"] for r in inputs[1] if not r["verdict"]["ok"]}
 
@@ -85,6 +86,8 @@ class _Page(HTMLParser):
         self.stack: list[str] = []
         self.images: list[str] = []
         self.failing_rows = 0
+        self.headers: list[list[str]] = []  # each table's header cells
+        self._in_th = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
@@ -94,8 +97,18 @@ class _Page(HTMLParser):
             self.images.append(a.get("src") or "")
         if tag == "tr" and a.get("class") in ("fail", "expected"):
             self.failing_rows += 1
+        if tag == "table":
+            self.headers.append([])
+        if tag == "th":
+            self._in_th = True
+            self.headers[-1].append("")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_th:
+            self.headers[-1][-1] += data
 
     def handle_endtag(self, tag: str) -> None:
+        self._in_th = self._in_th and tag != "th"
         assert self.stack and self.stack.pop() == tag, f"</{tag}> does not close the open <{self.stack[-1] if self.stack else ''}>"
 
 
@@ -116,3 +129,15 @@ def test_a_directory_without_inputs_is_a_clear_error(tmp_path: Path) -> None:
         make_report(tmp_path, tmp_path / "out", ("pdf",), "t")
     proc = subprocess.run([sys.executable, "-m", "ttg", "report", str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "is not a directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_three_formats_show_the_same_tables_with_the_same_columns(report: Path) -> None:
+    # Each table is defined once (ttg/report/tables.py); written three times, the .docx had lost the runs' scenario
+    # and checksum columns and the failures' checksum.
+    in_docx = [[c.text for c in t.rows[0].cells] for t in docx.Document(str(report / "report.docx")).tables]
+    lines = (report / "report.md").read_text().splitlines()
+    in_md = [[c.strip() for c in line.strip().strip("|").split("|")] for line, below in itertools.pairwise(lines) if below.startswith("|---")]
+    page = _Page()
+    page.feed((report / "report.html").read_text())
+    assert len(in_docx) >= 7 and in_md == in_docx and page.headers == in_docx
+    assert in_docx[2][:2] == ["run", "scenario"] and "checksum" in in_docx[0] and "checksum" in in_docx[2]  # failures, what ran, runs

@@ -11,11 +11,18 @@ from ttg.report import docx as docx_writer
 from ttg.report import plots
 from ttg.report.inputs import ReportError, load
 from ttg.report.model import Report, build, probes, seconds
+from ttg.report.tables import all_tables
 
 FORMATS = ("md", "docx", "html")
 
 
-HELPERS = {"seconds": seconds, "probes": probes}
+def md_cell(text: str, code: bool = False) -> str:
+    """A Markdown table cell: a pipe or a line break in the text would end the cell or the row."""
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return f"`{text}`" if code and text else text
+
+
+HELPERS = {"seconds": seconds, "probes": probes, "md_cell": md_cell}
 
 
 def _environment(autoescape: bool) -> jinja2.Environment:
@@ -26,12 +33,12 @@ def _environment(autoescape: bool) -> jinja2.Environment:
 
 
 def markdown(report: Report, img: str = "img") -> str:
-    return _environment(False).get_template("report.md.j2").render(r=report, img=img)
+    return _environment(False).get_template("report.md.j2").render(r=report, tables=all_tables(report), img=img)
 
 
 def html(report: Report, img_dir: Path) -> str:
     images = {name: "data:image/png;base64," + base64.b64encode((img_dir / file).read_bytes()).decode() for name, file in report.images.items()}
-    return _environment(True).get_template("report.html.j2").render(r=report, images=images)
+    return _environment(True).get_template("report.html.j2").render(r=report, tables=all_tables(report), images=images)
 
 
 def make_report(inputs_dir: Path, out: Path, formats: tuple[str, ...], title: str) -> list[Path]:

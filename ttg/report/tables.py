@@ -1,0 +1,106 @@
+"""Every table of the report, defined once: its columns and its cells as text, and how each row stands.
+
+The Markdown and HTML templates and the .docx writer only lay these out, so the three formats cannot drift apart (the
+.docx once lacked the runs' scenario and checksum columns, and the failures' checksum).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ttg.report.model import Report, RunRow, probes, seconds
+
+FINE, EXPECTED, FAILED = "", "expected", "fail"  # how a row stands: nothing to see, a failure set up on purpose, a failure
+
+
+@dataclass(frozen=True)
+class Table:
+    header: tuple[str, ...]
+    rows: Sequence[tuple[tuple[str, ...], str]]  # cell texts, and how the row stands (FINE, EXPECTED, FAILED)
+    code: frozenset[int] = frozenset()  # columns that hold identifiers (run ids): shown as code
+
+
+def _state(run: RunRow) -> str:
+    return FINE if run.fine else (EXPECTED if run.expected_failure else FAILED)
+
+
+def failures(r: Report) -> Table:
+    rows: list[tuple[tuple[str, ...], str]] = [
+        ((x.run_id, x.backend, x.mode, x.scale, str(x.lost), ", ".join(map(str, x.lost_ids)) or "-", str(x.dead_lettered), x.checksum_text,
+          f"expected: {x.why_expected}" if x.expected_failure else "unexpected"), _state(x))
+        for x in r.failing_runs
+    ]  # fmt: skip
+    rows += [(("experiment", "", "", "", "", "", "", "", f"{j['title']}: status {j['status']}, deviated {j['deviated']}"), FAILED) for j in r.failing_journals]
+    return Table(("run", "backend", "mode", "scale", "lost", "lost chunk ids", "dead-lettered", "checksum", "note"), rows, frozenset({0}))
+
+
+def environment(r: Report) -> Table:
+    return Table(("", ""), [((k, v), FINE) for k, v in r.environment.items()])
+
+
+def runs(r: Report) -> Table:
+    header: tuple[str, ...] = ("run", "scenario", "backend", "mode", "scale", "workers", "params", "wall s", "params/s", "chunks", "lost", "dup", "dead")
+    header += ("checksum", "faults (recovery)")
+    rows = [
+        ((x.run_id, x.scenario, x.backend, x.mode, x.scale, str(x.workers), f"{x.params:,}", f"{x.wall_s:.2f}", f"{x.params_per_s:,.0f}",
+          f"{x.completed} / {x.expected}", str(x.lost), str(x.duplicates), str(x.dead_lettered), x.checksum_text, x.fault_text), _state(x))
+        for x in r.runs
+    ]  # fmt: skip
+    return Table(header, rows, frozenset({0}))
+
+
+def faults(r: Report) -> Table:
+    rows = [
+        ((f["run_id"], f["backend"], f["kind"], str(f.get("target", "")), f"{f['at_s']:.2f}", seconds(f.get("healed_s")), seconds(f.get("recovered_s")),
+          str(f.get("evidence") or f.get("note", ""))), FINE)
+        for f in r.faults
+    ]  # fmt: skip
+    return Table(("run", "backend", "kind", "target", "at s", "healed s", "recovered s", "evidence"), rows, frozenset({0}))
+
+
+def benchmarks(r: Report) -> Table:
+    rows = [
+        ((str(b.get("name", "-")), str(b.get("backend")), f"{b.get('params', 0):,}", f"{b.get('chunk', 0):,}", str(b.get("workers")),
+          f"{b.get('params_per_s', 0):,.0f}", f"{b.get('pool_params_per_s', 0):,.0f}", f"{b['ratio_to_pool']:.3f}"), FINE)
+        for b in r.benchmarks
+    ]  # fmt: skip
+    return Table(("benchmark", "backend", "params", "chunk", "workers", "TTG params/s", "Pool params/s", "ratio"), rows)
+
+
+def journals(r: Report) -> Table:
+    failing = {id(j) for j in r.failing_journals}
+    rows = [
+        ((j["title"], j["status"], f"{j['deviated']}{' (expected)' if j['expected_deviation'] else ''}", probes(j["before"]), probes(j["after"]),
+          ", ".join(a["name"] for a in j["actions"])), FAILED if id(j) in failing else FINE)
+        for j in r.journals
+    ]  # fmt: skip
+    return Table(("experiment", "status", "deviated", "steady state before", "steady state after", "actions"), rows)
+
+
+def fuzz(r: Report) -> Table:
+    rows = [
+        ((str(f.get("backend")), str(f["seed"]), " ".join(f["faults"]), str(f["lost"]), str(f["duplicates"]), f"{f['dead_lettered']} / {f['expected_dead']}",
+          ", ".join(seconds(x) for x in f["recovered_s"]) if f["recovered_s"] else "-", f"{f['wall_s']:.2f}",
+          "ok" if f["ok"] else f"FAILED {f.get('error', '')}"), FINE if f["ok"] else FAILED)
+        for f in r.fuzz
+    ]  # fmt: skip
+    return Table(("backend", "seed", "faults", "lost", "dup", "dead / expected", "recovery s", "wall s", "verdict"), rows)
+
+
+def worker_kill(r: Report) -> Table:
+    wk: dict[str, Any] = r.parity["worker_kill"]
+    rows = [((mode, str(m["runs"]), str(m["ok"]), str(m["lost"]), f"{100 * m['lost_share']:.1f} %"), FINE) for mode, m in wk.items()]
+    return Table(("mode", "runs", "runs ok", "chunks lost", "share lost"), rows)
+
+
+def throughput(r: Report) -> Table:
+    names = list(r.parity["backends"])
+    rows = [((scale, *(f"{per[b]:,.0f}" if b in per else "-" for b in names)), FINE) for scale, per in r.parity["throughput"].items()]
+    return Table(("scale", *names), rows)
+
+
+def all_tables(r: Report) -> dict[str, Table]:
+    """Every table, by the name the templates and the .docx writer place it under."""
+    return {f.__name__: f(r) for f in (failures, environment, runs, faults, benchmarks, journals, fuzz, worker_kill, throughput)}
