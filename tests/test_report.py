@@ -141,3 +141,12 @@ def test_the_three_formats_show_the_same_tables_with_the_same_columns(report: Pa
     page.feed((report / "report.html").read_text())
     assert len(in_docx) >= 7 and in_md == in_docx and page.headers == in_docx
     assert in_docx[2][:2] == ["run", "scenario"] and "checksum" in in_docx[0] and "checksum" in in_docx[2]  # failures, what ran, runs
+
+
+def test_a_cell_of_any_input_stays_one_markdown_cell() -> None:
+    # Records and journals are JSON from other versions and tools: a pipe, a CRLF or a null must not break a table.
+    from ttg.report.render import md_cell
+    from ttg.report.tables import Table
+
+    assert md_cell("a|b\r\nc") == "a\\|b c" and md_cell("run1", code=True) == "`run1`" and md_cell(7) == "7"
+    assert Table(("run", "scenario"), [(("r1", None), "")]).rows == [(("r1", "-"), "")]  # type: ignore[list-item]

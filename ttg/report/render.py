@@ -16,9 +16,9 @@ from ttg.report.tables import all_tables
 FORMATS = ("md", "docx", "html")
 
 
-def md_cell(text: str, code: bool = False) -> str:
+def md_cell(value: object, code: bool = False) -> str:
     """A Markdown table cell: a pipe or a line break in the text would end the cell or the row."""
-    text = text.replace("|", "\\|").replace("\n", " ")
+    text = " ".join(str(value).splitlines()).replace("|", "\\|")
     return f"`{text}`" if code and text else text
 
 

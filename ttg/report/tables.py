@@ -21,6 +21,10 @@ class Table:
     rows: Sequence[tuple[tuple[str, ...], str]]  # cell texts, and how the row stands (FINE, EXPECTED, FAILED)
     code: frozenset[int] = frozenset()  # columns that hold identifiers (run ids): shown as code
 
+    def __post_init__(self) -> None:
+        # Input files are JSON written by other versions: a null or a number where text belongs is shown, not a crash.
+        object.__setattr__(self, "rows", [(tuple("-" if c is None else str(c) for c in cells), state) for cells, state in self.rows])
+
 
 def _state(run: RunRow) -> str:
     return FINE if run.fine else (EXPECTED if run.expected_failure else FAILED)
