@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import itertools
 import logging
 import mmap
 import os
@@ -160,11 +161,13 @@ class _Request(NamedTuple):
     batch: int  # the flush that sends it: its SYNC says the slot's record is written
     merge: bool = False  # sent with MERGE: if the child died in it, it may have died in a neighbour's range
 
+    @property
+    def span(self) -> tuple[int, int]:
+        start, stop, _ = _REQUEST.unpack_from(self.wire)
+        return start, stop
+
     def without_merge(self) -> _Request:
-        if not self.merge:
-            return self
-        start, stop, slot = _REQUEST.unpack_from(self.wire)
-        return self._replace(wire=_REQUEST.pack(start, stop, slot & ~MERGE), merge=False)
+        return self._replace(wire=_REQUEST.pack(*self.span, self.slot), merge=False) if self.merge else self
 
 
 class ComputeProcess:
@@ -311,7 +314,7 @@ class ComputeProcess:
         """Send the queued ranges, and the SYNC that the child answers once it has computed them all."""
         if not self._unsent or self._reader is None:  # nothing to send, or no child: sent to the next one
             return
-        batch = list(self._pending)[-self._unsent :]
+        batch = itertools.islice(self._pending, len(self._pending) - self._unsent, None)
         try:
             _write_all(self._to_child, b"".join(r.wire for r in batch) + _REQUEST.pack(SYNC, 0, 0))
         except BrokenPipeError:  # the child was gone before it read any of these: they go to the next one
@@ -433,7 +436,7 @@ class ComputeProcess:
         # The first unfinished range heads its group (what comes before it is finished): it was computed alone unless
         # the range after it was sent mergeable and adjacent.
         rest = list(self._pending)[finished : finished + 2]
-        self._blame_unsure = len(rest) == 2 and rest[1].merge and _REQUEST.unpack_from(rest[1].wire)[0] == _REQUEST.unpack_from(rest[0].wire)[1]
+        self._blame_unsure = len(rest) == 2 and rest[1].merge and rest[1].span[0] == rest[0].span[1]
 
     def _restart_queued(self, unmerged: bool = False) -> None:
         """Send the ranges queued behind a crash to a new child (they were never started); ``unmerged``: one call per
@@ -448,9 +451,7 @@ class ComputeProcess:
         if not queued:
             return
         try:
-            for request in queued:
-                if request.slot >= 0:
-                    self._mark_pending(request.slot)
+            for request in queued:  # (their records are still PENDING: the child never wrote them)
                 self._queue(request.wire, request.slot, request.merge)
             self.flush()
         except AlgorithmError as e:  # the new child cannot start: each queued range fails in turn, with why
@@ -600,8 +601,9 @@ class _Child:
         if status == RAISED:
             text = text[: self.slot_bytes]
             shm[offset : offset + len(text)] = text
+        length = values.nbytes if status == OK and values is not None else len(text)
         # The length first, the status last: a record whose status is written is whole.
-        _FIELD.pack_into(shm, slot * _RECORD.size + 8, values.nbytes if status == OK and values is not None else len(text))
+        _FIELD.pack_into(shm, slot * _RECORD.size + 8, length)
         _FIELD.pack_into(shm, slot * _RECORD.size, status)
 
 

@@ -139,21 +139,21 @@ class Worker:
                 if batch:
                     batches.append(batch)
                     continue
-                if batch is None and not batches:
-                    if self._patiently(self.broker.drained):
+                if not batches:  # nothing in the child: the sweep may be over (None: nothing came at all)
+                    if batch is None and self._patiently(self.broker.drained):
                         log.info("sweep drained", extra={"event": "draining"})
                         return
                     continue
-                if not batches:
-                    continue  # what came was rejected or failed: look again
             # Two batches in the child, or nothing more ready this instant (on RabbitMQ the next message comes only
             # after an ack): finish the oldest and look again. Once the run has ended the broker keeps saying None,
             # and the pipeline empties.
-            for started in batches.popleft():
-                self._finish(started)
+            self._finish_batch(batches.popleft())
         while batches:
-            for started in batches.popleft():
-                self._finish(started)
+            self._finish_batch(batches.popleft())
+
+    def _finish_batch(self, batch: list[_Started]) -> None:
+        for started in batch:
+            self._finish(started)
 
     def _batch_size(self) -> int:
         """Chunks to send the child at once: as many as it computes in BATCH_TARGET_S (one until it has said how

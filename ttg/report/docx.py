@@ -14,7 +14,6 @@ from docx.shared import Inches, RGBColor
 from ttg.report.model import Report
 from ttg.report.tables import EXPECTED, FAILED, Table, all_tables
 
-Row = tuple[list[str], str | None]  # cell texts, background fill (None: none)
 RED = "F8D0D0"
 AMBER = "FFF1CC"
 
@@ -28,27 +27,23 @@ def _shade(row: Any, fill: str) -> None:
         props.append(shading)
 
 
-def _table(doc: Any, header: list[str], rows: list[Row]) -> None:
-    table = doc.add_table(rows=1, cols=len(header))
-    table.style = "Light Grid Accent 1"
-    for cell, text in zip(table.rows[0].cells, header, strict=True):
+def _lay_out(doc: Any, table: Table) -> None:
+    fills = {EXPECTED: AMBER, FAILED: RED}
+    out = doc.add_table(rows=1, cols=len(table.header))
+    out.style = "Light Grid Accent 1"
+    for cell, text in zip(out.rows[0].cells, table.header, strict=True):
         cell.text = text
-    for values, fill in rows:
-        row = table.add_row()
-        for cell, text in zip(row.cells, values, strict=True):
+    for cells, state in table.rows:
+        row = out.add_row()
+        for cell, text in zip(row.cells, cells, strict=True):
             cell.text = text
-        if fill:
-            _shade(row, fill)
+        if state in fills:
+            _shade(row, fills[state])
 
 
 def _picture(doc: Any, img_dir: Path, report: Report, name: str) -> None:
     if name in report.images:
         doc.add_picture(str(img_dir / report.images[name]), width=Inches(6.0))
-
-
-def _lay_out(doc: Any, table: Table) -> None:
-    fills = {EXPECTED: AMBER, FAILED: RED}
-    _table(doc, list(table.header), [(list(cells), fills.get(state)) for cells, state in table.rows])
 
 
 def write(report: Report, img_dir: Path, path: Path) -> None:
