@@ -29,7 +29,7 @@ def test_throughput_against_multiprocessing_pool(broker: BrokerHandle, chunk: in
     )
     records = []
     benchmark.pedantic(lambda: records.append(execute(cfg)), rounds=ROUNDS, iterations=1, warmup_rounds=0)
-    assert all(r.verdict["lost"] == 0 and r.verdict["chunks_completed"] == r.chunks for r in records), [r.verdict for r in records]
+    assert all(r.verdict.lost == 0 and r.verdict.chunks_completed == r.chunks for r in records), [r.verdict for r in records]
     ttg_s = statistics.median(r.wall_s for r in records)  # sweep time, workers already connected (as for Pool)
     pool_s = statistics.median(time_pool(dataclasses.replace(cfg), ROUNDS))
     benchmark.extra_info.update(

@@ -18,13 +18,13 @@ Runner = Callable[..., Any]
 
 
 def fired(rec: Any) -> bool:
-    return bool(rec.faults) and rec.faults[0].get("at_s") is not None
+    return bool(rec.faults) and rec.faults[0].at_s is not None
 
 
 def test_a_worker_killed_mid_sweep_loses_nothing(broker: BrokerHandle, run_sweep: Runner) -> None:
     # 100 chunks of ~20 ms: the kill at 30% lands while both workers hold chunks.
     rec = run_sweep(broker, params=100_000, chunk=1_000, workers=2, cost_us=20, reclaim_after_s=1.5, faults=["kill-worker@30%"])
-    assert fired(rec) and rec.worker_exit_codes[rec.faults[0]["target"]] == -9, rec.faults
+    assert fired(rec) and rec.worker_exit_codes[rec.faults[0].target] == -9, rec.faults
     assert_verdict(rec, ok=True, lost=0, checksum_ok=True, chunks_completed=100)
 
 
@@ -38,7 +38,7 @@ def test_a_poison_chunk_is_retried_then_dead_lettered_and_reported(broker: Broke
     rec = run_sweep(broker, params=5_000, chunk=500, workers=2, algorithm="fixtures.algos:poison", max_deliveries=2, reclaim_after_s=1.0)
     poisoned = POISON // 500
     assert_verdict(rec, ok=False, lost=0, dead_lettered=1, dead_letter_ids=[poisoned], chunks_completed=9)
-    assert f"cannot evaluate parameter {POISON}" in rec.verdict["dead_letter_reasons"][0]
+    assert f"cannot evaluate parameter {POISON}" in rec.verdict.dead_letter_reasons[0]
 
 
 @pytest.mark.parametrize(
@@ -49,16 +49,16 @@ def test_a_poison_chunk_is_retried_then_dead_lettered_and_reported(broker: Broke
 def test_a_broker_fault_mid_sweep_then_healed_loses_nothing(broker: BrokerHandle, fault: str, run_sweep: Runner) -> None:
     # 100 chunks of ~30 ms on the run's own private broker; with another worker kill after the broker comes back.
     rec = run_sweep(backend_for_url(broker.url), params=100_000, chunk=1_000, workers=2, cost_us=30, faults=[fault, "kill-worker@70%"])
-    broker_fault = next(f for f in rec.faults if f["kind"] == fault.split("@")[0])
-    assert broker_fault["healed_s"] is not None and broker_fault["healed_s"] > broker_fault["at_s"], rec.faults
-    assert broker_fault["recovered_s"] is not None, rec.faults
-    assert broker_fault["evidence"], rec.faults  # stopped state, pids, traffic held or delayed: a run without chaos cannot pass
+    broker_fault = next(f for f in rec.faults if f.kind == fault.split("@")[0])
+    assert broker_fault.healed_s is not None and broker_fault.healed_s > broker_fault.at_s, rec.faults
+    assert broker_fault.recovered_s is not None, rec.faults
+    assert broker_fault.evidence, rec.faults  # stopped state, pids, traffic held or delayed: a run without chaos cannot pass
     assert_verdict(rec, ok=True, lost=0, checksum_ok=True, chunks_completed=100)
 
 
 def test_two_of_four_workers_killed_at_once_lose_nothing(broker: BrokerHandle, run_sweep: Runner) -> None:
     rec = run_sweep(broker, params=100_000, chunk=1_000, workers=4, cost_us=30, reclaim_after_s=1.5, faults=["kill-worker@30%/2"])
-    killed = rec.faults[0]["target"].split(",")
+    killed = rec.faults[0].target.split(",")
     assert len(killed) == 2 and all(rec.worker_exit_codes[w] == -9 for w in killed), rec.faults
     assert_verdict(rec, ok=True, lost=0, checksum_ok=True, chunks_completed=100)
 
@@ -66,14 +66,14 @@ def test_two_of_four_workers_killed_at_once_lose_nothing(broker: BrokerHandle, r
 def test_one_worker_cut_off_while_the_others_carry_on(broker: BrokerHandle, run_sweep: Runner) -> None:
     rec = run_sweep(backend_for_url(broker.url), params=100_000, chunk=1_000, workers=3, cost_us=30, faults=["partition-broker@20%:3s/w1"])
     cut = rec.faults[0]
-    assert cut["target"] == "w1<->broker" and cut["evidence"], rec.faults
-    during = [done for t, done in rec.timeline if cut["at_s"] <= t <= cut["healed_s"]]
+    assert cut.target == "w1<->broker" and cut.evidence, rec.faults
+    during = [done for t, done in rec.timeline if cut.at_s <= t <= (cut.healed_s or 0.0)]
     assert during and during[-1] > during[0], "the workers outside the partition should have kept completing chunks"
     assert_verdict(rec, ok=True, lost=0, checksum_ok=True, chunks_completed=100)
 
 
 def test_the_poison_chunk_fault_is_dead_lettered_and_reported(broker: BrokerHandle, run_sweep: Runner) -> None:
     rec = run_sweep(broker, params=20_000, chunk=1_000, workers=2, max_deliveries=2, reclaim_after_s=1.0, faults=["poison-chunk@50%"])
-    assert rec.faults[0]["poisoned_chunk_ids"] == [10] and rec.faults[0]["evidence"] == "1 of 1 poisoned chunk(s) dead-lettered", rec.faults
+    assert rec.faults[0].poisoned_chunk_ids == [10] and rec.faults[0].evidence == "1 of 1 poisoned chunk(s) dead-lettered", rec.faults
     assert_verdict(rec, ok=False, lost=0, dead_lettered=1, dead_letter_ids=[10], chunks_completed=19)
-    assert "poisoned by the poison-chunk fault" in rec.verdict["dead_letter_reasons"][0]
+    assert "poisoned by the poison-chunk fault" in rec.verdict.dead_letter_reasons[0]

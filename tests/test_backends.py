@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ttg import backends
-from ttg.broker import Broker, check_backend_available, open_broker
+from ttg.broker import Broker, open_broker
 from ttg.config import BACKENDS, backend_for_url
 from ttg.errors import ConfigError, UnknownBackend
 
@@ -49,7 +49,7 @@ def test_the_config_offers_exactly_the_registered_backends() -> None:
 
 def test_an_unknown_backend_or_scheme_fails_with_the_known_ones_and_never_falls_back() -> None:
     with pytest.raises(UnknownBackend, match="unknown backend 'nats'; known backends: redis, rabbitmq"):
-        check_backend_available("nats")
+        backends.backend("nats")
     with pytest.raises(UnknownBackend, match=r"nats:// URLs; known schemes: redis://, rediss://, amqp://, amqps://"):
         open_broker("nats://127.0.0.1:4222", "run-1")
     with pytest.raises(ConfigError, match=r"must start with redis://, rediss://, amqp:// or amqps://"):

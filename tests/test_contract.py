@@ -32,14 +32,15 @@ from .backends import private_broker, publish_raw_task
 
 def explain(record: Any) -> str:
     """On failure show the verdict and faults, not a bare assert."""
-    return json.dumps({"verdict": record.verdict, "faults": record.faults, "exit_codes": record.worker_exit_codes}, indent=1)
+    doc = record.to_dict()
+    return json.dumps({"verdict": doc["verdict"], "faults": doc["faults"], "exit_codes": record.worker_exit_codes}, indent=1)
 
 
 def test_a_sweep_completes_and_matches_the_reference(run_sweep: Any) -> None:
     rec = run_sweep(params=20_000, chunk=700, workers=3)
     v = rec.verdict
-    assert v["ok"] and v["lost"] == 0 and v["duplicates"] == 0 and v["checksum_ok"], explain(rec)
-    assert v["chunks_completed"] == v["chunks_expected"] == 29
+    assert v.ok and v.lost == 0 and v.duplicates == 0 and v.checksum_ok, explain(rec)
+    assert v.chunks_completed == v.chunks_expected == 29
     values = np.load(Path(rec.run_dir) / "results.npy")
     from ttg.algorithms import demo
 
@@ -53,26 +54,26 @@ def test_sigkill_of_a_worker_mid_chunk_loses_nothing_and_recovers_within_the_rec
     # 40 chunks of 2,000 params at 100 µs each: every chunk takes ~0.2 s, so the kill lands mid-chunk.
     rec = run_sweep(params=80_000, chunk=2_000, workers=2, cost_us=100, reclaim_after_s=1.5, faults=["kill-worker@30%"])
     v = rec.verdict
-    assert v["ok"] and v["lost"] == 0 and v["chunks_completed"] == 40, explain(rec)
+    assert v.ok and v.lost == 0 and v.chunks_completed == 40, explain(rec)
     (fault,) = rec.faults
-    assert fault["kind"] == "kill-worker" and rec.worker_exit_codes[fault["target"]] == -9, explain(rec)
+    assert fault.kind == "kill-worker" and rec.worker_exit_codes[fault.target] == -9, explain(rec)
     # Bound: reclaim (1.5 s) + recomputing the chunk (0.2 s) + the survivor finishing its own chunk; generous for a noisy host.
-    assert fault["recovered_s"] is not None and fault["recovered_s"] < 1.5 + 2.0, explain(rec)
+    assert fault.recovered_s is not None and fault.recovered_s < 1.5 + 2.0, explain(rec)
 
 
 def test_a_chunk_slower_than_the_reclaim_bound_is_not_duplicated(run_sweep: Any) -> None:
     # Each chunk takes ~2.5 s, the reclaim bound is 1 s: only the heartbeat keeps the chunks with their workers.
     rec = run_sweep(params=4, chunk=1, workers=2, cost_us=2_500_000, reclaim_after_s=1.0)
     v = rec.verdict
-    assert v["ok"] and v["duplicates"] == 0 and v["chunks_completed"] == 4, explain(rec)
+    assert v.ok and v.duplicates == 0 and v.chunks_completed == 4, explain(rec)
 
 
 def test_a_poison_chunk_is_dead_lettered_after_max_deliveries_and_reported(run_sweep: Any) -> None:
     rec = run_sweep(params=5_000, chunk=500, workers=2, algorithm="algos:poison", max_deliveries=2, reclaim_after_s=1.0)
     v = rec.verdict
-    assert not v["ok"] and v["lost"] == 0 and v["dead_lettered"] == 1 and v["dead_letter_ids"] == [2], explain(rec)
-    assert "cannot evaluate parameter 1234" in v["dead_letter_reasons"][0]
-    assert v["chunks_completed"] == 9
+    assert not v.ok and v.lost == 0 and v.dead_lettered == 1 and v.dead_letter_ids == [2], explain(rec)
+    assert "cannot evaluate parameter 1234" in v.dead_letter_reasons[0]
+    assert v.chunks_completed == 9
 
 
 def test_an_algorithm_that_holds_the_gil_does_not_starve_the_heartbeat(run_sweep: Any) -> None:
@@ -81,25 +82,25 @@ def test_an_algorithm_that_holds_the_gil_does_not_starve_the_heartbeat(run_sweep
     # nothing is dead-lettered as if it were poisonous.
     rec = run_sweep(params=6, chunk=1, workers=2, algorithm="algos:holds_the_gil", reclaim_after_s=1.0, max_deliveries=2)
     v = rec.verdict
-    assert v["ok"] and v["lost"] == 0 and v["dead_lettered"] == 0 and v["duplicates"] == 0, explain(rec)
+    assert v.ok and v.lost == 0 and v.dead_lettered == 0 and v.duplicates == 0, explain(rec)
 
 
 def test_a_crashing_algorithm_fails_its_chunk_not_its_worker(run_sweep: Any) -> None:
     rec = run_sweep(params=5_000, chunk=500, workers=2, algorithm="algos:segfaults_on_poison", max_deliveries=2, reclaim_after_s=1.0)
     v = rec.verdict
-    assert not v["ok"] and v["lost"] == 0 and v["dead_letter_ids"] == [2] and v["chunks_completed"] == 9, explain(rec)
-    assert "compute process killed by SIGSEGV" in v["dead_letter_reasons"][0], explain(rec)
+    assert not v.ok and v.lost == 0 and v.dead_letter_ids == [2] and v.chunks_completed == 9, explain(rec)
+    assert "compute process killed by SIGSEGV" in v.dead_letter_reasons[0], explain(rec)
     assert set(rec.worker_exit_codes.values()) == {0}, "the workers survive their compute child's crash"
 
 
 def test_static_mode_with_a_kill_reports_exactly_the_lost_chunks(run_sweep: Any) -> None:
     rec = run_sweep(params=40_000, chunk=1_000, workers=2, cost_us=50, mode="static", faults=["kill-worker@30%"])
     v = rec.verdict
-    killed = rec.faults[0]["target"]
-    assert not v["ok"] and v["lost"] > 0, explain(rec)
+    killed = rec.faults[0].target
+    assert not v.ok and v.lost > 0, explain(rec)
     values = np.load(Path(rec.run_dir) / "results.npy")
     missing = [c for c in range(40) if np.isnan(values[c * 1000])]
-    assert v["lost_chunk_ids"] == missing, explain(rec)
+    assert v.lost_chunk_ids == missing, explain(rec)
     block = set(ChunkPlan(40_000, 1_000).static_assignment(2, int(killed[1:])))
     assert set(missing) <= block, explain(rec)
 
@@ -107,14 +108,14 @@ def test_static_mode_with_a_kill_reports_exactly_the_lost_chunks(run_sweep: Any)
 def test_a_terminated_worker_finishes_its_chunk_and_exits_cleanly(run_sweep: Any) -> None:
     rec = run_sweep(params=40_000, chunk=1_000, workers=2, cost_us=100, faults=["terminate-worker@20%"])
     v = rec.verdict
-    assert v["ok"] and v["lost"] == 0, explain(rec)
-    assert rec.worker_exit_codes[rec.faults[0]["target"]] == 0, explain(rec)
+    assert v.ok and v.lost == 0, explain(rec)
+    assert rec.worker_exit_codes[rec.faults[0].target] == 0, explain(rec)
 
 
 def test_a_user_algorithm_is_verified_on_a_seeded_sample(run_sweep: Any) -> None:
     rec = run_sweep(params=3_000, chunk=100, workers=2, algorithm="algos:square_root", verify="sample:200")
     v = rec.verdict
-    assert v["ok"] and v["verify"] == "sample:200" and v["checksum_ok"] and v["mismatches"] == 0, explain(rec)
+    assert v.ok and v.verify == "sample:200" and v.checksum_ok and v.mismatches == 0, explain(rec)
 
 
 def test_a_malformed_message_is_rejected_and_the_sweep_still_completes(backend: str, broker_url: str, tmp_path: Path) -> None:
@@ -182,21 +183,21 @@ def test_two_sweeps_share_one_broker_without_interfering(run_sweep: Any) -> None
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert len(records) == 2 and all(r.verdict["ok"] for r in records), [explain(r) for r in records]
+    assert len(records) == 2 and all(r.verdict.ok for r in records), [explain(r) for r in records]
     assert records[0].run_id != records[1].run_id
 
 
 @pytest.mark.parametrize("workers", [1, 4])
 def test_worker_count_does_not_change_the_result(run_sweep: Any, workers: int) -> None:
     rec = run_sweep(params=12_345, chunk=1_000, workers=workers)
-    assert rec.verdict["ok"] and rec.verdict["checksum_actual"] == rec.verdict["checksum_expected"], explain(rec)
+    assert rec.verdict.ok and rec.verdict.checksum_actual == rec.verdict.checksum_expected, explain(rec)
 
 
 def test_a_grid_sweep_runs_end_to_end_and_verifies_against_the_grid_function(run_sweep: Any) -> None:
     rec = run_sweep(grid=["alpha=0:1:101", "beta=1,2,3,4"], chunk=50, workers=2, algorithm="algos:grid_product")
     v = rec.verdict
     assert rec.params == 404 and rec.grid == ["alpha=0:1:101", "beta=1,2,3,4"]
-    assert v["ok"] and v["checksum_ok"] and v["mismatches"] == 0, explain(rec)
+    assert v.ok and v.checksum_ok and v.mismatches == 0, explain(rec)
     values = np.load(Path(rec.run_dir) / "results.npy")
     assert values[4 * 100 + 3] == 1.0 * 4  # alpha=1.0, beta=4
 
@@ -205,7 +206,7 @@ def test_a_run_that_times_out_reports_the_outstanding_chunks_and_its_workers_exi
     # 40 chunks of 0.25 s on one worker need 10 s; the run gives up after 1.5 s.
     rec = run_sweep(params=40, chunk=1, workers=1, cost_us=250_000, timeout_s=1.5)
     v = rec.verdict
-    assert not v["ok"] and v["lost"] == 40 - v["chunks_completed"] > 0, explain(rec)
+    assert not v.ok and v.lost == 40 - v.chunks_completed > 0, explain(rec)
     assert rec.worker_exit_codes == {"w0": 0}, explain(rec)
     log = (Path(rec.run_dir) / "logs" / "w0.log").read_text()
     assert "sweep drained" in log and "SIGTERM" not in log, "the worker should stop on the run's end, not be signalled"
@@ -215,8 +216,9 @@ def test_a_broker_killed_and_restarted_on_its_data_mid_sweep_loses_nothing(backe
     import signal
     import threading
 
+    from ttg.collector import Progress
     from ttg.config import load_run_config
-    from ttg.run import Progress, execute
+    from ttg.run import execute
 
     with private_broker(backend, tmp_path / "broker") as server:
         settings = {"backend": backend, "broker_url": server.url, "params": 100_000, "chunk": 1_000, "workers": 2, "cost_us": 30}
@@ -246,7 +248,7 @@ def test_a_broker_killed_and_restarted_on_its_data_mid_sweep_loses_nothing(backe
     assert "healed" in outage, "the broker was never killed"
     logs = " ".join(p.read_text() for p in (Path(rec.run_dir) / "logs").glob("*.log"))
     assert "broker unreachable" in logs, "the workers never saw the outage: it did not happen mid-sweep"
-    assert v["ok"] and v["lost"] == 0 and v["chunks_completed"] == 100 and v["checksum_ok"], explain(rec)
+    assert v.ok and v.lost == 0 and v.chunks_completed == 100 and v.checksum_ok, explain(rec)
 
 
 def test_a_chunk_that_fails_once_is_retried_and_the_sweep_completes(run_sweep: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,6 +256,6 @@ def test_a_chunk_that_fails_once_is_retried_and_the_sweep_completes(run_sweep: A
     rec = run_sweep(params=2_000, chunk=200, workers=2, algorithm="algos:flaky_once", reclaim_after_s=1.0)
     v = rec.verdict
     assert (tmp_path / "failed-once").exists(), "the algorithm never failed: the test proves nothing"
-    assert v["ok"] and v["dead_lettered"] == 0 and v["lost"] == 0 and v["duplicates"] == 0, explain(rec)
+    assert v.ok and v.dead_lettered == 0 and v.lost == 0 and v.duplicates == 0, explain(rec)
     logs = " ".join(p.read_text() for p in (Path(rec.run_dir) / "logs").glob("*.log"))
     assert "transient: the database blinked" in logs

@@ -21,6 +21,7 @@ from ttg.k8s.launch import record_from_log
 from ttg.k8s.manifests import ManifestSettings, documents, render
 from ttg.k8s.runtime import KubernetesRuntime
 from ttg.record import RunRecord
+from ttg.verdict import Verdict
 
 COMBOS = [(b, m) for b in ("redis", "rabbitmq") for m in ("queue", "static")]
 SCHEMA_VERSIONS = ("1.30", "1.33")
@@ -125,11 +126,12 @@ def test_render_refuses_what_cannot_run_on_kubernetes() -> None:
 
 
 def test_the_run_record_is_read_from_the_end_of_the_coordinator_log() -> None:
-    fields = {f: 0 for f in RunRecord.__dataclass_fields__}
+    fields: dict[str, Any] = {f: 0 for f in RunRecord.__dataclass_fields__}
     fields.update(run_id="r1", ttg_version="0.1.0", backend="redis", runtime="kubernetes", mode="queue", algorithm="demo")
-    fields.update(started_at="t0", finished_at="t1", verdict={"ok": True}, faults=[], timeline=[], grid=[], worker_exit_codes={}, broker_stats={})
-    fields.update(run_dir="/results/r1", broker_url=None, broker_startup_s=None)
-    record = RunRecord(**fields)
+    verdict = {f: 0 for f in Verdict.__dataclass_fields__} | {"ok": True, "verify": "full", "lost_chunk_ids": [], "dead_letter_ids": []}
+    fields.update(started_at="t0", finished_at="t1", verdict=verdict, faults=[{"kind": "kill-pod", "target": "w0", "at_s": 1.0, "at_chunks": 3}])
+    fields.update(timeline=[], grid=[], worker_exit_codes={}, broker_stats={}, run_dir="/results/r1", broker_url=None, broker_startup_s=None)
+    record = RunRecord.from_dict(fields)
     log = 'progress 10/100 chunks\n{\n  "not": "a record"\n}\n' + json.dumps({**record.to_dict(), "a_future_field": 1}, indent=2) + "\n"
     assert record_from_log(log) == record
     with pytest.raises(ClusterError, match="holds no run record"):

@@ -88,7 +88,7 @@ def run_bench(cfg: RunConfig, *, repeat: int = 3, on_round: Callable[[str], None
                     on_round(f"round {i + 1}/{repeat}: TTG {ttg_s[-1]:.3f} s, Pool {pool_s[-1]:.3f} s, ratio {pool_s[-1] / ttg_s[-1]:.3f}")
             rt_after = count_round_trips(url) if count_round_trips else 0
         for r in records:
-            if not r.verdict["ok"]:
+            if not r.verdict.ok:
                 raise RuntimeError(f"benchmark run {r.run_id} failed its verdict: {r.verdict}")
     t_ttg, t_pool = statistics.median(ttg_s), statistics.median(pool_s)
     return {

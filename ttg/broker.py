@@ -222,8 +222,3 @@ def open_broker(
         options["prefetch"] = prefetch
     broker: Broker = cls(url, run_id, **options)
     return broker
-
-
-def check_backend_available(backend: str) -> None:
-    """Fail early, with the list of what exists, when a backend name is not registered or its driver is missing."""
-    backends.backend(backend).require_driver()

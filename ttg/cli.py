@@ -32,7 +32,7 @@ from ttg.errors import ConfigError, TTGError
 from ttg.record import RunRecord
 
 if TYPE_CHECKING:
-    from ttg.run import ProgressFn  # the run machinery is imported only by the commands that run sweeps
+    from ttg.collector import ProgressFn  # the run machinery is imported only by the commands that run sweeps
 
 err = Console(stderr=True)
 EXIT_USAGE = 2
@@ -104,8 +104,8 @@ def cli() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log the coordinator's steps to stderr.")
 def run(as_json: bool, verbose: bool, run_id: str | None, resume: bool, **options: Any) -> int:
     """Run one sweep and end with a verdict."""
+    from ttg.collector import Progress as RunProgress
     from ttg.run import PROGRESS_LINE_EVERY_S, new_run_id, preflight
-    from ttg.run import Progress as RunProgress
 
     cfg = load_run_config(passed_options(**options))
     if resume and not (run_id and cfg.sweep.broker_url):
@@ -143,7 +143,7 @@ def run(as_json: bool, verbose: bool, run_id: str | None, resume: bool, **option
         click.echo(json.dumps(record.to_dict(), indent=2))
     else:
         err.print(f"run record: {record.run_dir}/record.json")
-    return 0 if record.verdict["ok"] else 1
+    return 0 if record.verdict.ok else 1
 
 
 @cli.command()
@@ -184,27 +184,24 @@ def _run_somewhere(cfg: RunConfig, run_id: str, on_progress: ProgressFn, resume:
 
 def summary_table(record: RunRecord) -> Table:
     v = record.verdict
-    table = Table(title=f"TTG run {record.run_id} — {'[green]OK' if v['ok'] else '[red]FAILED'}", show_header=False)
+    table = Table(title=f"TTG run {record.run_id} — {'[green]OK' if v.ok else '[red]FAILED'}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     rows = [
         ("backend / mode", f"{record.backend} / {record.mode}, {record.workers} workers ({record.runtime})"),
         ("parameters", f"{record.params:,} in {record.chunks:,} chunks of {record.chunk_size:,}"),
-        ("chunks completed", f"{v['chunks_completed']:,} / {v['chunks_expected']:,}"),
-        ("lost", f"{v['lost']}" + (f"  (first ids: {v['lost_chunk_ids'][:10]})" if v["lost"] else "")),
-        ("duplicates", str(v["duplicates"])),
-        ("dead-lettered", str(v["dead_lettered"]) + (f"  ({v['dead_letter_reasons'][0][:80]})" if v["dead_letter_reasons"] else "")),
-        (
-            "checksum",
-            f"{v['checksum_actual']} ({'ok' if v['checksum_ok'] else 'MISMATCH' if v['checksum_ok'] is False else 'not checked'}, verify {v['verify']})",
-        ),
+        ("chunks completed", f"{v.chunks_completed:,} / {v.chunks_expected:,}"),
+        ("lost", f"{v.lost}" + (f"  (first ids: {v.lost_chunk_ids[:10]})" if v.lost else "")),
+        ("duplicates", str(v.duplicates)),
+        ("dead-lettered", str(v.dead_lettered) + (f"  ({v.dead_letter_reasons[0][:80]})" if v.dead_letter_reasons else "")),
+        ("checksum", f"{v.checksum_actual} ({'ok' if v.checksum_ok else 'MISMATCH' if v.checksum_ok is False else 'not checked'}, verify {v.verify})"),
         ("sweep time", f"{record.wall_s:.2f} s  ({record.params_per_s:,.0f} params/s)"),
         ("start-up / verify", f"{record.startup_s:.2f} s / {record.verify_s:.2f} s"),
     ]
     rows += [
         (
-            f"fault {f['kind']}",
-            f"{f['target']} at {f['at_s']:.2f} s, recovered in " + (f"{f['recovered_s']:.2f} s" if f["recovered_s"] is not None else f"- ({f['note']})"),
+            f"fault {f.kind}",
+            f"{f.target} at {f.at_s:.2f} s, recovered in " + (f"{f.recovered_s:.2f} s" if f.recovered_s is not None else f"- ({f.note})"),
         )
         for f in record.faults
     ]

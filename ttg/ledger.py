@@ -16,7 +16,6 @@ verdict's business: they are computed after the sweep, timed apart from it.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +62,6 @@ class Ledger:
         self.dead_rejected = 0  # dead letters whose task is not one of the plan (junk, forged, another run)
         self.duplicates = 0
         self.rejected = 0
-        self.redelivered_at: list[float] = []  # monotonic times of first results that needed more than one delivery
-        self.last_result: dict[str, float] = {}  # worker id -> monotonic time of its latest result
-        self.results_by_worker: dict[str, float] = {}  # worker id -> first results received from it
 
     @staticmethod
     def exists(path: Path) -> bool:
@@ -85,8 +81,6 @@ class Ledger:
             self.duplicates += 1
             log.info("duplicate result dropped", extra={"chunk_id": msg.chunk_id, "worker_id": msg.worker_id})
             return None
-        self.last_result[msg.worker_id] = time.monotonic()
-        self.results_by_worker[msg.worker_id] = self.results_by_worker.get(msg.worker_id, 0) + 1
         values = msg.array()
         self.values[msg.start : msg.stop] = values
         self.seen[msg.chunk_id] = True
@@ -96,8 +90,6 @@ class Ledger:
             self.dead_reasons.pop(msg.chunk_id, None)
             self.dead_open -= 1
             self.dead_noise += 1
-        if msg.deliveries > 1:
-            self.redelivered_at.append(time.monotonic())
         return msg
 
     @property

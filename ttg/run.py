@@ -15,25 +15,23 @@ import errno
 import functools
 import logging
 import os
-import random
-import resource
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import urlsplit
 
-from ttg import __version__, backends
+from ttg import backends
 from ttg.argv import worker_argv
-from ttg.broker import Broker, check_backend_available, open_broker
+from ttg.broker import Broker, BrokerStats, open_broker
+from ttg.collector import Collector, ProgressFn
 from ttg.compute import ComputeCrashed, ComputeProcess
-from ttg.config import RunConfig, check_run_id, redact_url, worker_ids
+from ttg.config import RunConfig, check_run_id, worker_ids
 from ttg.errors import AlgorithmNotFound, ConfigError, RunConflict, RuntimeStartError
 from ttg.faults import PROXY_FAULTS
 from ttg.lease import LEASE_TTL_S, new_owner
@@ -42,25 +40,13 @@ from ttg.nemesis import BrokerServer, FaultProxy, FaultSchedule
 from ttg.plan import ChunkPlan
 from ttg.producer import publish_plan
 from ttg.record import RunRecord
-from ttg.retry import patiently
 from ttg.runtimes import Runtime, WorkerLaunch
 from ttg.runtimes.local import LocalRuntime
-from ttg.verdict import judge
+from ttg.verdict import Verdict, judge
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Progress:
-    chunks_done: int
-    chunks_total: int
-    params_done: int
-    elapsed_s: float
-
-
-ProgressFn = Callable[[Progress], None]
-T = TypeVar("T")
-BROKER_WAIT_S = 60.0  # how long the coordinator rides out an unreachable broker
 ALGORITHM_IMPORT_TIMEOUT_S = 120.0  # a module that takes longer to import is taken for hung
 ORPHAN_WAIT_S = 30.0  # local workers of a dead coordinator on the user's broker: how long they wait for a successor
 PROGRESS_LINE_EVERY_S = 5.0  # `ttg run` prints a progress line this often when its output is not a terminal (a pod's log)
@@ -80,7 +66,7 @@ class BrokerAccess:
 @contextmanager
 def private_or_given_broker(cfg: RunConfig) -> Iterator[BrokerAccess]:
     """The configured broker, or a private broker started for this run and stopped after it."""
-    check_backend_available(cfg.sweep.backend)
+    backends.backend(cfg.sweep.backend).require_driver()
     if cfg.sweep.broker_url:
         yield BrokerAccess(cfg.sweep.broker_url)
         return
@@ -143,7 +129,7 @@ def preflight(cfg: RunConfig, run_id: str) -> Path:
     """The checks that need no broker, made before one starts: the algorithm loads (a typo in --algorithm is a usage
     error) and ``--out`` is a directory this process can write; returns the run's directory, not yet created (a run
     refused later, for its lease, writes nothing); ConfigError naming the setting otherwise."""
-    check_backend_available(cfg.sweep.backend)  # its driver is installed
+    backends.backend(cfg.sweep.backend).require_driver()
     check_algorithm(cfg.sweep.algorithm, cfg.sweep.grid)
     run_dir = cfg.out / run_id
     try:
@@ -191,10 +177,6 @@ def _wait_connected(broker: Broker, runtime: Runtime, want: int, timeout_s: floa
         time.sleep(0.05)
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 @dataclass(frozen=True)
 class LiveRun:
     """A sweep while it runs, for a caller that injects faults from outside (Chaos Toolkit actions)."""
@@ -207,99 +189,160 @@ class LiveRun:
     server: BrokerServer | None
 
 
-class _Collector:
-    """The result loop: read, record, report progress, fire faults, decide when the sweep is over."""
+class Run:
+    """One sweep on a broker that is reachable, in phases: :meth:`claim`, :meth:`start_workers`, :meth:`publish`,
+    :meth:`collect`, :meth:`finish`; used as a context manager, which stops the workers, flushes the ledger and
+    removes the run from the broker only if every chunk was accounted for, whatever happened in between.
+
+    ``live``: every worker reaches the broker through a fault proxy even if no configured fault needs one, so a caller
+    may add faults of any kind while the sweep runs (Chaos Toolkit actions)."""
 
     def __init__(
         self,
         cfg: RunConfig,
-        broker: Broker,
-        runtime: Runtime,
-        ledger: Ledger,
-        on_progress: ProgressFn | None,
-        server: BrokerServer | None = None,
-        proxies: Mapping[str, FaultProxy] | None = None,
+        run_id: str,
+        run_dir: Path,
+        given: BrokerAccess,
+        *,
+        runtime: Runtime | None = None,
+        resume: bool = False,
+        on_progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
         own_process: bool = False,
+        live: bool = False,
     ) -> None:
-        self.cfg, self.broker, self.runtime, self.ledger, self.on_progress = cfg, broker, runtime, ledger, on_progress
-        self.cancel = cancel or threading.Event()
-        self.timeline: list[list[float]] = [[0.0, 0]]
-        self.t0 = time.monotonic()
-        rng = random.Random(cfg.seed)  # seeded: a random fault target replays with the run's --seed
-        # Queue mode: hit the worker longest without a result (surely mid-chunk). Static mode: the one with the most of
-        # its block left, at once; a static sweep with no work per parameter is over in a few tens of milliseconds.
-        static = cfg.mode == "static"
-        priority = ledger.results_by_worker if static else ledger.last_result
-        self.faults = FaultSchedule(
-            cfg.faults,
-            runtime,
-            ledger.plan.chunks,
-            self.t0,
-            priority,
-            server,
-            proxies,
-            rng,
-            immediate=static,
-            run=(broker, ledger.plan),
-            own_process=own_process,
+        self.cfg, self.run_id, self.run_dir, self.given = cfg, run_id, run_dir, given
+        self.plan = ChunkPlan(cfg.params, cfg.chunk)
+        self.runtime = runtime or LocalRuntime(run_dir / "logs")
+        self.on_disk = Ledger.exists(run_dir / "results.npy")
+        self.resume, self.resuming = resume, resume and self.on_disk
+        self.on_progress, self.cancel, self.own_process, self.live = on_progress, cancel, own_process, live
+        self.started_at, self.t_start = datetime.now(UTC), time.monotonic()
+        self.proxies: dict[str, FaultProxy] = {}
+        self.ledger: Ledger | None = None
+        self.collector: Collector | None = None
+        self.had_state = self.complete = False
+        self.startup_s = self.wall_s = 0.0
+        self.stats: BrokerStats | None = None
+        self.resumed_at: int | None = None  # chunks a previous coordinator had recorded, when resuming
+        self.broker = open_broker(
+            given.url, run_id, max_deliveries=cfg.sweep.max_deliveries, reclaim_after_s=cfg.sweep.reclaim_after_s, prefetch=cfg.sweep.prefetch
         )
 
-    def run(self) -> None:
-        """Collect until every planned chunk id is completed or dead (never on a count of messages), or give up."""
-        chunks = self.ledger.plan.chunks
-        dead_seen = 0
-        next_stats = 0.0
-        next_flush = time.monotonic() + 2.0
-        workers_gone_at: float | None = None
-        while True:
-            raws = self._patiently(lambda: self.broker.read_results(max_count=512, timeout_s=self.faults.wait_s(0.1)))
-            for raw in raws:
-                self.ledger.add(raw)
-            now = time.monotonic()
-            self._progress(now)
-            self.faults.poll(self.ledger.completed, self.ledger.redelivered_at)
-            if now >= next_stats:  # a dead letter ends a chunk too; ask the broker a few times a second
-                dead_seen = self._note_dead_letters(dead_seen)
-                next_stats = now + 0.25
-            if now >= next_flush:  # a successor coordinator (--resume) finds on disk what this one recorded
-                self.ledger.flush()
-                next_flush = now + 2.0
-            if self.ledger.accounted >= chunks:
-                return
-            outstanding = chunks - self.ledger.accounted
-            if not self.runtime.alive():
-                # Every worker is gone: take what is still in flight to the coordinator, then stop.
-                workers_gone_at = workers_gone_at or now
-                if not raws and now - workers_gone_at > 0.5:
-                    log.warning("all workers exited with %d chunk(s) outstanding", outstanding)
-                    return
-            if self.cancel.is_set():
-                log.warning("run cancelled with %d chunk(s) outstanding", outstanding)
-                return
-            if now - self.t0 > self.cfg.timeout_s:
-                log.error("run timed out after %.0fs with %d chunk(s) outstanding", self.cfg.timeout_s, outstanding)
-                return
+    def __enter__(self) -> Run:
+        return self
 
-    def _note_dead_letters(self, seen: int) -> int:
-        """Re-read the dead letters when the broker's count of them changed; returns the count read."""
-        count = self._patiently(self.broker.stats).dead_lettered
-        if count != seen:
-            self.ledger.note_dead_letters(self._patiently(self.broker.dead_letters))
-        return count
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-    def _patiently(self, op: Callable[[], T]) -> T:
-        # A broker restart (with --persistence nothing is lost) must not end the run.
-        return patiently(op, wait_s=BROKER_WAIT_S)
+    @property
+    def persistent(self) -> bool:
+        """Whether the private broker TTG started keeps every confirmed write over a restart (a given broker: not TTG's to say)."""
+        return self.given.startup_s is not None and (self.cfg.persistence or backends.backend(self.cfg.sweep.backend).durable)
 
-    def _progress(self, now: float) -> None:
-        elapsed = now - self.t0
-        done = self.ledger.completed
-        if done != self.timeline[-1][1] and (elapsed - self.timeline[-1][0] >= 0.1 or done == self.ledger.plan.chunks):
-            self.timeline.append([round(elapsed, 3), done])
-        if self.on_progress:
-            params_done = min(done * self.ledger.plan.chunk_size, self.ledger.plan.params)
-            self.on_progress(Progress(done, self.ledger.plan.chunks, params_done, elapsed))
+    def claim(self) -> None:
+        """Take the run's lease, check what exists of it, open the ledger and declare the run on the broker."""
+        self.had_state = _claim_run(self.broker, self.cfg, self.run_dir, resume=self.resume, on_disk=self.on_disk)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # The ledger exists before the run does on the broker, so broker state always has a ledger to resume.
+        self.ledger = Ledger(self.plan, self.run_id, self.run_dir / "results.npy", resume=self.resuming)
+        self.broker.declare(self.plan.chunks)
+        if self.resuming:
+            self.resumed_at = self.ledger.completed
+            log.warning("resuming run %s with %d of %d chunks recorded", self.run_id, self.ledger.completed, self.plan.chunks)
+            # A fault whose point has passed fired in the previous coordinator's life; one in place from the workers'
+            # launch (a poison) is in place in this life's workers too.
+            faults = tuple(f for f in self.cfg.faults if f.info.at_launch or f.at_fraction * self.plan.chunks > self.ledger.completed)
+            self.cfg = dataclasses.replace(self.cfg, faults=faults)
+
+    def start_workers(self) -> None:
+        """Start the workers (each through its own fault proxy when faults need a path to cut) and wait until each is connected."""
+        cfg, url = self.cfg, self.given.url
+        self.proxies = _proxies_for(cfg, url, always=self.live)
+        urls = {w: p.url_for(url) for w, p in self.proxies.items()} or url
+        # A private broker dies with this coordinator, and its workers with it; on a broker of the user's they
+        # wait a while for a successor (ttg run --resume) before giving their chunks back.
+        local_pid = os.getpid() if self.runtime.name == "local" else None
+        wait_s = 0.0 if self.given.server else ORPHAN_WAIT_S
+        self.runtime.start(worker_launches(cfg, urls, self.run_id, coordinator_pid=local_pid, successor_wait_s=wait_s))
+        if cfg.mode == "queue":
+            # Pods may wait for a node and pull an image first; local processes connect within a second or two.
+            _wait_connected(self.broker, self.runtime, cfg.workers, timeout_s=60.0 if self.runtime.name == "local" else 600.0)
+        self.startup_s = time.monotonic() - self.t_start
+
+    def publish(self) -> LiveRun:
+        """Start the clock and publish the plan, less what a resumed ledger recorded; returns the run as it goes."""
+        ledger = self._ledger()
+        self.collector = Collector(
+            self.cfg, self.broker, self.runtime, ledger, self.on_progress, self.given.server, self.proxies, self.cancel, self.own_process
+        )
+        published = self.run_dir / "published"
+        if self.cfg.mode == "queue" and not (self.resuming and self.had_state and published.exists()):
+            # A plan published only in part, or a broker that lost the run: publish what is not recorded again;
+            # a chunk computed twice is dropped as a duplicate, never counted twice.
+            publish_plan(self.broker, self.plan, ledger.seen)
+            published.touch()
+        return LiveRun(self.run_id, self.run_dir, self.plan.chunks, self.collector.faults, self.runtime, self.given.server)
+
+    def collect(self) -> None:
+        """Collect results until the sweep is over; heal every fault before returning, and on any error or Ctrl-C
+        (as Jepsen does, before draining and judging): no broker is ever left killed or frozen."""
+        collector = self._collector()
+        try:
+            collector.run()
+        finally:
+            collector.faults.heal_all()
+        self.wall_s = time.monotonic() - collector.t0
+
+    def finish(self) -> Verdict:
+        """End the run on the broker, stop the workers, take what is still in flight, and judge."""
+        ledger, collector, broker, cfg = self._ledger(), self._collector(), self.broker, self.cfg
+        broker.end_run()
+        # Workers notice the end within a reclaim tick and exit by themselves; stop() catches stragglers.
+        self.runtime.wait(timeout_s=cfg.sweep.reclaim_after_s + 2.0)
+        self.runtime.stop(grace_s=10.0)
+        for raw in broker.read_results(max_count=1_000_000, timeout_s=0.01):
+            ledger.add(raw)  # a result that landed while workers stopped still counts
+        self.stats = broker.stats()
+        verdict = judge(
+            ledger,
+            broker.dead_letters(),
+            broker_duplicates=self.stats.duplicates,
+            verify=cfg.verify,
+            algorithm=cfg.sweep.algorithm,
+            seed=cfg.seed,
+            grid=cfg.sweep.grid,
+            rejected=broker.rejections(),
+        )
+        collector.faults.finish(verdict.dead_letter_ids)
+        self.complete = ledger.accounted >= self.plan.chunks
+        return verdict
+
+    def close(self) -> None:
+        """Interruption is not deletion: SIGTERM, Ctrl-C, a timeout or a crash stop the workers and leave the run
+        resumable; only a run whose every chunk is accounted for is removed from the broker."""
+        self.runtime.stop(grace_s=5.0)
+        for p in self.proxies.values():
+            p.close()
+        if self.ledger is not None:
+            self.ledger.flush()
+        try:
+            if self.complete:
+                self.broker.delete_run()
+            elif self.ledger is not None and self.given.server is None:
+                log.warning("run %s is not complete and stays on the broker; %s", self.run_id, _how_to_go_on(self.cfg, self.run_id))
+        finally:
+            self.broker.close()  # and with it the run's lease
+
+    def _ledger(self) -> Ledger:
+        if self.ledger is None:
+            raise RuntimeError("claim() comes first")  # a phase called out of order: a bug in the caller
+        return self.ledger
+
+    def _collector(self) -> Collector:
+        if self.collector is None:
+            raise RuntimeError("publish() comes first")
+        return self.collector
 
 
 def execute(
@@ -307,7 +350,6 @@ def execute(
     *,
     on_progress: ProgressFn | None = None,
     run_id: str | None = None,
-    keep_broker_state: bool = False,
     access: BrokerAccess | None = None,
     on_start: Callable[[LiveRun], None] | None = None,
     cancel: threading.Event | None = None,
@@ -330,125 +372,30 @@ def execute(
     """
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     run_dir = preflight(cfg, run_id)
-    plan = ChunkPlan(cfg.params, cfg.chunk)
-    on_disk = Ledger.exists(run_dir / "results.npy")
-    if on_disk and not resume:
+    if Ledger.exists(run_dir / "results.npy") and not resume:
         # Results already recorded are never touched: refuse at once, saying how to go on.
         raise RunConflict(f"run {run_id} already has results in {run_dir}; {_how_to_go_on(cfg, run_id)}")
-    started_at = datetime.now(UTC)
-    t_start = time.monotonic()
     with contextlib.nullcontext(access) if access is not None else private_or_given_broker(cfg) as given:
-        url, broker_startup_s = given.url, given.startup_s
-        broker = open_broker(url, run_id, max_deliveries=cfg.sweep.max_deliveries, reclaim_after_s=cfg.sweep.reclaim_after_s, prefetch=cfg.sweep.prefetch)
-        runtime = runtime or LocalRuntime(run_dir / "logs")
-        proxies: dict[str, FaultProxy] = {}
-        ledger: Ledger | None = None
-        complete = False
-        try:
-            had_state = _claim_run(broker, cfg, run_dir, resume=resume, on_disk=on_disk)
-            resuming = resume and on_disk
-            run_dir.mkdir(parents=True, exist_ok=True)
-            # The ledger exists before the run does on the broker, so broker state always has a ledger to resume.
-            ledger = Ledger(plan, run_id, run_dir / "results.npy", resume=resuming)
-            broker.declare(plan.chunks)
-            # Partition and latency faults need a path to cut: each worker reaches the broker through its own fault proxy.
-            proxies = _proxies_for(cfg, url, always=on_start is not None)
-            # A private broker dies with this coordinator, and its workers with it; on a broker of the user's they
-            # wait a while for a successor (ttg run --resume) before giving their chunks back.
-            urls = {w: p.url_for(url) for w, p in proxies.items()} or url
-            local_pid = os.getpid() if runtime.name == "local" else None
-            runtime.start(worker_launches(cfg, urls, run_id, coordinator_pid=local_pid, successor_wait_s=0.0 if given.server else ORPHAN_WAIT_S))
-            if cfg.mode == "queue":
-                # Pods may wait for a node and pull an image first; local processes connect within a second or two.
-                _wait_connected(broker, runtime, cfg.workers, timeout_s=60.0 if runtime.name == "local" else 600.0)
-            startup_s = time.monotonic() - t_start
-            resumed_at = ledger.completed if resuming else None
-            if resuming:
-                log.warning("resuming run %s with %d of %d chunks recorded", run_id, ledger.completed, plan.chunks)
-                # A fault whose point has passed fired in the previous coordinator's life.
-                cfg = dataclasses.replace(cfg, faults=tuple(f for f in cfg.faults if f.at_fraction * plan.chunks > ledger.completed))
-            collector = _Collector(cfg, broker, runtime, ledger, on_progress, given.server, proxies, cancel, own_process)
-            published = run_dir / "published"
-            if cfg.mode == "queue" and not (resuming and had_state and published.exists()):
-                # A plan published only in part, or a broker that lost the run: publish what is not recorded again;
-                # a chunk computed twice is dropped as a duplicate, never counted twice.
-                publish_plan(broker, plan, ledger.seen)
-                published.touch()
+        run = Run(
+            cfg,
+            run_id,
+            run_dir,
+            given,
+            runtime=runtime,
+            resume=resume,
+            on_progress=on_progress,
+            cancel=cancel,
+            own_process=own_process,
+            live=on_start is not None,
+        )
+        with run:
+            run.claim()
+            run.start_workers()
+            sweep = run.publish()
             if on_start is not None:
-                on_start(LiveRun(run_id, run_dir, plan.chunks, collector.faults, runtime, given.server))
-            try:
-                collector.run()
-            finally:
-                # Heal before draining and judging (as Jepsen does), and on any error or Ctrl-C:
-                # no broker is ever left killed or frozen.
-                collector.faults.heal_all()
-            wall_s = time.monotonic() - collector.t0
-            broker.end_run()
-            # Workers notice the end within a reclaim tick and exit by themselves; stop() catches stragglers.
-            runtime.wait(timeout_s=cfg.sweep.reclaim_after_s + 2.0)
-            runtime.stop(grace_s=10.0)
-            for raw in broker.read_results(max_count=1_000_000, timeout_s=0.01):
-                ledger.add(raw)  # a result that landed while workers stopped still counts
-            stats = broker.stats()
-            dead_letters = broker.dead_letters()
-            verdict = judge(
-                ledger,
-                dead_letters,
-                broker_duplicates=stats.duplicates,
-                verify=cfg.verify,
-                algorithm=cfg.sweep.algorithm,
-                seed=cfg.seed,
-                grid=cfg.sweep.grid,
-                rejected=broker.rejections(),
-            )
-            collector.faults.finish(verdict.dead_letter_ids)
-            complete = ledger.accounted >= plan.chunks
-        finally:
-            # Interruption is not deletion: SIGTERM, Ctrl-C, a timeout or a crash stop the workers and leave the
-            # run resumable; only a run whose every chunk is accounted for is removed from the broker.
-            runtime.stop(grace_s=5.0)
-            for p in proxies.values():
-                p.close()
-            if ledger is not None:
-                ledger.flush()
-            try:
-                if complete and not keep_broker_state:
-                    broker.delete_run()
-                elif ledger is not None and given.server is None:
-                    log.warning("run %s is not complete and stays on the broker; %s", run_id, _how_to_go_on(cfg, run_id))
-            finally:
-                broker.close()  # and with it the run's lease
-    record = RunRecord(
-        run_id=run_id,
-        ttg_version=__version__,
-        backend=cfg.sweep.backend,
-        runtime=runtime.name,
-        mode=cfg.mode,
-        params=cfg.params,
-        chunk_size=cfg.chunk,
-        chunks=plan.chunks,
-        workers=cfg.workers,
-        algorithm=cfg.sweep.algorithm,
-        cost_us=cfg.sweep.cost_us,
-        started_at=started_at.isoformat(timespec="seconds"),
-        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        wall_s=round(wall_s, 4),
-        params_per_s=round(cfg.params / wall_s, 1) if wall_s > 0 else 0.0,
-        verdict=verdict.to_dict(),
-        faults=[f.to_dict() for f in collector.faults.records],
-        timeline=collector.timeline,
-        startup_s=round(startup_s, 3),
-        broker_startup_s=None if broker_startup_s is None else round(broker_startup_s, 3),
-        verify_s=verdict.verify_s,
-        total_s=round(time.monotonic() - t_start, 3),
-        broker_url=redact_url(url),
-        run_dir=str(run_dir),
-        grid=list(cfg.sweep.grid),
-        persistence=(cfg.persistence or backends.backend(cfg.sweep.backend).durable) and broker_startup_s is not None,
-        worker_exit_codes=runtime.exit_codes(),
-        broker_stats=asdict(stats),
-        coordinator_peak_rss_mb=round(_peak_rss_mb(), 1),
-        resumed_at_chunks=resumed_at,
-    )
+                on_start(sweep)
+            run.collect()
+            verdict = run.finish()
+    record = RunRecord.from_run(run, verdict)
     record.write(run_dir / "record.json")
     return record

@@ -85,7 +85,7 @@ def inject_fault(
         raise ActivityFailed(f"{spec} did not fire within {timeout_s:g}s; the sweep may be stuck, see {sweep.live.run_dir}")
     if rec.note.startswith("not injected"):
         raise ActivityFailed(f"{spec}: {rec.note}")
-    return rec.to_dict()
+    return rec.outcome().to_dict()
 
 
 def wait_for_sweep(timeout_s: float = 600.0) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def wait_for_sweep(timeout_s: float = 600.0) -> dict[str, Any]:
     except TTGError as e:
         raise ActivityFailed(str(e)) from None
     v = record.verdict
-    return {"run_id": record.run_id, "ok": v["ok"], "lost": v["lost"], "duplicates": v["duplicates"], "dead_lettered": v["dead_lettered"]}
+    return {"run_id": record.run_id, "ok": v.ok, "lost": v.lost, "duplicates": v.duplicates, "dead_lettered": v.dead_lettered}
 
 
 def heal_faults() -> int:

@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from ttg import backends
+from ttg.collector import Progress
 from ttg.config import RunConfig, load_run_config, worker_ids
 from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, DEFAULT_DURATION_S, KINDS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
 from ttg.plan import ChunkPlan
-from ttg.run import BrokerAccess, Progress, execute, new_run_id, private_or_given_broker
+from ttg.record import RunRecord
+from ttg.run import BrokerAccess, execute, new_run_id, private_or_given_broker
 
 FUZZ_KINDS = (
     "kill-worker",
@@ -170,7 +172,7 @@ def fuzz(s: FuzzSettings, on_row: Callable[[FuzzRow], None] | None = None) -> li
                 if any(f.kind in COORDINATOR_FAULTS for f in faults):
                     _coordinator_run(s, seed, faults, access, row)
                 else:
-                    _judge(row, execute(_config(s, seed, faults), access=access).to_dict())
+                    _judge(row, execute(_config(s, seed, faults), access=access))
             except Exception as e:  # a run that cannot finish is a finding too: report it with its seed
                 row.error = f"{type(e).__name__}: {e}"
             rows.append(row)
@@ -190,13 +192,13 @@ def fuzz(s: FuzzSettings, on_row: Callable[[FuzzRow], None] | None = None) -> li
     return rows
 
 
-def _judge(row: FuzzRow, record: dict[str, Any]) -> None:
-    """Fill ``row`` from a run record (as ``RunRecord.to_dict`` or ``ttg run --json`` gives it)."""
-    v, faults = record["verdict"], record["faults"]
-    row.run_id, row.lost, row.duplicates, row.dead_lettered = record["run_id"], v["lost"], v["duplicates"], v["dead_lettered"]
-    row.mismatches, row.wall_s = v["mismatches"], record["wall_s"]
-    row.recovery += [(f["kind"], f["recovered_s"]) for f in faults if KINDS[f["kind"]].recoverable]
-    row.not_injected += [f"{f['kind']}: {f['note']}" for f in faults if f["note"].startswith("not injected")]
+def _judge(row: FuzzRow, record: RunRecord) -> None:
+    """Fill ``row`` from a run record."""
+    v = record.verdict
+    row.run_id, row.lost, row.duplicates, row.dead_lettered = record.run_id, v.lost, v.duplicates, v.dead_lettered
+    row.mismatches, row.wall_s = v.mismatches, record.wall_s
+    row.recovery += [(f.kind, f.recovered_s) for f in record.faults if KINDS[f.kind].recoverable]
+    row.not_injected += [f"{f.kind}: {f.note}" for f in record.faults if not f.injected]
 
 
 def _coordinator_run(s: FuzzSettings, seed: int, faults: tuple[FaultSpec, ...], access: BrokerAccess, row: FuzzRow) -> None:
@@ -218,7 +220,7 @@ def _coordinator_run(s: FuzzSettings, seed: int, faults: tuple[FaultSpec, ...], 
     died_at = time.monotonic()
     if first.returncode in (0, 1) and first.stdout.strip():  # 1: finished, with a poison dead-lettered (by design)
         row.not_injected.append(f"{fault.kind}: not injected: the first coordinator finished the sweep before its progress point")
-        _judge(row, json.loads(first.stdout))
+        _judge(row, RunRecord.from_dict(json.loads(first.stdout)))
         return
     if first.returncode != _EXIT_STATUS[fault.kind]:
         tail = first.stderr.strip().splitlines()[-1:] or ["no output"]
@@ -231,7 +233,7 @@ def _coordinator_run(s: FuzzSettings, seed: int, faults: tuple[FaultSpec, ...], 
 
     rest = tuple(f for f in faults if f.kind not in COORDINATOR_FAULTS)
     record = execute(_config(s, seed, rest), access=access, run_id=run_id, resume=True, on_progress=on_progress)
-    _judge(row, record.to_dict())
+    _judge(row, record)
     row.wall_s = round(died_at - started + record.wall_s, 4)  # both lives
     resumed = record.resumed_at_chunks or 0
     recovered = next((t - died_at for t, done in progress if done > resumed), None)

@@ -162,9 +162,9 @@ def kubernetes_sweep_verdict(run_id: str, timeout_s: float = 1800.0, configurati
     if phase == "baseline":
         follower.cluster.down(follower.run_id)
     v = record.verdict
-    return {"phase": phase, "run_id": record.run_id, "ok": v["ok"], "lost": v["lost"], "lost_chunk_ids": v["lost_chunk_ids"][:50],
-            "duplicates": v["duplicates"], "dead_lettered": v["dead_lettered"], "dead_letter_ids": v["dead_letter_ids"][:50],
-            "mismatches": v["mismatches"], "checksum_ok": v["checksum_ok"], "wall_s": record.wall_s}  # fmt: skip
+    return {"phase": phase, "run_id": record.run_id, "ok": v.ok, "lost": v.lost, "lost_chunk_ids": v.lost_chunk_ids[:50],
+            "duplicates": v.duplicates, "dead_lettered": v.dead_lettered, "dead_letter_ids": v.dead_letter_ids[:50],
+            "mismatches": v.mismatches, "checksum_ok": v.checksum_ok, "wall_s": record.wall_s}  # fmt: skip
 
 
 def worker_pods_seen() -> dict[str, Any]:

@@ -41,18 +41,18 @@ def sweep_verdict(timeout_s: float = 600.0, configuration: dict[str, Any] | None
         "record": f"{record.run_dir}/record.json",
         "backend": record.backend,
         "mode": record.mode,
-        "ok": v["ok"],
-        "chunks_expected": v["chunks_expected"],
-        "chunks_completed": v["chunks_completed"],
-        "lost": v["lost"],
-        "lost_chunk_ids": v["lost_chunk_ids"][:50],
-        "duplicates": v["duplicates"],
-        "dead_lettered": v["dead_lettered"],
-        "dead_letter_ids": v["dead_letter_ids"][:50],
-        "checksum_ok": v["checksum_ok"],
-        "mismatches": v["mismatches"],
+        "ok": v.ok,
+        "chunks_expected": v.chunks_expected,
+        "chunks_completed": v.chunks_completed,
+        "lost": v.lost,
+        "lost_chunk_ids": v.lost_chunk_ids[:50],
+        "duplicates": v.duplicates,
+        "dead_lettered": v.dead_lettered,
+        "dead_letter_ids": v.dead_letter_ids[:50],
+        "checksum_ok": v.checksum_ok,
+        "mismatches": v.mismatches,
         "wall_s": record.wall_s,
-        "faults": record.faults,
+        "faults": [f.to_dict() for f in record.faults],
     }
 
 
@@ -89,7 +89,7 @@ def fault_evidence(timeout_s: float = 600.0) -> dict[str, Any]:
         record = sweep.wait(timeout_s)
     except TTGError as e:
         raise ActivityFailed(f"the sweep could not be read: {e}") from None
-    return {"phase": "chaos", "faults": record.faults}
+    return {"phase": "chaos", "faults": [f.to_dict() for f in record.faults]}
 
 
 def faults_took_effect(value: dict[str, Any] | None = None, kinds: list[str] | None = None) -> bool:

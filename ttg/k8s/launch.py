@@ -26,8 +26,8 @@ def record_from_log(text: str) -> RunRecord:
     for i in reversed(starts):
         try:
             doc = json.loads("\n".join(lines[i:]))
-            return RunRecord(**{k: v for k, v in doc.items() if k in RunRecord.__dataclass_fields__})
-        except (json.JSONDecodeError, TypeError):  # not JSON, or JSON that is not a run record
+            return RunRecord.from_dict(doc)
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError):  # not JSON, or JSON that is not a run record
             continue
     raise ClusterError("the coordinator's log holds no run record: it failed before judging; see `kubectl logs` of its pod")
 

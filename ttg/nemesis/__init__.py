@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from ttg.broker import Broker
 from ttg.errors import BrokerError, NotInjected
@@ -28,6 +27,7 @@ from ttg.nemesis.messages import DEFAULT_COUNT, ForgeMessages
 from ttg.nemesis.proxy import FaultProxy
 from ttg.nemesis.workers import SignalWorker, select_workers
 from ttg.plan import ChunkPlan
+from ttg.record import FaultOutcome
 from ttg.runtimes import Runtime
 
 __all__ = [
@@ -131,18 +131,19 @@ class FaultRecord:
     spec: FaultSpec | None = field(default=None, repr=False)
     poisoned: list[int] = field(default_factory=list)  # poison-chunk: the chunks made to fail
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "target": self.target,
-            "at_s": round(self.at_s, 3),
-            "at_chunks": self.at_chunks,
-            "healed_s": None if self.healed_s is None else round(self.healed_s, 3),
-            "recovered_s": None if self.recovered_s is None else round(self.recovered_s, 3),
-            "note": self.note,
-            "evidence": self.evidence,
-            **({"poisoned_chunk_ids": self.poisoned} if self.poisoned else {}),
-        }
+    def outcome(self) -> FaultOutcome:
+        """What the run record keeps of this fault."""
+        return FaultOutcome(
+            kind=self.kind,
+            target=self.target,
+            at_s=round(self.at_s, 3),
+            at_chunks=self.at_chunks,
+            healed_s=None if self.healed_s is None else round(self.healed_s, 3),
+            recovered_s=None if self.recovered_s is None else round(self.recovered_s, 3),
+            note=self.note,
+            evidence=self.evidence,
+            poisoned_chunk_ids=list(self.poisoned),
+        )
 
 
 class FaultSchedule:
