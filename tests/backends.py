@@ -10,9 +10,9 @@ from pathlib import Path
 import pika
 import redis
 
-from ttg.brokers.rabbitmq_topology import QueueNames
-from ttg.servers.rabbitmq_server import PrivateRabbitMQ
-from ttg.servers.redis_server import PrivateRedis
+from ttg.brokers.rabbitmq.server import PrivateRabbitMQ
+from ttg.brokers.rabbitmq.topology import QueueNames
+from ttg.brokers.redis.server import PrivateRedis
 
 
 def publish_raw_task(backend: str, url: str, run_id: str, body: bytes) -> None:

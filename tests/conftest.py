@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import redis
 
+from ttg.brokers.rabbitmq.server import PrivateRabbitMQ
+from ttg.brokers.redis.server import PrivateRedis
 from ttg.config import RunConfig, load_run_config
 from ttg.record import RunRecord
 from ttg.run import execute
-from ttg.servers.rabbitmq_server import PrivateRabbitMQ
-from ttg.servers.redis_server import PrivateRedis
 
 TESTS_DIR = Path(__file__).parent
 BACKENDS = ("redis", "rabbitmq")

@@ -26,8 +26,8 @@ import redis
 
 from fixtures.plugin import BrokerHandle
 from ttg.broker import DeadLetter, open_broker
-from ttg.brokers.rabbitmq import _read_task
-from ttg.brokers.rabbitmq_topology import QueueNames
+from ttg.brokers.rabbitmq.broker import _read_task
+from ttg.brokers.rabbitmq.topology import QueueNames
 from ttg.config import backend_for_url
 from ttg.errors import MessageError
 from ttg.ledger import Ledger
@@ -361,7 +361,7 @@ def test_rabbitmq_good_task_headers_give_deliveries_and_chunk_ids() -> None:
 def test_the_private_rabbitmq_node_has_a_generated_user_and_no_guest(rabbitmq_broker: BrokerHandle) -> None:
     import stat
 
-    from ttg.servers.rabbitmq_server import PrivateRabbitMQ
+    from ttg.brokers.rabbitmq.server import PrivateRabbitMQ
 
     assert isinstance(rabbitmq_broker, PrivateRabbitMQ)
     assert "guest" not in rabbitmq_broker.url and len(rabbitmq_broker.password) >= 16

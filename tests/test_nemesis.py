@@ -11,12 +11,12 @@ import pytest
 import redis
 
 import ttg.nemesis as nemesis_module
+from ttg.brokers.redis.server import PrivateRedis
 from ttg.config import load_run_config
 from ttg.errors import ConfigError
 from ttg.faults import FaultSpec, parse_fault
 from ttg.nemesis import FaultSchedule, Nemesis, PartitionBroker, PauseBroker
 from ttg.runtimes.local import LocalRuntime
-from ttg.servers.redis_server import PrivateRedis
 
 
 def answers(server: PrivateRedis) -> bool:

@@ -16,10 +16,10 @@ from fixtures import SCALES, assert_verdict
 from fixtures.plugin import kind_unavailable_reason
 from fixtures.scales import parse_scales
 from ttg.broker import open_broker
+from ttg.brokers.redis.server import PrivateRedis
 from ttg.ledger import Ledger
 from ttg.plan import ChunkPlan
 from ttg.producer import publish_plan
-from ttg.servers.redis_server import PrivateRedis
 
 
 def test_another_project_gets_the_fixtures_through_the_entry_point(tmp_path: Path) -> None:

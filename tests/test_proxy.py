@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
+from ttg.brokers.redis.server import PrivateRedis
 from ttg.nemesis import FaultProxy, Latency, PartitionBroker
-from ttg.servers.redis_server import PrivateRedis
 
 
 def client(url: str) -> redis.Redis:

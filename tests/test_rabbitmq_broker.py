@@ -19,11 +19,11 @@ from urllib.parse import quote
 import pytest
 
 from ttg.broker import Broker, open_broker
-from ttg.brokers.rabbitmq import RabbitMQBroker
-from ttg.brokers.rabbitmq_status import _get
-from ttg.brokers.rabbitmq_wire import BATCH
+from ttg.brokers.rabbitmq.broker import RabbitMQBroker
+from ttg.brokers.rabbitmq.server import PrivateRabbitMQ
+from ttg.brokers.rabbitmq.status import _get
+from ttg.brokers.rabbitmq.wire import BATCH
 from ttg.messages import TaskMessage
-from ttg.servers.rabbitmq_server import PrivateRabbitMQ
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_an_amqp_client_closed_while_it_connects_stops_cleanly(peer: str, caplog
     # pika 1.x has no Connection.is_opening: reading it on close crashed the I/O loop while a client (re)connected.
     import socket
 
-    from ttg.brokers.amqp_client import AmqpClient
+    from ttg.brokers.rabbitmq.amqp_client import AmqpClient
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

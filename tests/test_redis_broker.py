@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from ttg.broker import Broker, open_broker
+from ttg.brokers.redis.server import PrivateRedis
 from ttg.errors import BrokerUnavailable
 from ttg.messages import TaskMessage
-from ttg.servers.redis_server import PrivateRedis
 
 RECLAIM_S = 1.0
 

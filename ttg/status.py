@@ -1,7 +1,7 @@
 """``ttg status``: what each run on a broker holds right now, and how fast it drains.
 
-Each backend module has its own reader (``ttg.brokers.redis_status``,
-``ttg.brokers.rabbitmq_status``), picked by URL scheme; both return
+Each backend package has its own reader (``ttg.brokers.redis.status``,
+``ttg.brokers.rabbitmq.status``), picked by URL scheme; both return
 :class:`RunStatus`. Redis counts chunks; RabbitMQ counts task messages (a task
 message carries up to 32 consecutive chunks), and the ``unit`` field says which.
 """

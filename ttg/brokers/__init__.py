@@ -1,1 +1,2 @@
-"""Broker backends, one module each; load them through :func:`ttg.broker.open_broker`."""
+"""Broker backends, one package each (``redis/``, ``rabbitmq/``), registered in :mod:`ttg.backends`; open one
+through :func:`ttg.broker.open_broker`."""

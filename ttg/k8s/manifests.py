@@ -17,7 +17,7 @@ from ttg.errors import ConfigError
 IMAGE = f"ttg-worker:{__version__}"
 REDIS_IMAGE = "redis:7.2.5"
 RABBITMQ_IMAGE = "rabbitmq:3.13.7-management"
-TEMPLATES = ("namespace", "secret", "{backend}", "networkpolicy", "coordinator", "workers")
+TEMPLATES = ("namespace.yaml.j2", "secret.yaml.j2", "{broker}", "networkpolicy.yaml.j2", "coordinator.yaml.j2", "workers.yaml.j2")
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def render(settings: ManifestSettings) -> str:
     env = _environment()
     docs = []
     for name in TEMPLATES:
-        text = env.get_template(f"{name.format(backend=settings.backend)}.yaml.j2").render(s=settings)
+        text = env.get_template(name.format(broker=backends.backend(settings.backend).k8s_template)).render(s=settings)
         docs.append(text.strip() + "\n")
     return "---\n".join(docs)
 

@@ -32,7 +32,7 @@ from redis.retry import Retry
 
 from ttg import lease
 from ttg.broker import Broker, BrokerStats, DeadLetter, Delivery
-from ttg.brokers import redis_lua
+from ttg.brokers.redis import lua as redis_lua
 from ttg.config import redact_url
 from ttg.errors import BrokerError, BrokerUnavailable, ConfigError, RunConflict
 

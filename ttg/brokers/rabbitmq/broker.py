@@ -47,9 +47,9 @@ import pika
 import pika.exceptions
 
 from ttg.broker import Broker, BrokerStats, DeadLetter, Delivery
-from ttg.brokers import rabbitmq_topology as topo
-from ttg.brokers.amqp_client import AmqpClient, QueueMissing
-from ttg.brokers.rabbitmq_wire import BATCH, CHUNK, PRIOR, Token, await_confirms, pack_batch, unpack_batch
+from ttg.brokers.rabbitmq import topology as topo
+from ttg.brokers.rabbitmq.amqp_client import AmqpClient, QueueMissing
+from ttg.brokers.rabbitmq.wire import BATCH, CHUNK, PRIOR, Token, await_confirms, pack_batch, unpack_batch
 from ttg.config import redact_url
 from ttg.errors import BrokerError, BrokerUnavailable, MessageError, PublishRefused, RunConflict
 

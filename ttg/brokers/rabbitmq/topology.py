@@ -3,7 +3,7 @@
 Control operations (declare, counts, dead letters, end, delete) are rare and
 synchronous, so they use a plain ``BlockingConnection`` opened on first use and
 re-opened after an error; the data path (tasks, results) uses the asynchronous
-:class:`~ttg.brokers.amqp_client.AmqpClient`.
+:class:`~ttg.brokers.rabbitmq.amqp_client.AmqpClient`.
 """
 
 from __future__ import annotations

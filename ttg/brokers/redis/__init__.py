@@ -1,0 +1,23 @@
+"""The Redis Streams backend: consumer groups, XREADGROUP / XACK / XAUTOCLAIM, Lua scripts for every multi-key step.
+
+``broker`` (the :class:`~ttg.broker.Broker`), ``lua`` (its scripts), ``status`` (``ttg status``), ``server`` (a
+private redis-server). Importing this package imports no driver; ``SPEC`` names the modules, loaded when used.
+"""
+
+from ttg.brokers.spec import BackendSpec
+
+SPEC = BackendSpec(
+    "redis",
+    "redis",
+    ("redis", "rediss"),
+    6379,
+    "ttg.brokers.redis.broker:RedisStreamsBroker",
+    "ttg.brokers.redis.broker:check_url",
+    "ttg.brokers.redis.status:read",
+    "ttg.brokers.redis.server:PrivateRedis",
+    durable=False,  # without AOF a restarted redis-server is empty
+    k8s_ports=(6379,),
+    k8s_url="redis://:{password}@{host}:6379/0",
+    k8s_template="redis.yaml.j2",
+    round_trips="ttg.brokers.redis.status:round_trips",
+)
