@@ -10,7 +10,6 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY ttg ./ttg
-COPY fixtures ./fixtures
 RUN python -m venv /opt/ttg && /opt/ttg/bin/pip install --no-compile '.[all,k8s]'
 
 FROM ${PYTHON_IMAGE}

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from fixtures.plugin import BrokerHandle
 from ttg.bench import time_pool
 from ttg.config import backend_for_url, load_run_config
 from ttg.run import execute
+from ttg.testing.plugin import BrokerHandle
 
 ROUNDS = 3
 

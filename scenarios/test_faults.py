@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from fixtures import assert_verdict
 from fixtures.algos import POISON
-from fixtures.plugin import BrokerHandle
 from ttg.config import backend_for_url
+from ttg.testing import assert_verdict
+from ttg.testing.plugin import BrokerHandle
 
 Runner = Callable[..., Any]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fixtures.plugin import KindCluster
+from ttg.testing.plugin import KindCluster
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments" / "kubernetes"
 

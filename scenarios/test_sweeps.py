@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fixtures import Scale, assert_verdict
-from fixtures.plugin import BrokerHandle
+from ttg.testing import Scale, assert_verdict
+from ttg.testing.plugin import BrokerHandle
 
 
 def test_a_sweep_completes_and_matches_the_serial_reference(broker: BrokerHandle, scale: Scale, run_sweep: Callable[..., Any]) -> None:

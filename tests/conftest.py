@@ -28,7 +28,7 @@ BACKENDS = ("redis", "rabbitmq")
 
 @pytest.fixture(scope="session")
 def redis_server(redis_broker: PrivateRedis) -> PrivateRedis:
-    """The plugin's session broker (fixtures/plugin.py), under the name these tests use."""
+    """The plugin's session broker (ttg/testing/plugin.py), under the name these tests use."""
     return redis_broker
 
 

@@ -81,7 +81,7 @@ def test_a_redis_run_needs_no_rabbitmq_driver(tmp_path: Path) -> None:
 def test_the_cli_the_coordinator_and_the_pytest_plugin_import_without_either_driver(driver: str) -> None:
     code = (
         f"import sys; sys.modules[{driver!r}] = None\n"
-        "import ttg.cli, ttg.run, ttg.chaos.session, ttg.k8s.manifests, ttg.status, ttg.report.render, fixtures.plugin"
+        "import ttg.cli, ttg.run, ttg.chaos.session, ttg.k8s.manifests, ttg.status, ttg.report.render, ttg.testing.plugin"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -24,7 +24,6 @@ import pika.exceptions
 import pytest
 import redis
 
-from fixtures.plugin import BrokerHandle
 from ttg.broker import DeadLetter, open_broker
 from ttg.brokers.rabbitmq.broker import _read_task
 from ttg.brokers.rabbitmq.topology import QueueNames
@@ -33,6 +32,7 @@ from ttg.errors import MessageError
 from ttg.ledger import Ledger
 from ttg.messages import ResultMessage, TaskMessage
 from ttg.plan import ChunkPlan
+from ttg.testing.plugin import BrokerHandle
 
 SWEEP = ["--params", "300000", "--chunk", "3000", "--workers", "2", "--cost-us", "15", "--timeout", "90", "--json"]
 

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from fixtures import SCALES, assert_verdict
-from fixtures.plugin import kind_unavailable_reason
-from fixtures.scales import parse_scales
 from ttg.broker import open_broker
 from ttg.brokers.redis.server import PrivateRedis
 from ttg.ledger import Ledger
 from ttg.plan import ChunkPlan
 from ttg.producer import publish_plan
+from ttg.testing import SCALES, assert_verdict
+from ttg.testing.plugin import kind_unavailable_reason
+from ttg.testing.scales import parse_scales
 
 
 def test_another_project_gets_the_fixtures_through_the_entry_point(tmp_path: Path) -> None:
@@ -89,3 +89,18 @@ def test_ttg_results_records_are_marked_with_their_scenarios_outcome(tmp_path: P
     docs = {json.loads(p.read_text())["scenario"].split("::")[1]: json.loads(p.read_text()) for p in results.glob("*.json")}
     assert docs["test_pass"]["scenario_passed"] is True and docs["test_fail"]["scenario_passed"] is False
     assert docs["test_fail"]["verdict"]["ok"] is True  # the sweep was fine; the report still lists it, as its scenario failed
+
+
+def test_the_installed_plugin_is_ttg_testing_and_no_top_level_fixtures_package_is_shipped() -> None:
+    # A top-level `fixtures` would collide with the PyPI package of that name (testtools, OpenStack).
+    import importlib.metadata
+    import tomllib
+
+    from setuptools import find_packages
+
+    root = Path(__file__).resolve().parent.parent
+    (plugin,) = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.value.startswith("ttg")]
+    assert plugin.name == plugin.value == "ttg.testing.plugin"
+    find = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = find_packages(str(root), include=find["include"])
+    assert "ttg.testing" in shipped and all(p == "ttg" or p.startswith("ttg.") for p in shipped), shipped

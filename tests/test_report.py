@@ -13,11 +13,11 @@ from typing import Any
 import docx
 import pytest
 
-from fixtures.plugin import BrokerHandle
 from ttg.config import load_run_config
 from ttg.report.inputs import ReportError
 from ttg.report.render import make_report
 from ttg.run import execute
+from ttg.testing.plugin import BrokerHandle
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures.plugin import BrokerHandle
 from ttg.config import backend_for_url
+from ttg.testing.plugin import BrokerHandle
 
 
 def _coordinator(broker: BrokerHandle, out: Path, run_id: str, *extra: str) -> subprocess.Popen[str]:
