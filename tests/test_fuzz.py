@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ttg.chaos.fuzz import FUZZ_KINDS, draw_schedule
+from ttg.chaos.fuzz import draw_schedule
 from ttg.config import load_run_config
 from ttg.errors import ConfigError
-from ttg.faults import COORDINATOR_FAULTS, WORKER_FAULTS, parse_fault, targets_count
+from ttg.faults import COORDINATOR_FAULTS, FUZZ_FAULTS, WORKER_FAULTS, parse_fault, targets_count
 
 
 def test_a_schedule_is_a_function_of_its_seed_and_always_leaves_a_worker() -> None:
@@ -34,7 +34,7 @@ def test_a_schedule_is_a_function_of_its_seed_and_always_leaves_a_worker() -> No
         resumable = {"broker_url": "redis://127.0.0.1:6399/0"} if any(f.kind in COORDINATOR_FAULTS for f in schedule) else {}
         load_run_config({"workers": 3, "faults": schedule, **resumable}, env={})  # and one ttg run accepts
         seen_kinds |= {f.kind for f in schedule}
-    assert seen_kinds == set(FUZZ_KINDS)
+    assert seen_kinds == set(FUZZ_FAULTS)
     assert draw_schedule(1, workers=3) != draw_schedule(2, workers=3)
 
 

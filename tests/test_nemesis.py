@@ -134,15 +134,16 @@ class _ThreeAlive(LocalRuntime):
 def test_a_fault_never_picks_a_worker_an_earlier_fault_already_hit(tmp_path: Path) -> None:
     # Soak seed 2082: a partition of "one" worker picked w2, which a terminate-worker had hit a moment before; w2 was
     # draining, alive but quiet, so the partition had nothing to hold and proved nothing.
-    from ttg.nemesis import nemesis_for
+    from ttg.nemesis import FaultContext, nemesis_for
 
     runtime = _ThreeAlive(tmp_path)
     proxies: dict[str, Any] = {"w0": object(), "w1": object(), "w2": object()}
-    cut = nemesis_for(parse_fault("partition-broker@10%:1s/one"), runtime, {"w2": 0.0, "w0": 1.0, "w1": 2.0}, proxies=proxies, hit={"w2"})
+    times = {"w2": 0.0, "w0": 1.0, "w1": 2.0}
+    cut = nemesis_for(parse_fault("partition-broker@10%:1s/one"), FaultContext(runtime, times, proxies=proxies, hit={"w2"}))
     assert isinstance(cut, PartitionBroker) and set(cut.proxies) == {"w0"}
-    every = nemesis_for(parse_fault("latency@10%:1s/all"), runtime, {}, proxies=proxies, hit={"w0", "w2"})
+    every = nemesis_for(parse_fault("latency@10%:1s/all"), FaultContext(runtime, {}, proxies=proxies, hit={"w0", "w2"}))
     assert set(every.proxies) == {"w1"}  # type: ignore[attr-defined]
-    kill = nemesis_for(parse_fault("kill-worker@10%/one"), runtime, {"w2": 0.0, "w0": 1.0, "w1": 2.0}, hit={"w2"})
+    kill = nemesis_for(parse_fault("kill-worker@10%/one"), FaultContext(runtime, times, hit={"w2"}))
     assert kill.spared == {"w2"}  # type: ignore[attr-defined]
 
 
@@ -241,3 +242,23 @@ def test_a_due_broker_fault_cuts_short_a_latency_that_has_shown_its_effect(tmp_p
     assert slowed.healed_at is not None and slowed.healed_s is not None and slowed.healed_s < 10, "the 600 s latency was healed early"
     assert paused.fired_at >= slowed.healed_at
     schedule.finish()
+
+
+def test_every_fault_kind_has_its_nemesis_or_travels_with_the_workers_and_each_nemesis_serves_known_kinds(tmp_path: Path) -> None:
+    # A new kind is a row in ttg.faults.KINDS plus a Nemesis subclass listing it: a row without one fails here, not
+    # mid-run; and a kind that needs what the run lacks is "not injected", a typed error the schedule records.
+    from ttg.errors import FaultNotInjected
+    from ttg.faults import KINDS
+    from ttg.nemesis import FaultContext, nemesis_for
+    from ttg.nemesis.base import BUILDERS
+
+    assert set(BUILDERS) == {k.name for k in KINDS.values() if not k.at_launch}
+    bare = FaultContext(_ThreeAlive(tmp_path))  # no private broker, no proxies, no run connection, not ttg run itself
+    needs = {"broker": "private broker", "proxy": "fault proxies", "message": "broker connection", "coordinator": "ttg run process", "launch": "set up when"}
+    for kind in KINDS.values():
+        spec = parse_fault(f"{kind.name}@10%")
+        if kind.family == "worker":
+            assert nemesis_for(spec, bare).kind == kind.name
+            continue
+        with pytest.raises(FaultNotInjected, match=needs[kind.family]):
+            nemesis_for(spec, bare)

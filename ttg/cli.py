@@ -29,6 +29,7 @@ from ttg.cli_k8s import k8s
 from ttg.cli_runs import runs
 from ttg.config import RunConfig, backend_for_url, check_run_id, load_management_url, load_run_config, load_sweep_settings, passed_options, redact_url
 from ttg.errors import ConfigError, TTGError
+from ttg.faults import KNOWN_FAULTS
 from ttg.record import RunRecord
 
 if TYPE_CHECKING:
@@ -83,9 +84,8 @@ def cli() -> None:
     "faults",
     multiple=True,
     help=(
-        "Fault KIND@P%[:Ds][/TARGET]: kill-worker@30%, terminate-worker@50%/2, kill-broker@30%:2s, pause-broker@30%:5s, "
-        "partition-broker@30%:3s/w1, latency@20%:5s, poison-chunk@50%, junk-messages@30%, forged-task@30%, "
-        "kill-coordinator@40% (needs --broker-url; then --resume). TARGET: one, N, P%, random, all or a worker id. Repeatable."
+        f"Fault KIND@P%[:Ds][/TARGET], e.g. kill-worker@30%, pause-broker@30%:5s, partition-broker@30%:3s/w1. KIND: {', '.join(KNOWN_FAULTS)} "
+        "(coordinator faults need --broker-url; then --resume). TARGET: one, N, P%, random, all or a worker id. Repeatable."
     ),
 )
 @click.option("--out", help="Directory for run directories. [env TTG_OUT; default runs]")

@@ -299,7 +299,7 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
         check_fault(cfg, f)
     if sum(f.kind in COORDINATOR_FAULTS for f in cfg.faults) > 1:
         raise ConfigError("one coordinator fault per run: the first ends this coordinator; put the next on the ttg run --resume that follows")
-    if any(f.kind == "kill-broker" for f in cfg.faults) and not backends.backend(cfg.sweep.backend).durable and not cfg.persistence:
+    if any(f.info.family == "broker" and f.info.crash for f in cfg.faults) and not backends.backend(cfg.sweep.backend).durable and not cfg.persistence:
         cfg = dataclasses.replace(cfg, persistence=True)  # without AOF the restarted Redis would have lost the run
     return cfg
 

@@ -46,7 +46,7 @@ class RunConflict(ConfigError):
     """
 
 
-class NotInjected(TTGError):
+class FaultNotInjected(TTGError):
     """A fault could not be injected into this run: what it needs is not there (a private broker, a live worker,
     the fault proxies). The fault is recorded "not injected", never "recovered"."""
 

@@ -36,7 +36,12 @@ from ttg.errors import ConfigError
 
 @dataclass(frozen=True)
 class FaultKind:
-    """What TTG knows about one kind of fault; every other module asks this table instead of listing kinds."""
+    """What TTG knows about one kind of fault; every other module asks this table instead of listing kinds.
+
+    A new kind is one row here and one :class:`~ttg.nemesis.base.Nemesis` subclass that lists it in ``kinds``
+    (a launch-time fault instead travels to the workers in their settings, as poison-chunk does); the CLI help, the
+    admissibility checks in :mod:`ttg.config`, the fuzzer's pool and the report's colours follow from the row.
+    """
 
     name: str
     family: str  # worker, broker, proxy, message, coordinator or launch: what it acts on, and what it needs
@@ -45,23 +50,27 @@ class FaultKind:
     on_kubernetes: bool = False  # offered by the Kubernetes runtime
     recoverable: bool = True  # the run recovers from it (and recovery is measured); a poison or junk is not recovered
     at_launch: bool = False  # in place from the workers' start, not injected into a running sweep
+    crash: bool = False  # its target dies without a chance to finish what it holds (SIGKILL)
+    fuzz: bool = True  # ttg chaos fuzz draws it (kill-pod is kill-worker under its Kubernetes name)
+    colour: str = "grey"  # its marker in the report's figures
 
 
+# The order is the fuzzer's: a seed replays the same schedule only while the fuzzable kinds keep their order.
 KINDS: dict[str, FaultKind] = {
     k.name: k
     for k in (
-        FaultKind("kill-worker", "worker", "SIGKILL the target worker(s): survivors take their chunks over", on_kubernetes=True),
-        FaultKind("terminate-worker", "worker", "SIGTERM: the worker finishes its chunk and exits", on_kubernetes=True),
-        FaultKind("kill-pod", "worker", "kill-worker by the worker's Kubernetes pod name", on_kubernetes=True),
-        FaultKind("kill-broker", "broker", "SIGKILL the private broker; restart it on its data after D s", duration_s=1.0),
-        FaultKind("pause-broker", "broker", "SIGSTOP the private broker for D s", duration_s=3.0),
-        FaultKind("partition-broker", "proxy", "blackhole the target workers' broker traffic for D s", duration_s=3.0),
-        FaultKind("latency", "proxy", "+50 ms on the target workers' broker traffic for D s", duration_s=5.0),
+        FaultKind("kill-worker", "worker", "SIGKILL the target worker(s): survivors take their chunks over", on_kubernetes=True, crash=True, colour="red"),
+        FaultKind("terminate-worker", "worker", "SIGTERM: the worker finishes its chunk and exits", on_kubernetes=True, colour="orange"),
+        FaultKind("kill-pod", "worker", "kill-worker by the worker's Kubernetes pod name", on_kubernetes=True, crash=True, fuzz=False, colour="red"),
+        FaultKind("kill-broker", "broker", "SIGKILL the private broker; restart it on its data after D s", duration_s=1.0, crash=True, colour="purple"),
+        FaultKind("pause-broker", "broker", "SIGSTOP the private broker for D s", duration_s=3.0, colour="brown"),
+        FaultKind("partition-broker", "proxy", "blackhole the target workers' broker traffic for D s", duration_s=3.0, colour="black"),
+        FaultKind("latency", "proxy", "+50 ms on the target workers' broker traffic for D s", duration_s=5.0, colour="teal"),
+        FaultKind("poison-chunk", "launch", "the chunk(s) at P% fail on every delivery: dead-lettered", on_kubernetes=True, recoverable=False, at_launch=True),
         FaultKind("junk-messages", "message", "publish messages that are not tasks of the run, naming real chunk ids", recoverable=False),
         FaultKind("forged-task", "message", "publish well-formed tasks of the run whose range is another chunk's", recoverable=False),
-        FaultKind("kill-coordinator", "coordinator", "SIGKILL ttg run itself; ttg run --resume finishes the run"),
-        FaultKind("terminate-coordinator", "coordinator", "SIGTERM ttg run itself; ttg run --resume finishes the run"),
-        FaultKind("poison-chunk", "launch", "the chunk(s) at P% fail on every delivery: dead-lettered", on_kubernetes=True, recoverable=False, at_launch=True),
+        FaultKind("kill-coordinator", "coordinator", "SIGKILL ttg run itself; ttg run --resume finishes the run", crash=True, colour="magenta"),
+        FaultKind("terminate-coordinator", "coordinator", "SIGTERM ttg run itself; ttg run --resume finishes the run", colour="pink"),
     )
 }
 
@@ -77,6 +86,8 @@ MESSAGE_FAULTS = _family("message")  # published through the run's own broker co
 COORDINATOR_FAULTS = _family("coordinator")  # signal the `ttg run` process itself
 KNOWN_FAULTS = tuple(KINDS)
 KUBERNETES_FAULTS = tuple(k.name for k in KINDS.values() if k.on_kubernetes)
+FUZZ_FAULTS = tuple(k.name for k in KINDS.values() if k.fuzz)  # ttg chaos fuzz's pool
+WORKER_CRASHES = tuple(k.name for k in KINDS.values() if k.family == "worker" and k.crash)  # a worker dies holding chunks
 # How long a timed fault lasts when the spec gives no ``:Ds``.
 DEFAULT_DURATION_S = {k.name: k.duration_s for k in KINDS.values() if k.duration_s is not None}
 

@@ -26,24 +26,11 @@ from typing import Any
 from ttg import backends
 from ttg.collector import Progress
 from ttg.config import RunConfig, load_run_config, worker_ids
-from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, DEFAULT_DURATION_S, KINDS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
+from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, DEFAULT_DURATION_S, FUZZ_FAULTS, KINDS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
 from ttg.plan import ChunkPlan
 from ttg.record import RunRecord
 from ttg.run import BrokerAccess, execute, new_run_id, private_or_given_broker
 
-FUZZ_KINDS = (
-    "kill-worker",
-    "terminate-worker",
-    "kill-broker",
-    "pause-broker",
-    "partition-broker",
-    "latency",
-    "poison-chunk",
-    "junk-messages",
-    "forged-task",
-    "kill-coordinator",
-    "terminate-coordinator",
-)
 # A coordinator fault leaves the rest of the run to `ttg run --resume`, which starts after the dead coordinator's workers
 # may have finished the sweep: a fault meant for the successor could find nothing left to hit. It is drawn with a
 # poison (in place from the start, in both lives) and nothing else.
@@ -105,7 +92,7 @@ class FuzzRow:
         return {**self.__dict__, "recovered_s": self.recovered_s, "ok": self.ok}
 
 
-def draw_schedule(seed: int, workers: int, max_faults: int = 3, kinds: tuple[str, ...] = FUZZ_KINDS) -> tuple[FaultSpec, ...]:
+def draw_schedule(seed: int, workers: int, max_faults: int = 3, kinds: tuple[str, ...] = FUZZ_FAULTS) -> tuple[FaultSpec, ...]:
     """A random but reproducible fault schedule that always leaves at least one worker running."""
     rng = random.Random(seed)
     stoppable = workers - 1  # worker faults may stop at most this many workers in all
@@ -160,7 +147,7 @@ def _config(s: FuzzSettings, seed: int, faults: tuple[FaultSpec, ...]) -> RunCon
 
 
 def fuzz(s: FuzzSettings, on_row: Callable[[FuzzRow], None] | None = None) -> list[FuzzRow]:
-    kinds = tuple(k for k in FUZZ_KINDS if not (s.broker_url and k in ("kill-broker", "pause-broker")))
+    kinds = tuple(k for k in FUZZ_FAULTS if not (s.broker_url and k in BROKER_FAULTS))
     rows = []
     # One broker for every run: private (started once, with persistence) unless ``broker_url`` is given.
     with private_or_given_broker(_config(s, s.seed, ())) as access:

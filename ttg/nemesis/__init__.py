@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import threading
 import time
 from collections import deque
@@ -18,12 +17,12 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from ttg.broker import Broker
-from ttg.errors import BrokerError, NotInjected
-from ttg.faults import BROKER_FAULTS, COORDINATOR_FAULTS, MESSAGE_FAULTS, PROXY_FAULTS, WORKER_FAULTS, FaultSpec
-from ttg.nemesis.base import Nemesis
+from ttg.errors import BrokerError, FaultNotInjected
+from ttg.faults import BROKER_FAULTS, MESSAGE_FAULTS, PROXY_FAULTS, FaultSpec
+from ttg.nemesis.base import BUILDERS, FaultContext, Nemesis
 from ttg.nemesis.broker import BrokerServer, KillBroker, Latency, PartitionBroker, PauseBroker
 from ttg.nemesis.coordinator import SignalCoordinator
-from ttg.nemesis.messages import DEFAULT_COUNT, ForgeMessages
+from ttg.nemesis.messages import ForgeMessages
 from ttg.nemesis.proxy import FaultProxy
 from ttg.nemesis.workers import SignalWorker, select_workers
 from ttg.plan import ChunkPlan
@@ -32,6 +31,7 @@ from ttg.runtimes import Runtime
 
 __all__ = [
     "BrokerServer",
+    "FaultContext",
     "FaultProxy",
     "FaultRecord",
     "FaultSchedule",
@@ -51,66 +51,16 @@ RATE_WINDOW_S = 3.0  # the pace that decides when a due fault fires is measured 
 MIN_RATE_SPAN_S = 0.2  # ... once it spans at least this long
 
 
-def nemesis_for(
-    spec: FaultSpec,
-    runtime: Runtime,
-    last_result: Mapping[str, float] | None = None,
-    server: BrokerServer | None = None,
-    proxies: Mapping[str, FaultProxy] | None = None,
-    rng: random.Random | None = None,
-    run: tuple[Broker, ChunkPlan] | None = None,
-    hit: Collection[str] = (),
-    own_process: bool = False,
-) -> Nemesis:
-    """The nemesis that injects ``spec``; NotInjected when this run offers nothing it needs (it is then "not injected").
-
-    ``hit``: workers an earlier worker fault already stopped or is stopping (a SIGTERMed worker drains for a while,
-    alive but quiet): no later fault picks them, so each fault hits a worker it can show an effect on.
-    ``own_process``: this coordinator is a ``ttg run`` process of its own, which a coordinator fault may signal
-    (never a test's or a Chaos Toolkit action's process that runs the sweep in-process).
-    """
-    if spec.kind in MESSAGE_FAULTS:
-        if run is None:
-            raise NotInjected(f"{spec.kind} needs the run's broker connection")
-        broker, plan = run
-        return ForgeMessages(spec.kind, broker, plan, broker.run_id, int(spec.target or DEFAULT_COUNT), rng)
-    if spec.kind in (*COORDINATOR_FAULTS, *WORKER_FAULTS):
-        return _signal_nemesis(spec, runtime, last_result, rng, run, hit, own_process)
-    if spec.kind in PROXY_FAULTS:
-        if not proxies:
-            raise NotInjected(f"{spec.kind} needs the fault proxies between workers and broker")
-        live = [w for w in runtime.alive() if w in proxies and w not in hit]
-        chosen = live if spec.target in (None, "all") else select_workers(spec.target, live, last_result or {}, rng or random.Random(0))
-        picked = {w: proxies[w] for w in chosen}
-        return PartitionBroker(picked) if spec.kind == "partition-broker" else Latency(picked)
+def nemesis_for(spec: FaultSpec, ctx: FaultContext) -> Nemesis:
+    """The nemesis that injects ``spec`` (the class that lists its kind); FaultNotInjected when this run offers
+    nothing it needs (it is then recorded "not injected")."""
     if spec.info.at_launch:
-        raise NotInjected(f"{spec.kind} is set up when the workers start, not injected into a running sweep")
-    if server is None:
-        raise NotInjected(f"{spec.kind} needs a private broker that TTG started (not --broker-url)")
-    if spec.kind == "kill-broker":
-        return KillBroker(server)
-    if spec.kind == "pause-broker":
-        return PauseBroker(server)
-    raise ValueError(f"no nemesis for fault kind {spec.kind!r}")  # parse_fault admits only known kinds
-
-
-def _signal_nemesis(
-    spec: FaultSpec,
-    runtime: Runtime,
-    last_result: Mapping[str, float] | None,
-    rng: random.Random | None,
-    run: tuple[Broker, ChunkPlan] | None,
-    hit: Collection[str],
-    own_process: bool,
-) -> Nemesis:
-    """The process faults: signal some workers, or this coordinator."""
-    if spec.kind in COORDINATOR_FAULTS:
-        if not own_process or run is None:
-            raise NotInjected(f"{spec.kind} signals the coordinator, which must be a ttg run process of its own")
-        sig = signal.SIGKILL if spec.kind == "kill-coordinator" else signal.SIGTERM
-        return SignalCoordinator(spec.kind, sig, run[0].run_id)
-    sig = signal.SIGTERM if spec.kind == "terminate-worker" else signal.SIGKILL  # kill-pod: kill-worker by its pod's name
-    return SignalWorker(runtime, sig, spec.kind, last_result, spec.target, rng, spared=hit)
+        raise FaultNotInjected(f"{spec.kind} is set up when the workers start, not injected into a running sweep")
+    try:
+        cls = BUILDERS[spec.kind]
+    except KeyError:  # parse_fault admits only known kinds, and a test checks that each has a nemesis
+        raise ValueError(f"no nemesis injects fault kind {spec.kind!r}; nemeses exist for {', '.join(sorted(BUILDERS))}") from None
+    return cls.for_fault(spec, ctx)
 
 
 @dataclass
@@ -297,9 +247,10 @@ class FaultSchedule:
         now = time.monotonic()
         try:
             hit = {w for r in self.records if isinstance(r.nemesis, SignalWorker) for w in r.nemesis.targets}
-            nemesis = nemesis_for(spec, self.runtime, self.last_result, self.server, self.proxies, self.rng, self.run, hit, self.own_process)
+            ctx = FaultContext(self.runtime, self.last_result, self.server, self.proxies, self.rng, self.run, hit, self.own_process)
+            nemesis = nemesis_for(spec, ctx)
             nemesis.inject()
-        except (NotInjected, BrokerError) as e:  # BrokerError: a message fault's publish found no broker
+        except (FaultNotInjected, BrokerError) as e:  # BrokerError: a message fault's publish found no broker
             self.records.append(FaultRecord(spec.kind, "", now - self.started, chunks_done, note=f"not injected: {e}", spec=spec))
             self._fired.notify_all()
             return

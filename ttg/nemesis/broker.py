@@ -14,9 +14,13 @@ import signal
 import time
 from abc import abstractmethod
 from collections.abc import Mapping
+from typing import Self
 
-from ttg.nemesis.base import Nemesis
+from ttg.errors import FaultNotInjected
+from ttg.faults import FaultSpec
+from ttg.nemesis.base import FaultContext, Nemesis
 from ttg.nemesis.proxy import FaultProxy
+from ttg.nemesis.workers import select_workers
 from ttg.servers import PrivateServer
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,12 @@ class _BrokerProcessFault(Nemesis):
         self.target = "broker"
         self._active = False
 
+    @classmethod
+    def for_fault(cls, spec: FaultSpec, ctx: FaultContext) -> Self:
+        if ctx.server is None:
+            raise FaultNotInjected(f"{spec.kind} needs a private broker that TTG started (not --broker-url)")
+        return cls(ctx.server)
+
     def heal(self) -> None:
         if self._active:
             self._active = False
@@ -45,7 +55,7 @@ class _BrokerProcessFault(Nemesis):
 class KillBroker(_BrokerProcessFault):
     """SIGKILL the broker; heal = restart it on the same data (Redis AOF, durable RabbitMQ queues: nothing is lost)."""
 
-    kind = "kill-broker"
+    kinds = ("kill-broker",)
     _killed: int | None = None  # the pid that was killed, once the process is really gone
 
     def inject(self) -> None:
@@ -68,7 +78,7 @@ class KillBroker(_BrokerProcessFault):
 class PauseBroker(_BrokerProcessFault):
     """SIGSTOP the broker (connections stay open, nothing is answered); heal = SIGCONT."""
 
-    kind = "pause-broker"
+    kinds = ("pause-broker",)
     _state = ""
 
     def inject(self) -> None:
@@ -98,6 +108,15 @@ class _ProxyFault(Nemesis):
         self.target = ",".join(self.proxies) + "<->broker"
         self._before = 0
         self._applied = False
+
+    @classmethod
+    def for_fault(cls, spec: FaultSpec, ctx: FaultContext) -> Self:
+        """The target workers' proxies: every live one by default (``all``), or those ``spec.target`` selects."""
+        if not ctx.proxies:
+            raise FaultNotInjected(f"{spec.kind} needs the fault proxies between workers and broker")
+        live = [w for w in ctx.runtime.alive() if w in ctx.proxies and w not in ctx.hit]
+        chosen = live if spec.target in (None, "all") else select_workers(spec.target, live, ctx.last_result, ctx.rng)
+        return cls({w: ctx.proxies[w] for w in chosen})
 
     def _count(self) -> int:
         return sum(int(getattr(p, self.counter)) for p in self.proxies.values())
@@ -130,7 +149,7 @@ class _ProxyFault(Nemesis):
 class PartitionBroker(_ProxyFault):
     """Cut the selected workers off the broker (their proxies blackhole the traffic); heal = forward again."""
 
-    kind = "partition-broker"
+    kinds = ("partition-broker",)
     counter = "held_while_blackholed"
 
     def _apply(self, proxy: FaultProxy) -> None:
@@ -150,7 +169,7 @@ class PartitionBroker(_ProxyFault):
 class Latency(_ProxyFault):
     """Delay every piece of the selected workers' traffic to and from the broker by ``latency_s``; heal = no delay."""
 
-    kind = "latency"
+    kinds = ("latency",)
     counter = "delayed"
 
     def __init__(self, proxies: Mapping[str, FaultProxy], latency_s: float = 0.05) -> None:

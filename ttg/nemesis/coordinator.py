@@ -12,13 +12,24 @@ import logging
 import os
 import signal
 
-from ttg.nemesis.base import Nemesis
+from ttg.errors import FaultNotInjected
+from ttg.faults import KINDS, FaultSpec
+from ttg.nemesis.base import FaultContext, Nemesis
 
 log = logging.getLogger(__name__)
 
 
 class SignalCoordinator(Nemesis):
     """Signal this process. Never returns normally for SIGKILL; for SIGTERM the handler of ``ttg run`` unwinds it."""
+
+    kinds = ("kill-coordinator", "terminate-coordinator")
+
+    @classmethod
+    def for_fault(cls, spec: FaultSpec, ctx: FaultContext) -> SignalCoordinator:
+        # Never a test's or a Chaos Toolkit action's process, which runs the sweep in-process.
+        if not ctx.own_process or ctx.run is None:
+            raise FaultNotInjected(f"{spec.kind} signals the coordinator, which must be a ttg run process of its own")
+        return cls(spec.kind, signal.SIGKILL if KINDS[spec.kind].crash else signal.SIGTERM, ctx.run[0].run_id)
 
     def __init__(self, kind: str, sig: int, run_id: str) -> None:
         self.kind, self.sig, self.run_id = kind, sig, run_id

@@ -16,8 +16,10 @@ import random
 import msgpack
 
 from ttg.broker import Broker
+from ttg.errors import FaultNotInjected
+from ttg.faults import FaultSpec
 from ttg.messages import TaskMessage
-from ttg.nemesis.base import Nemesis
+from ttg.nemesis.base import FaultContext, Nemesis
 from ttg.plan import ChunkPlan
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,15 @@ DEFAULT_COUNT = 10
 class ForgeMessages(Nemesis):
     """Publish ``count`` junk or forged task messages naming planned chunk ids. Evidence: how many were
     published, and how many the workers had rejected by the time the fault was judged."""
+
+    kinds = ("junk-messages", "forged-task")
+
+    @classmethod
+    def for_fault(cls, spec: FaultSpec, ctx: FaultContext) -> ForgeMessages:
+        if ctx.run is None:
+            raise FaultNotInjected(f"{spec.kind} needs the run's broker connection")
+        broker, plan = ctx.run
+        return cls(spec.kind, broker, plan, broker.run_id, int(spec.target or DEFAULT_COUNT), ctx.rng)
 
     def __init__(self, kind: str, broker: Broker, plan: ChunkPlan, run_id: str, count: int = DEFAULT_COUNT, rng: random.Random | None = None) -> None:
         self.kind, self.broker, self.plan, self.run_id, self.count = kind, broker, plan, run_id, count

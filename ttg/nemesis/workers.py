@@ -7,9 +7,9 @@ import random
 import signal
 from collections.abc import Collection, Mapping
 
-from ttg.errors import NotInjected
-from ttg.faults import targets_count
-from ttg.nemesis.base import Nemesis
+from ttg.errors import FaultNotInjected
+from ttg.faults import KINDS, FaultSpec, targets_count
+from ttg.nemesis.base import FaultContext, Nemesis
 from ttg.runtimes import Runtime
 
 log = logging.getLogger(__name__)
@@ -24,19 +24,21 @@ def select_workers(target: str | None, alive: list[str], last_result: Mapping[st
     seeded run (and ``ttg chaos fuzz --seed``) replays the same choice.
     """
     if not alive:
-        raise NotInjected("no live worker to hit")
+        raise FaultNotInjected("no live worker to hit")
     if target == "random":
         return [rng.choice(sorted(alive))]
     count = targets_count(target, len(alive))
     if count is None:
         if target not in alive:
-            raise NotInjected(f"worker {target} is not running (live: {', '.join(alive)})")
+            raise FaultNotInjected(f"worker {target} is not running (live: {', '.join(alive)})")
         return [target]
     return sorted(alive, key=lambda w: last_result.get(w, 0.0))[: min(count, len(alive))]
 
 
 class SignalWorker(Nemesis):
     """Send a signal to the selected live workers. Evidence: their exit statuses, once they have exited."""
+
+    kinds = ("kill-worker", "terminate-worker", "kill-pod")  # kill-pod: kill-worker by its pod's name
 
     def __init__(
         self,
@@ -56,6 +58,11 @@ class SignalWorker(Nemesis):
         self.selector = target
         self.rng = rng or random.Random(0)
         self.targets: list[str] = []
+
+    @classmethod
+    def for_fault(cls, spec: FaultSpec, ctx: FaultContext) -> SignalWorker:
+        sig = signal.SIGKILL if KINDS[spec.kind].crash else signal.SIGTERM
+        return cls(ctx.runtime, sig, spec.kind, ctx.last_result, spec.target, ctx.rng, spared=ctx.hit)
 
     def inject(self) -> None:
         self.targets = select_workers(self.selector, [w for w in self.runtime.alive() if w not in self.spared], self.last_result, self.rng)

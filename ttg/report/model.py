@@ -11,9 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ttg import __version__, backends
+from ttg.faults import WORKER_CRASHES
 from ttg.report.inputs import Inputs
-
-WORKER_KILLS = ("kill-worker", "kill-pod")
 
 
 def scale_name(params: int) -> str:
@@ -70,7 +69,7 @@ class RunRow:
             return False
         if self.scenario_passed:
             return True  # its scenario asserted this very failure and passed
-        if self.mode == "static" and any(f["kind"] in WORKER_KILLS for f in self.faults):
+        if self.mode == "static" and any(f["kind"] in WORKER_CRASHES for f in self.faults):
             return True
         poisoned = {c for f in self.faults for c in f.get("poisoned_chunk_ids", [])}
         return bool(poisoned) and self.lost == 0 and set(self.dead_ids) == poisoned
@@ -174,7 +173,7 @@ def _row(rec: dict[str, Any]) -> RunRow:
 
 def _parity(rows: list[RunRow]) -> dict[str, Any]:
     """Milestone 1 vs 2 (static vs queue under a worker kill) and Milestone 3 (Redis vs RabbitMQ), from the runs present."""
-    killed = [r for r in rows if any(f["kind"] in WORKER_KILLS for f in r.faults)]
+    killed = [r for r in rows if any(f["kind"] in WORKER_CRASHES for f in r.faults)]
     by_mode: dict[str, list[RunRow]] = defaultdict(list)
     for r in killed:
         by_mode[r.mode].append(r)

@@ -10,8 +10,6 @@ from typing import Any
 from ttg.faults import KINDS
 from ttg.report.model import Report
 
-_FAULT_COLOURS = {"kill-worker": "red", "kill-pod": "red", "terminate-worker": "orange", "kill-broker": "purple", "pause-broker": "brown"}
-
 
 def _pyplot() -> Any:
     import matplotlib
@@ -39,7 +37,7 @@ def timeline(report: Report, path: Path, most: int = 12) -> bool:
         done = [100.0 * p[1] / max(1, r.expected) for p in r.timeline]
         (line,) = ax.plot(t, done, label=f"{r.backend} {r.mode} {r.scale} ({r.run_id[:8]})", linewidth=1.3)
         for f in (f for f in r.faults if not (f["kind"] in KINDS and KINDS[f["kind"]].at_launch)):  # set at launch, not at a time
-            ax.axvline(f["at_s"], color=_FAULT_COLOURS.get(f["kind"], "grey"), linestyle="--", linewidth=0.8)
+            ax.axvline(f["at_s"], color=KINDS[f["kind"]].colour if f["kind"] in KINDS else "grey", linestyle="--", linewidth=0.8)
             if f.get("healed_s") is not None:
                 ax.axvspan(f["at_s"], f["healed_s"], color=line.get_color(), alpha=0.08)
     ax.set(xlabel="seconds since the plan was published", ylabel="chunks completed (%)", title="Progress over time (dashed: faults; shaded: until healed)")
