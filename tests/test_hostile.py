@@ -25,8 +25,8 @@ import pytest
 import redis
 
 from ttg.broker import DeadLetter, open_broker
-from ttg.brokers.rabbitmq.broker import _read_task
 from ttg.brokers.rabbitmq.topology import QueueNames
+from ttg.brokers.rabbitmq.wire import read_task
 from ttg.config import backend_for_url
 from ttg.errors import MessageError
 from ttg.ledger import Ledger
@@ -348,14 +348,14 @@ def test_rabbitmq_a_bad_header_rejects_that_message_and_never_drops_the_connecti
 )
 def test_rabbitmq_task_headers_are_read_defensively(headers: dict[str, Any], body: bytes, error: str) -> None:
     with pytest.raises(MessageError, match=error):
-        _read_task(pika.BasicProperties(headers=headers), body)
+        read_task(pika.BasicProperties(headers=headers), body)
 
 
 def test_rabbitmq_good_task_headers_give_deliveries_and_chunk_ids() -> None:
-    assert _read_task(pika.BasicProperties(headers={"x-ttg-prior": 1, "x-delivery-count": 1, "x-ttg-chunk": 7}), b"t") == (3, [(7, b"t")])
-    assert _read_task(pika.BasicProperties(headers=None), b"t") == (1, [(None, b"t")])
-    assert _read_task(pika.BasicProperties(headers={"x-ttg-chunk": "7"}), b"t") == (1, [(None, b"t")])  # a route, never trusted
-    assert _read_task(pika.BasicProperties(headers={"x-ttg-batch": [1, 2]}), msgpack.packb([b"a", b"b"])) == (1, [(1, b"a"), (2, b"b")])
+    assert read_task(pika.BasicProperties(headers={"x-ttg-prior": 1, "x-delivery-count": 1, "x-ttg-chunk": 7}), b"t") == (3, [(7, b"t")])
+    assert read_task(pika.BasicProperties(headers=None), b"t") == (1, [(None, b"t")])
+    assert read_task(pika.BasicProperties(headers={"x-ttg-chunk": "7"}), b"t") == (1, [(None, b"t")])  # a route, never trusted
+    assert read_task(pika.BasicProperties(headers={"x-ttg-batch": [1, 2]}), msgpack.packb([b"a", b"b"])) == (1, [(1, b"a"), (2, b"b")])
 
 
 def test_the_private_rabbitmq_node_has_a_generated_user_and_no_guest(rabbitmq_broker: BrokerHandle) -> None:

@@ -37,7 +37,6 @@ class FaultProxy:
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._thread = threading.Thread(target=self._accept_loop, name="ttg-proxy", daemon=True)
         self._thread.start()
-        self.forwarded_bytes = 0
         self.held_while_blackholed = 0  # pieces the blackhole kept from the other side: proof it cut traffic
         self.held_now = 0  # pieces held by the blackhole at this moment (one per stalled direction)
         self.delayed = 0  # pieces the latency fault delayed: proof it slowed traffic
@@ -152,7 +151,6 @@ class FaultProxy:
                     self.delayed += 1
                     time.sleep(self.latency_s)
                 dst.sendall(data)
-                self.forwarded_bytes += len(data)
         except (OSError, ValueError):  # ValueError: reset() closed the socket under us (fd -1)
             pass
         finally:

@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, TypeGuard
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -49,7 +49,7 @@ import pika.exceptions
 from ttg.broker import Broker, BrokerStats, DeadLetter, Delivery
 from ttg.brokers.rabbitmq import topology as topo
 from ttg.brokers.rabbitmq.amqp_client import AmqpClient, QueueMissing
-from ttg.brokers.rabbitmq.wire import BATCH, CHUNK, PRIOR, Token, await_confirms, pack_batch, unpack_batch
+from ttg.brokers.rabbitmq.wire import BATCH, CHUNK, PRIOR, Token, await_confirms, pack_batch, read_task, unpack_batch
 from ttg.config import redact_url
 from ttg.errors import BrokerError, BrokerUnavailable, MessageError, PublishRefused, RunConflict
 
@@ -287,7 +287,7 @@ class RabbitMQBroker(Broker):
         (whoever can publish to the queue), so each is read defensively and a bad one rejects that one message.
         """
         try:
-            deliveries, items = _read_task(props, body)
+            deliveries, items = read_task(props, body)
         except Exception as e:  # MessageError for what the checks catch; anything else is a reader bug, also one message's
             reason = f"rejected: {e}" if isinstance(e, MessageError) else f"rejected: unreadable task message ({type(e).__name__}: {e})"
             log.warning("message rejected: %s", reason, extra={"event": "rejected"})
@@ -478,39 +478,3 @@ class RabbitMQBroker(Broker):
             fut.result(timeout=10.0)
         except FutureTimeout:
             raise BrokerUnavailable(f"RabbitMQ did not start a consumer on {queue_name} within 10s") from None
-
-
-_MAX_COUNT = 1_000_000  # deliveries counted in a header; more is not a count but a forgery
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    # pika decodes AMQP long integers as its own int subclass (pika.compat.long); a bool is an int too, and is not one.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _count_header(headers: dict[str, Any], name: str) -> int:
-    value = headers.get(name, 0)
-    if not _is_int(value) or not 0 <= value <= _MAX_COUNT:
-        raise MessageError(f"header {name} must be a delivery count from 0 to {_MAX_COUNT:,} (got {str(value)[:40]!r})")
-    return int(value)
-
-
-def _read_task(props: pika.BasicProperties, body: bytes) -> tuple[int, list[tuple[int | None, bytes]]]:
-    """(deliveries so far including this one, [(chunk id from the headers or None, task body)]); MessageError for
-    headers no TTG producer writes. The chunk ids here only route dead letters: the worker checks every body
-    against the plan, and the coordinator every dead letter's body."""
-    headers = props.headers if props.headers is not None else {}
-    if not isinstance(headers, dict):
-        raise MessageError("message headers are not a table")
-    deliveries = _count_header(headers, PRIOR) + _count_header(headers, "x-delivery-count") + 1
-    chunks = headers.get(BATCH)
-    if chunks is None:
-        chunk = headers.get(CHUNK)
-        return deliveries, [(int(chunk) if _is_int(chunk) else None, body)]
-    if not isinstance(chunks, list) or not chunks or not all(_is_int(c) for c in chunks):
-        # An empty batch would be settled by nobody and hold a prefetch slot for good.
-        raise MessageError(f"header {BATCH} must be a non-empty list of chunk ids (got {str(chunks)[:40]!r})")
-    parts = unpack_batch(body)
-    if parts is None or len(parts) != len(chunks):
-        raise MessageError(f"a batch of {len(chunks)} chunk ids whose body is not {len(chunks)} task messages")
-    return deliveries, [(int(c), part) for c, part in zip(chunks, parts, strict=True)]

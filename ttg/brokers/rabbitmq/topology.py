@@ -50,10 +50,10 @@ def _translated(fn: Callable[_P, _R]) -> Callable[_P, _R]:
         try:
             return fn(*args, **kwargs)
         except pika.exceptions.ChannelClosedByBroker as e:
-            self.reset()
+            self.close()
             raise BrokerError(f"RabbitMQ refused {fn.__name__}: {e.reply_code} {e.reply_text}") from None
         except (pika.exceptions.AMQPError, OSError) as e:
-            self.reset()
+            self.close()
             raise BrokerUnavailable(
                 f"RabbitMQ unreachable at {redact_url(self.url)} ({type(e).__name__}: {e}); check the broker URL and that rabbitmq-server is running"
             ) from None
@@ -120,9 +120,6 @@ class Control:
             if e.reply_code != 404:
                 raise
             return False
-
-    def reset(self) -> None:
-        self.close()
 
     def close(self) -> None:
         conn, self._conn, self._ch = self._conn, None, None

@@ -12,7 +12,7 @@ SPEC = BackendSpec(
     ("redis", "rediss"),
     6379,
     "ttg.brokers.redis.broker:RedisStreamsBroker",
-    "ttg.brokers.redis.broker:check_url",
+    "ttg.brokers.redis.client:check_url",
     "ttg.brokers.redis.status:read",
     "ttg.brokers.redis.server:PrivateRedis",
     durable=False,  # without AOF a restarted redis-server is empty

@@ -18,23 +18,21 @@ a result: a completion not yet sent leaves its task pending, to be reclaimed.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any, ParamSpec, TypeVar, cast
+from collections.abc import Iterable
+from typing import Any, cast
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from ttg import lease
 from ttg.broker import Broker, BrokerStats, DeadLetter, Delivery
 from ttg.brokers.redis import lua as redis_lua
+from ttg.brokers.redis.client import MAX_BLOCK_MS, Entry, connect, run_script, stream_entries, translate
 from ttg.config import redact_url
-from ttg.errors import BrokerError, BrokerUnavailable, ConfigError, RunConflict
+from ttg.errors import RunConflict
 
 log = logging.getLogger(__name__)
 
@@ -43,66 +41,6 @@ BATCH_TARGET_S = 0.02
 MAX_BATCH = 64
 FLUSH_AFTER_S = 0.01  # a completed chunk's result reaches the broker within this, batch or not
 _MAX_PENDING_BYTES = 1 << 20  # smaller flushes keep Redis responsive to the coordinator (one 3 MB script stalls it ~20 ms)
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-# A short partition must surface as an error within seconds, not hide behind
-# redis-py's default retries; callers (the worker loop) decide how long to keep trying.
-_SOCKET_TIMEOUT_S = 2.0
-_MAX_BLOCK_MS = 1000
-
-Entry = tuple[bytes, dict[bytes, bytes]]
-
-
-def _entries(reply: Any) -> list[Entry]:
-    """The entries of a one-stream XREAD/XREADGROUP reply ([] when nothing came)."""
-    return cast(list[Entry], reply[0][1]) if reply else []
-
-
-def _translate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Turn redis-py errors into TTG's, where they enter."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise BrokerUnavailable(f"Redis unreachable ({type(e).__name__}: {e}); check the broker URL and that redis-server is running") from None
-        except redis.ResponseError as e:
-            raise BrokerError(f"Redis refused {fn.__name__}: {e}") from None
-
-    return wrapper
-
-
-def run_script(client: redis.Redis, source: str, keys: list[str], args: list[Any]) -> Any:
-    """EVALSHA, loading the script once when the server does not know it (first use, or after a restart).
-
-    By hand rather than redis-py's Script objects, which add a SCRIPT EXISTS round trip to every pipeline.
-    """
-    try:
-        return client.evalsha(redis_lua.sha(source), len(keys), *keys, *args)
-    except redis.exceptions.NoScriptError:
-        client.script_load(source)
-        return client.evalsha(redis_lua.sha(source), len(keys), *keys, *args)
-
-
-def check_url(url: str) -> None:
-    """ConfigError when redis-py cannot read ``url`` (it would fail only at the first connection, with a traceback)."""
-    try:
-        redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError as e:
-        raise ConfigError(f"--broker-url {redact_url(url)}: {e}; see redis://[:PASSWORD@]HOST:PORT/DB in the README") from None
-
-
-def connect(url: str) -> redis.Redis:
-    """A client with an explicit timeout and retry policy: a dead or frozen server is an error within ~5 s, not ~30 s."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=_SOCKET_TIMEOUT_S,
-        socket_connect_timeout=2.0,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        decode_responses=False,
-    )
 
 
 class RedisStreamsBroker(Broker):
@@ -152,7 +90,7 @@ class RedisStreamsBroker(Broker):
         return f"RedisStreamsBroker({redact_url(self.url)!r}, run_id={self.run_id!r}, consumer={self.consumer!r})"
 
     # -- the run's lease ----------------------------------------------------
-    @_translate
+    @translate
     def claim(self, owner: str, *, wait_s: float = 0.0) -> None:
         deadline = time.monotonic() + wait_s
         ttl_ms = int(lease.LEASE_TTL_S * 1000)
@@ -200,12 +138,12 @@ class RedisStreamsBroker(Broker):
         except redis.RedisError as e:  # the lease lapses on its own within its TTL
             log.warning("could not release the run's lease: %s", e)
 
-    @_translate
+    @translate
     def has_state(self) -> bool:
         return bool(self.r.exists(*self._keys))
 
     # -- coordinator side ---------------------------------------------------
-    @_translate
+    @translate
     def declare(self, chunks: int) -> None:
         try:
             self.r.xgroup_create(self.k_tasks, GROUP, id="0", mkstream=True)
@@ -216,7 +154,7 @@ class RedisStreamsBroker(Broker):
         # A resumed run may have been ended by a coordinator that gave up (--timeout): it is live again.
         self.r.hdel(self.k_meta, "ended")
 
-    @_translate
+    @translate
     def publish_tasks(self, tasks: Iterable[tuple[int, bytes]]) -> int:
         n = 0
         pipe = self.r.pipeline(transaction=False)
@@ -230,27 +168,27 @@ class RedisStreamsBroker(Broker):
         pipe.execute()
         return n
 
-    @_translate
+    @translate
     def read_results(self, max_count: int, timeout_s: float) -> list[bytes]:
         pipe = self.r.pipeline(transaction=False)
         # Trim what the previous call returned, in the same round trip: the broker's memory stays flat.
         pipe.xtrim(self.k_results, minid=self._results_cursor, approximate=False)
         if timeout_s > 0:
-            pipe.xread({self.k_results: self._results_cursor}, count=max_count, block=min(_MAX_BLOCK_MS, max(1, int(timeout_s * 1000))))
+            pipe.xread({self.k_results: self._results_cursor}, count=max_count, block=min(MAX_BLOCK_MS, max(1, int(timeout_s * 1000))))
         else:
             pipe.xread({self.k_results: self._results_cursor}, count=max_count)
         _, reply = pipe.execute()
-        entries = _entries(reply)
+        entries = stream_entries(reply)
         if not entries:
             return []
         self._results_cursor = entries[-1][0]
         return [fields[b"r"] for _, fields in entries]
 
-    @_translate
+    @translate
     def dead_letters(self) -> list[DeadLetter]:
         return self._letters(self.k_dead)
 
-    @_translate
+    @translate
     def rejections(self) -> list[DeadLetter]:
         return self._letters(self.k_rejected)
 
@@ -262,7 +200,7 @@ class RedisStreamsBroker(Broker):
             out.append(DeadLetter(int(chunk) if chunk.isdigit() else None, reason, int(n) if n.isdigit() else 0, f.get(b"m", b"")))
         return out
 
-    @_translate
+    @translate
     def stats(self) -> BrokerStats:
         meta = {k.decode(): int(v) for k, v in cast(dict[bytes, bytes], self.r.hgetall(self.k_meta)).items()}
         try:
@@ -283,16 +221,16 @@ class RedisStreamsBroker(Broker):
             duplicates=meta.get("duplicates", 0),
         )
 
-    @_translate
+    @translate
     def end_run(self) -> None:
         self.r.hset(self.k_meta, "ended", 1)
 
-    @_translate
+    @translate
     def delete_run(self) -> None:
         self.r.delete(*self._keys)  # the lease stays until release(): nobody may start this run id meanwhile
 
     # -- worker side --------------------------------------------------------
-    @_translate
+    @translate
     def receive(self, timeout_s: float) -> Delivery | None:
         assert self.consumer, "receive() needs a consumer name"
         if self._ended:
@@ -314,7 +252,7 @@ class RedisStreamsBroker(Broker):
                     return None  # the coordinator ended the run: stop taking work (close() gives back the rest)
             if not self._buffer and timeout_s > 0:
                 # Pending completions run before the read blocks, so one round trip does both.
-                self._fetch(block_ms=max(1, min(_MAX_BLOCK_MS, int((min(deadline, self._next_reclaim) - time.monotonic()) * 1000))))
+                self._fetch(block_ms=max(1, min(MAX_BLOCK_MS, int((min(deadline, self._next_reclaim) - time.monotonic()) * 1000))))
             elif not self._buffer and self._done and time.monotonic() - self._done_since >= FLUSH_AFTER_S:
                 # 0: what is at hand, and no waiting. Completions held past FLUSH_AFTER_S go now, with a look for the
                 # next tasks in the same round trip (the worker may be about to wait for a slow batch).
@@ -325,7 +263,7 @@ class RedisStreamsBroker(Broker):
             if time.monotonic() >= deadline:
                 return None
 
-    @_translate
+    @translate
     def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> None:
         if delivery is None:  # static mode: nothing was queued, nothing to batch with
             run_script(self.r, redis_lua.COMPLETE, self._keys, [GROUP, b"", chunk_id, result])
@@ -349,7 +287,7 @@ class RedisStreamsBroker(Broker):
         elif time.monotonic() - self._done_since >= FLUSH_AFTER_S or sum(len(r) for _, r in self._done.values()) >= _MAX_PENDING_BYTES:
             self._flush()  # results stay visible within FLUSH_AFTER_S, for progress and for faults
 
-    @_translate
+    @translate
     def fail(self, delivery: Delivery, reason: str, *, retry: bool) -> None:
         assert self.consumer, "fail() needs a consumer name"
         idle_ms = max(0, self.min_idle_ms - self.retry_delay_ms)
@@ -358,14 +296,14 @@ class RedisStreamsBroker(Broker):
         with self._held_lock:
             self._held.discard(delivery.token)
 
-    @_translate
+    @translate
     def reject(self, delivery: Delivery, reason: str) -> None:
         assert self.consumer, "reject() needs a consumer name"
         run_script(self.r, redis_lua.REJECT, self._keys, [GROUP, delivery.token, reason[:2000]])
         with self._held_lock:
             self._held.discard(delivery.token)
 
-    @_translate
+    @translate
     def drained(self) -> bool:
         self._flush()
         return bool(self.r.hexists(self.k_meta, "ended"))
@@ -418,7 +356,7 @@ class RedisStreamsBroker(Broker):
         else:
             pipe.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=self._batch)
         reply = self._execute(pipe, sent)[-1]
-        self._buffer.extend(self._take(entry_id, fields, 1) for entry_id, fields in _entries(reply))
+        self._buffer.extend(self._take(entry_id, fields, 1) for entry_id, fields in stream_entries(reply))
 
     def _reclaim_batch(self) -> str:
         """Take over idle tasks of dead peers; returns "ended" when the run is over."""

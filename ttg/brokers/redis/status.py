@@ -6,7 +6,8 @@ from typing import cast
 
 import redis
 
-from ttg.brokers.redis.broker import GROUP, connect
+from ttg.brokers.redis.broker import GROUP
+from ttg.brokers.redis.client import connect
 from ttg.config import redact_url
 from ttg.errors import BrokerUnavailable
 from ttg.status import RunStatus
