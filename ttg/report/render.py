@@ -11,7 +11,7 @@ from ttg.report import docx as docx_writer
 from ttg.report import plots
 from ttg.report.inputs import ReportError, load
 from ttg.report.model import Report, build, probes, seconds
-from ttg.report.tables import all_tables
+from ttg.report.tables import sections
 
 FORMATS = ("md", "docx", "html")
 
@@ -29,16 +29,17 @@ def _environment(autoescape: bool) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("ttg.report", "templates"), undefined=jinja2.StrictUndefined, autoescape=autoescape)
     env.globals.update(HELPERS)
     env.filters["seconds"] = seconds
+    env.filters["md_bullet"] = lambda item: f"- {md_cell(item)}"
     return env
 
 
 def markdown(report: Report, img: str = "img") -> str:
-    return _environment(False).get_template("report.md.j2").render(r=report, tables=all_tables(report), img=img)
+    return _environment(False).get_template("report.md.j2").render(r=report, sections=sections(report), img=img) + "\n"
 
 
 def html(report: Report, img_dir: Path) -> str:
     images = {name: "data:image/png;base64," + base64.b64encode((img_dir / file).read_bytes()).decode() for name, file in report.images.items()}
-    return _environment(True).get_template("report.html.j2").render(r=report, tables=all_tables(report), images=images)
+    return _environment(True).get_template("report.html.j2").render(r=report, sections=sections(report), images=images)
 
 
 def make_report(inputs_dir: Path, out: Path, formats: tuple[str, ...], title: str) -> list[Path]:

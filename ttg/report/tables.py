@@ -1,7 +1,9 @@
-"""Every table of the report, defined once: its columns and its cells as text, and how each row stands.
+"""The report's content, defined once: its sections in order, each a title and blocks (a paragraph, a table, a
+figure, a list); every table with its columns, its cells as text, and how each row stands.
 
-The Markdown and HTML templates and the .docx writer only lay these out, so the three formats cannot drift apart (the
-.docx once lacked the runs' scenario and checksum columns, and the failures' checksum).
+The Markdown and HTML templates and the .docx writer only lay sections out, generically, so the three formats cannot
+drift apart (the .docx once lacked the runs' scenario and checksum columns, and the failures' checksum). A new section
+is one function here, listed in :func:`sections`.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def failures(r: Report) -> Table:
 
 
 def environment(r: Report) -> Table:
-    return Table(("", ""), [((k, v), FINE) for k, v in r.environment.items()])
+    return Table(("what", "version or value"), [((k, v), FINE) for k, v in r.environment.items()])
 
 
 def runs(r: Report) -> Table:
@@ -103,6 +105,62 @@ def throughput(r: Report) -> Table:
     names = list(r.parity["backends"])
     rows = [((scale, *(f"{per[b]:,.0f}" if b in per else "-" for b in names)), FINE) for scale, per in r.parity["throughput"].items()]
     return Table(("scale", *names), rows)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One piece of a section: a paragraph, a table, a figure (a name in ``Report.images``) or a bulleted list."""
+
+    text: str = ""
+    table: Table | None = None
+    image: str = ""
+    bullets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    blocks: tuple[Block, ...]
+
+
+def _figures(r: Report, *named: tuple[str, str]) -> list[Block]:
+    """The figures among ``named`` (image name, caption) that were drawn: each is drawn only when its data exists."""
+    return [Block(text=caption, image=name) for name, caption in named if name in r.images]
+
+
+def sections(r: Report) -> list[Section]:
+    """Every section of the report, in order; a section with nothing to show is left out."""
+    t = all_tables(r)
+    out = []
+    if r.failing_runs or r.failing_journals:
+        out.append(Section("Failures", (Block(table=t["failures"]),)))
+    ran = f"{len(r.runs)} sweep(s), {len(r.benchmarks)} benchmark(s), {len(r.journals)} chaos experiment(s)."
+    if r.skipped:
+        ran += f" Skipped {len(r.skipped)} file(s) that were not inputs: {', '.join(r.skipped[:5])}"
+    out.append(Section("What ran, on what", (Block(table=t["environment"]), Block(text=ran))))
+    figures = _figures(r, ("timeline", "Progress over time"), ("throughput", "Throughput by backend and scale"))
+    out.append(Section("Runs", (Block(table=t["runs"]), *figures)))
+    if r.faults:
+        out.append(Section("Faults and recovery", (Block(table=t["faults"]), *_figures(r, ("recovery", "Recovery time per fault kind")))))
+    if r.benchmarks:
+        out.append(Section("Benchmark against multiprocessing.Pool", (Block(table=t["benchmarks"]), *_figures(r, ("benchmark", "Benchmark ratio")))))
+    if r.journals:
+        out.append(Section("Chaos experiments", (Block(table=t["journals"]),)))
+    if r.fuzz:
+        replay = "Each row is one sweep under a random fault schedule drawn from its seed; ttg chaos fuzz --backend B --seed S --runs 1 replays it."
+        out.append(Section("Fuzz (ttg chaos fuzz)", (Block(text=replay), Block(table=t["fuzz"]))))
+    out.append(_parity(r, t))
+    return out
+
+
+def _parity(r: Report, t: dict[str, Table]) -> Section:
+    blocks = [Block(text="Static mode vs queue mode under a worker kill (the earlier system's Milestone 1 vs 2):")]
+    blocks.append(Block(table=t["worker_kill"]) if r.parity["worker_kill"] else Block(text="No runs with a worker kill in these inputs."))
+    blocks.append(Block(text="Redis vs RabbitMQ (Milestone 3): median parameters/s of fault-free queue runs, and runs ok per backend."))
+    if r.parity["throughput"]:
+        blocks.append(Block(table=t["throughput"]))
+    blocks.append(Block(bullets=tuple(f"{b}: {m['ok']} of {m['runs']} runs ok" for b, m in r.parity["backends"].items())))
+    return Section("Milestone parity", tuple(blocks))
 
 
 def all_tables(r: Report) -> dict[str, Table]:
