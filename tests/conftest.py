@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from ttg import backends
 from ttg.brokers.rabbitmq.server import PrivateRabbitMQ
 from ttg.brokers.redis.server import PrivateRedis
 from ttg.config import RunConfig, load_run_config
@@ -23,7 +24,7 @@ from ttg.record import RunRecord
 from ttg.run import execute
 
 TESTS_DIR = Path(__file__).parent
-BACKENDS = ("redis", "rabbitmq")
+BACKENDS = backends.NAMES
 
 
 @pytest.fixture(scope="session")

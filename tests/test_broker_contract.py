@@ -16,6 +16,8 @@ import pytest
 from ttg.broker import Broker, Delivery, open_broker
 from ttg.errors import RunConflict
 from ttg.messages import TaskMessage
+from ttg.plan import ChunkPlan
+from ttg.producer import publish_plan
 
 from .backends import publish_raw_task
 
@@ -49,7 +51,7 @@ def opener(broker_url: str, run_id: str) -> Iterator[Opener]:
 
 def publish(coord: Broker, chunks: int) -> None:
     coord.declare(chunks)
-    coord.publish_tasks((i, TaskMessage(coord.run_id, i, i * 10, i * 10 + 10).encode()) for i in range(chunks))
+    publish_plan(coord, ChunkPlan(chunks * 10, 10))
 
 
 def take_all(worker: Broker, wait_s: float = 1.0) -> list[Delivery]:

@@ -23,7 +23,8 @@ from ttg.brokers.rabbitmq.broker import RabbitMQBroker
 from ttg.brokers.rabbitmq.server import PrivateRabbitMQ
 from ttg.brokers.rabbitmq.status import _get
 from ttg.brokers.rabbitmq.wire import BATCH
-from ttg.messages import TaskMessage
+from ttg.plan import ChunkPlan
+from ttg.producer import publish_plan
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def test_the_topology_is_durable_with_quorum_task_queues_and_a_ttl_retry_queue(c
 
 def test_a_batch_returned_by_a_crashed_worker_comes_back_as_single_chunk_messages(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
     coord.declare(512)  # 512 chunks: two per task message
-    coord.publish_tasks((i, TaskMessage(coord.run_id, i, i, i + 1).encode()) for i in range(512))
+    publish_plan(coord, ChunkPlan(512, 1))
     a = open_broker(rabbitmq_server.url, coord.run_id, consumer="a", prefetch=1)
     first = a.receive(2.0)
     assert first is not None and first.token.chunk_id == 0
@@ -83,7 +84,7 @@ def test_a_batch_returned_by_a_crashed_worker_comes_back_as_single_chunk_message
 
 def test_a_chunk_that_kills_its_worker_every_time_is_dead_lettered_after_max_deliveries(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
     coord.declare(1)
-    coord.publish_tasks([(0, TaskMessage(coord.run_id, 0, 0, 1).encode())])
+    publish_plan(coord, ChunkPlan(1, 1))
     for attempt in (1, 2):
         w = open_broker(rabbitmq_server.url, coord.run_id, consumer=f"w{attempt}", max_deliveries=2)
         d = w.receive(3.0)

@@ -15,7 +15,8 @@ import pytest
 from ttg.broker import Broker, open_broker
 from ttg.brokers.redis.server import PrivateRedis
 from ttg.errors import BrokerUnavailable
-from ttg.messages import TaskMessage
+from ttg.plan import ChunkPlan
+from ttg.producer import publish_plan
 
 RECLAIM_S = 1.0
 
@@ -36,7 +37,7 @@ def brokers(redis_url: str, run_id: str) -> Iterator[dict[str, Broker]]:
 
     coord = make(None)
     coord.declare(4)
-    coord.publish_tasks((i, TaskMessage(run_id, i, i * 10, i * 10 + 10).encode()) for i in range(4))
+    publish_plan(coord, ChunkPlan(40, 10))
     make("a")
     make("b")
     yield opened
@@ -63,7 +64,7 @@ def test_a_worker_that_holds_a_batch_of_chunks_is_sized_by_its_pace_not_by_how_l
     worker = open_broker(redis_url, run_id, consumer="w", reclaim_after_s=RECLAIM_S)
     try:
         coord.declare(400)
-        coord.publish_tasks((i, TaskMessage(run_id, i, i * 10, i * 10 + 10).encode()) for i in range(400))
+        publish_plan(coord, ChunkPlan(4000, 10))
         fetched: list[int] = []
         done = 0
         for _ in range(8):
@@ -123,7 +124,7 @@ def test_with_aof_a_killed_and_restarted_broker_keeps_every_task_and_result(tmp_
         rid = "aof" + uuid.uuid4().hex[:6]
         coord = open_broker(server.url, rid)
         coord.declare(3)
-        coord.publish_tasks((i, TaskMessage(rid, i, i, i + 1).encode()) for i in range(3))
+        publish_plan(coord, ChunkPlan(3, 1))
         w = open_broker(server.url, rid, consumer="w", reclaim_after_s=RECLAIM_S)
         d = w.receive(1.0)
         assert d is not None

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from ttg.broker import open_broker
-from ttg.messages import TaskMessage
+from ttg.plan import ChunkPlan
+from ttg.producer import publish_plan
 from ttg.status import Rate, RunStatus, read_status
 
 
@@ -24,7 +25,7 @@ def test_status_shows_queued_inflight_consumers_and_dead_letters_of_a_run(backen
     run_id = "st" + uuid.uuid4().hex[:6]
     coord = open_broker(broker_url, run_id)
     coord.declare(10)
-    coord.publish_tasks((i, TaskMessage(run_id, i, i, i + 1).encode()) for i in range(10))
+    publish_plan(coord, ChunkPlan(10, 1))
     worker = open_broker(broker_url, run_id, consumer="w", prefetch=1)
     try:
         first = worker.receive(2.0)
@@ -59,7 +60,7 @@ def test_ttg_status_prints_json_for_a_broker(backend: str, broker_url: str, requ
     run_id = "cli" + uuid.uuid4().hex[:6]
     coord = open_broker(broker_url, run_id)
     coord.declare(3)
-    coord.publish_tasks((i, TaskMessage(run_id, i, i, i + 1).encode()) for i in range(3))
+    publish_plan(coord, ChunkPlan(3, 1))
     cmd = [sys.executable, "-m", "ttg", "status", "--broker-url", broker_url, "--run-id", run_id, "--json"]
     if backend == "rabbitmq":
         cmd += ["--management-url", str(management_url(backend, request))]

@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ttg import __version__, logs
+from ttg import __version__, backends, logs
 from ttg.cli_chaos import chaos
 from ttg.cli_k8s import k8s
 from ttg.cli_runs import runs
@@ -44,7 +44,7 @@ EXIT_INTERNAL = 4
 def _sweep_options(fn: Any) -> Any:
     for opt in reversed(
         [
-            click.option("--backend", help="Broker backend: redis or rabbitmq. [env TTG_BACKEND; default redis]"),
+            click.option("--backend", help=f"Broker backend: {' or '.join(backends.NAMES)}. [env TTG_BACKEND; default {backends.DEFAULT}]"),
             click.option(
                 "--broker-url",
                 help="Use this broker instead of starting a private one (redis://HOST:PORT/DB or amqp://USER:PASS@HOST:PORT/VHOST). [env TTG_BROKER_URL]",
@@ -298,7 +298,7 @@ def bench(repeat: int, as_json: bool, **options: Any) -> int:
 
 
 @cli.command()
-@click.option("--backend", help="redis or rabbitmq; only checks --broker-url's scheme. [env TTG_BACKEND]")
+@click.option("--backend", help=f"{' or '.join(backends.NAMES)}; only checks --broker-url's scheme. [env TTG_BACKEND]")
 @click.option("--broker-url", help="The broker to inspect (redis://… or amqp://…). [env TTG_BROKER_URL]")
 @click.option("--run-id", help="Show only this run.")
 @click.option("--management-url", help="RabbitMQ management API (default: the broker's host, port 15672, same user). [env TTG_MANAGEMENT_URL]")

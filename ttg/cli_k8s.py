@@ -9,6 +9,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ttg import backends
+
 err = Console(stderr=True)
 
 
@@ -18,7 +20,7 @@ def k8s() -> None:
 
 
 @k8s.command()
-@click.option("--backend", help="redis or rabbitmq. [env TTG_BACKEND; default redis]")
+@click.option("--backend", help=f"{' or '.join(backends.NAMES)}. [env TTG_BACKEND; default {backends.DEFAULT}]")
 @click.option("--mode", help="queue (a work-queue Job) or static (an Indexed Job). [env TTG_MODE; default queue]")
 @click.option("--workers", help="Worker pods. [env TTG_WORKERS; default 2]")
 @click.option("--params", help="Parameters N. [env TTG_PARAMS; default 1,000,000]")

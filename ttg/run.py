@@ -210,6 +210,7 @@ class Run:
         cancel: threading.Event | None = None,
         own_process: bool = False,
         live: bool = False,
+        t_start: float | None = None,
     ) -> None:
         self.cfg, self.run_id, self.run_dir, self.given = cfg, run_id, run_dir, given
         self.plan = ChunkPlan(cfg.params, cfg.chunk)
@@ -217,7 +218,8 @@ class Run:
         self.on_disk = Ledger.exists(run_dir / "results.npy")
         self.resume, self.resuming = resume, resume and self.on_disk
         self.on_progress, self.cancel, self.own_process, self.live = on_progress, cancel, own_process, live
-        self.started_at, self.t_start = datetime.now(UTC), time.monotonic()
+        # t_start: when the caller began, before any private broker it started for this run (start-up counts from it).
+        self.started_at, self.t_start = datetime.now(UTC), time.monotonic() if t_start is None else t_start
         self.proxies: dict[str, FaultProxy] = {}
         self.ledger: Ledger | None = None
         self.collector: Collector | None = None
@@ -375,6 +377,7 @@ def execute(
     if Ledger.exists(run_dir / "results.npy") and not resume:
         # Results already recorded are never touched: refuse at once, saying how to go on.
         raise RunConflict(f"run {run_id} already has results in {run_dir}; {_how_to_go_on(cfg, run_id)}")
+    t_start = time.monotonic()
     with contextlib.nullcontext(access) if access is not None else private_or_given_broker(cfg) as given:
         run = Run(
             cfg,
@@ -387,6 +390,7 @@ def execute(
             cancel=cancel,
             own_process=own_process,
             live=on_start is not None,
+            t_start=t_start,
         )
         with run:
             run.claim()
