@@ -20,7 +20,7 @@ broker, which requeues them at once (crash) or after the heartbeat timeout
 (partition).
 
 Batching, so that 10,000 small chunks do not cost 10,000 round trips: the
-producer packs up to ``MAX_TASKS_PER_MESSAGE`` consecutive chunks into one task
+producer packs up to ``coordinator.MAX_TASKS_PER_MESSAGE`` consecutive chunks into one task
 message (header ``x-ttg-batch``); the adapter hands them to the worker one by
 one and acks the message when all of its chunks are settled. A worker sends its
 results in batches too (one confirmed message every ``FLUSH_AFTER_S`` or
@@ -38,7 +38,6 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -46,25 +45,26 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from ttg.broker import Broker, BrokerStats, DeadLetter, Delivery
+from ttg.broker import Broker, Delivery
 from ttg.brokers.rabbitmq import topology as topo
 from ttg.brokers.rabbitmq.amqp_client import AmqpClient, QueueMissing
-from ttg.brokers.rabbitmq.wire import BATCH, CHUNK, PRIOR, Token, await_confirms, pack_batch, read_task, unpack_batch
+from ttg.brokers.rabbitmq.coordinator import CoordinatorSide
+from ttg.brokers.rabbitmq.wire import BATCH, CHUNK, PRIOR, Token, await_confirms, pack_batch, read_task, wait_registered
 from ttg.config import redact_url
-from ttg.errors import BrokerError, BrokerUnavailable, MessageError, PublishRefused, RunConflict
+from ttg.errors import BrokerError, BrokerUnavailable, MessageError, PublishRefused
 
 log = logging.getLogger(__name__)
 
-MAX_TASKS_PER_MESSAGE = 32
 FLUSH_AFTER_S = 0.02  # a completed chunk's result is on its way within this
 FLUSH_BYTES = 4 << 20
 DEFAULT_PREFETCH = 2  # task messages a worker holds at first: one being computed, one ready
 MAX_PREFETCH = 16
-RESULTS_PREFETCH = 128  # result messages the coordinator holds unacked; it takes at most half per read (see read_results)
 WINDOW_TARGET_S = 0.02  # work a worker holds once it knows its speed: enough to cover a confirm's round trip
 
 
-class RabbitMQBroker(Broker):
+class RabbitMQBroker(CoordinatorSide, Broker):
+    """One connection's view of a run: the coordinator's calls (:class:`CoordinatorSide`) or a worker's (below)."""
+
     def __init__(
         self, url: str, run_id: str, *, consumer: str | None = None, max_deliveries: int = 3, reclaim_after_s: float = 3.0, prefetch: int | None = None
     ) -> None:
@@ -111,138 +111,13 @@ class RabbitMQBroker(Broker):
     def __repr__(self) -> str:
         return f"RabbitMQBroker({redact_url(self.url)!r}, run_id={self.run_id!r}, consumer={self.consumer!r})"
 
-    @property
-    def client(self) -> AmqpClient:
-        if self._client is None:
-            self._client = AmqpClient(self.url, name=f"ttg-{self.run_id}-{self.consumer or 'coordinator'}", heartbeat_s=self.heartbeat_s)
-        self._client.wait_ready(timeout_s=10.0)
-        return self._client
-
-    @property
-    def control(self) -> topo.Control:
-        if self._control is None:
-            self._control = topo.Control(self.url, self.q)
-        return self._control
-
-    # -- the run's lease ----------------------------------------------------
-    def claim(self, owner: str, *, wait_s: float = 0.0) -> None:
-        # RabbitMQ drops a dead coordinator's connection, and its exclusive owner queue with it, by itself:
-        # a SIGKILLed holder's lease is gone at once (its socket closes); a cut-off one's after the heartbeat timeout.
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                self.control.claim()
-                return
-            except RunConflict:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.2)
-
-    def release(self) -> None:
-        if self._control is not None and self._control.owns_lease:
-            try:
-                self._control.release()
-            except BrokerError as e:  # the queue goes with the connection anyway
-                log.warning("could not release the run's lease: %s", e)
-
-    def has_state(self) -> bool:
-        return self.control.exists()
-
-    # -- coordinator side ---------------------------------------------------
-    def declare(self, chunks: int) -> None:
-        self._chunks = chunks
-        self.control.declare(retry_delay_ms=self.retry_delay_ms)
-
-    def publish_tasks(self, tasks: Iterable[tuple[int, bytes]]) -> int:
-        per_message = max(1, min(MAX_TASKS_PER_MESSAGE, self._chunks // 256))
-        messages: list[tuple[bytes, dict[str, Any]]] = []
-        batch: list[tuple[int, bytes]] = []
-        n = 0
-        for task in tasks:
-            batch.append(task)
-            n += 1
-            if len(batch) == per_message:
-                messages.append(self._task_message(batch))
-                batch = []
-        if batch:
-            messages.append(self._task_message(batch))
-        # All in flight at once; one fsync on the broker confirms many.
-        await_confirms(self.client.publish(self.q.tasks, messages), f"{len(messages)} task message(s)")
-        self._published += n
-        return n
-
-    @staticmethod
-    def _task_message(batch: list[tuple[int, bytes]]) -> tuple[bytes, dict[str, Any]]:
-        if len(batch) == 1:
-            return batch[0][1], {CHUNK: batch[0][0]}
-        return pack_batch([body for _, body in batch]), {BATCH: [chunk for chunk, _ in batch]}
-
-    def read_results(self, max_count: int, timeout_s: float) -> list[bytes]:
-        if not self._results_consuming:
-            self._wait_registered(self.client.consume(self.q.results, RESULTS_PREFETCH, self._on_result), self.q.results)
-            self._results_consuming = True
-        # Ack what the previous call returned only now: the caller has recorded it, so a coordinator that dies
-        # between reading and recording leaves those results in the queue for the next one (``ttg run --resume``).
-        for generation, tags in self._unacked.items():
-            self.client.ack(generation, tags)
-        self._unacked = {}
-        out: list[bytes] = []
-        deadline = time.monotonic() + timeout_s
-        taken = 0
-        # A batch message is returned whole, so out may exceed max_count by one batch. At most half the prefetch per call:
-        # the rest stays unacked credit, so the broker keeps sending while the caller records this batch.
-        while len(out) < max_count and taken < RESULTS_PREFETCH // 2:
-            try:
-                generation, tag, body = self._results.get(timeout=max(0.0, deadline - time.monotonic()) if not out else 0)
-            except queue.Empty:
-                break
-            parts = unpack_batch(body)
-            out.extend(parts if parts is not None else [body])  # not a batch: one result, judged by the ledger
-            self._unacked.setdefault(generation, []).append(tag)
-            taken += 1
-        self._results_seen += len(out)
-        return out
-
-    def _on_result(self, generation: int, tag: int, _props: pika.BasicProperties, body: bytes) -> None:
-        self._results.put((generation, tag, body))
-
-    def dead_letters(self) -> list[DeadLetter]:
-        return self.control.dead_letters()
-
-    def rejections(self) -> list[DeadLetter]:
-        return self.control.dead_letters(self.q.rejected)
-
-    def stats(self) -> BrokerStats:
-        c = self.control.counts([self.q.tasks, self.q.retry, self.q.dead, self.q.rejected])
-        dead, rejected = c[self.q.dead][0], c[self.q.rejected][0]
-        waiting = c[self.q.tasks][0] + c[self.q.retry][0]
-        return BrokerStats(
-            published=self._published,
-            completed=self._results_seen,
-            queued=waiting,
-            inflight=max(0, self._published - self._results_seen - dead - waiting),
-            consumers=c[self.q.tasks][1],
-            dead_lettered=dead,
-            rejected=rejected,
-            duplicates=0,  # RabbitMQ keeps no per-chunk state: the ledger drops and counts duplicates
-        )
-
-    def end_run(self) -> None:
-        self.control.end()
-
-    def delete_run(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        self.control.delete()
-
     # -- worker side --------------------------------------------------------
     def receive(self, timeout_s: float) -> Delivery | None:
         assert self.consumer, "receive() needs a consumer name"
         deadline = time.monotonic() + timeout_s
         if not self._consuming:
             try:
-                self._wait_registered(self.client.consume(self.q.tasks, self.prefetch, self._on_task), self.q.tasks)
+                wait_registered(self.client.consume(self.q.tasks, self.prefetch, self._on_task), self.q.tasks)
             except QueueMissing:
                 time.sleep(min(0.2, timeout_s))  # the producer has not declared the run yet
                 return None
@@ -472,9 +347,3 @@ class RabbitMQBroker(Broker):
             if self._control is not None:
                 self.release()
                 self._control.close()
-
-    def _wait_registered(self, fut: Future[None], queue_name: str) -> None:
-        try:
-            fut.result(timeout=10.0)
-        except FutureTimeout:
-            raise BrokerUnavailable(f"RabbitMQ did not start a consumer on {queue_name} within 10s") from None

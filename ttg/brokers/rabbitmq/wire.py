@@ -88,3 +88,11 @@ def read_task(props: pika.BasicProperties, body: bytes) -> tuple[int, list[tuple
     if parts is None or len(parts) != len(chunks):
         raise MessageError(f"a batch of {len(chunks)} chunk ids whose body is not {len(chunks)} task messages")
     return deliveries, [(int(c), part) for c, part in zip(chunks, parts, strict=True)]
+
+
+def wait_registered(fut: Future[None], queue_name: str) -> None:
+    """Wait for a consumer on ``queue_name`` to be registered; BrokerUnavailable after 10 s."""
+    try:
+        fut.result(timeout=10.0)
+    except FutureTimeout:
+        raise BrokerUnavailable(f"RabbitMQ did not start a consumer on {queue_name} within 10s") from None

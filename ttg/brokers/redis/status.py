@@ -6,8 +6,8 @@ from typing import cast
 
 import redis
 
-from ttg.brokers.redis.broker import GROUP
 from ttg.brokers.redis.client import connect
+from ttg.brokers.redis.coordinator import GROUP
 from ttg.config import redact_url
 from ttg.errors import BrokerUnavailable
 from ttg.status import RunStatus
