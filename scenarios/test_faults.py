@@ -1,5 +1,6 @@
 """Fault scenarios on both backends: a killed worker loses nothing, static mode detects its loss, a poison chunk is
-dead-lettered, and a broker killed, frozen, cut off or slowed mid-sweep (each run on its own private broker) loses nothing.
+dead-lettered, and a broker killed, frozen, cut off or slowed mid-sweep loses nothing (a kill or a freeze hits a private
+broker of the run's own; a cut or a delay hits the path to the session's broker, through the fault proxies).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 
 from fixtures.algos import POISON
-from ttg.config import backend_for_url
+from ttg import backends
+from ttg.faults import parse_fault
 from ttg.testing import assert_verdict
 from ttg.testing.plugin import BrokerHandle
 
@@ -41,14 +43,30 @@ def test_a_poison_chunk_is_retried_then_dead_lettered_and_reported(broker: Broke
     assert f"cannot evaluate parameter {POISON}" in rec.verdict.dead_letter_reasons[0]
 
 
+BROKER_FAULTS = {
+    "kill-broker": "kill-broker@30%:1s",
+    "pause-broker": "pause-broker@30%:2s",
+    "partition-broker": "partition-broker@30%:2s",
+    "latency": "latency@30%:1s",
+}
+# RabbitMQ's kill-broker here is the same case as tests/test_contract.py's broker kill: make test runs that one.
+_MATRIX_ONLY = {("rabbitmq", "kill-broker")}
+
+
 @pytest.mark.parametrize(
-    "fault",
-    ["kill-broker@30%:1s", "pause-broker@30%:2s", "partition-broker@30%:2s", "latency@30%:1s"],
-    ids=["kill-broker", "pause-broker", "partition-broker", "latency"],
+    ("backend", "fault"),
+    [
+        pytest.param(b, f, id=f"{b}-{name}", marks=[pytest.mark.matrix] if (b, name) in _MATRIX_ONLY else [])
+        for b in backends.NAMES
+        for name, f in BROKER_FAULTS.items()
+    ],
 )
-def test_a_broker_fault_mid_sweep_then_healed_loses_nothing(broker: BrokerHandle, fault: str, run_sweep: Runner) -> None:
-    # 100 chunks of ~30 ms on the run's own private broker; with another worker kill after the broker comes back.
-    rec = run_sweep(backend_for_url(broker.url), params=100_000, chunk=1_000, workers=2, cost_us=30, faults=[fault, "kill-worker@70%"])
+def test_a_broker_fault_mid_sweep_then_healed_loses_nothing(backend: str, fault: str, run_sweep: Runner, request: pytest.FixtureRequest) -> None:
+    # 100 chunks of ~30 ms, with another worker kill after the broker comes back. A fault on the broker's process hits
+    # the run's own private broker; one on the path to it (through the fault proxies) runs on the session's broker.
+    on_path = parse_fault(fault).info.family == "proxy"
+    target: BrokerHandle | str = request.getfixturevalue(f"{backend}_broker") if on_path else backend
+    rec = run_sweep(target, params=100_000, chunk=1_000, workers=2, cost_us=30, faults=[fault, "kill-worker@70%"])
     broker_fault = next(f for f in rec.faults if f.kind == fault.split("@")[0])
     assert broker_fault.healed_s is not None and broker_fault.healed_s > broker_fault.at_s, rec.faults
     assert broker_fault.recovered_s is not None, rec.faults
@@ -64,7 +82,7 @@ def test_two_of_four_workers_killed_at_once_lose_nothing(broker: BrokerHandle, r
 
 
 def test_one_worker_cut_off_while_the_others_carry_on(broker: BrokerHandle, run_sweep: Runner) -> None:
-    rec = run_sweep(backend_for_url(broker.url), params=100_000, chunk=1_000, workers=3, cost_us=30, faults=["partition-broker@20%:3s/w1"])
+    rec = run_sweep(broker, params=100_000, chunk=1_000, workers=3, cost_us=30, faults=["partition-broker@20%:3s/w1"])
     cut = rec.faults[0]
     assert cut.target == "w1<->broker" and cut.evidence, rec.faults
     during = [done for t, done in rec.timeline if cut.at_s <= t <= (cut.healed_s or 0.0)]
