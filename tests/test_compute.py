@@ -42,22 +42,18 @@ def test_a_large_range_crosses_the_pipe_whole(child: ComputeProcess) -> None:
 
 
 def test_an_algorithm_that_raises_fails_that_range_and_the_child_carries_on() -> None:
-    proc = ComputeProcess("algos:poison")
-    proc.start()
-    try:
+    with ComputeProcess("algos:poison") as proc:
+        proc.start()
         pid = proc.pid
         with pytest.raises(AlgorithmError, match="ValueError: cannot evaluate parameter 1234"):
             proc.evaluate(1000, 2000)
         assert np.array_equal(proc.evaluate(0, 10), algorithms.demo(np.arange(10))) and proc.pid == pid
-    finally:
-        proc.close()
 
 
 def test_a_slot_holds_its_values_until_the_next_result_and_ranges_past_the_slots_use_the_pipe() -> None:
-    proc = ComputeProcess("algos:square_root", slot_values=1000)  # not periodic, unlike demo: a reused slot shows
-    sqrt = algorithms.load("algos:square_root")
-    proc.start()
-    try:
+    with ComputeProcess("algos:square_root", slot_values=1000) as proc:  # not periodic, unlike demo: a reused slot shows
+        sqrt = algorithms.load("algos:square_root")
+        proc.start()
         proc.submit(0, 1000)
         first = proc.result()
         starts = range(1000, (proc.capacity + 4) * 1000, 1000)  # more ranges than slots, while the caller holds `first`
@@ -69,28 +65,22 @@ def test_a_slot_holds_its_values_until_the_next_result_and_ranges_past_the_slots
         for start in starts:  # slot and pipe replies of one batch, in submission order
             assert np.array_equal(proc.result(), sqrt(np.arange(start, start + 1000)))
         assert np.array_equal(proc.evaluate(0, 5000), sqrt(np.arange(5000)))  # 5x a slot: the pipe
-    finally:
-        proc.close()
 
 
 def test_a_batch_is_computed_in_order_and_its_sync_says_the_time_per_range() -> None:
-    proc = ComputeProcess("demo", cost_us=2000.0, slot_values=100)  # 10 parameters at 2 ms each: 20 ms a range
-    proc.start()
-    try:
+    with ComputeProcess("demo", cost_us=2000.0, slot_values=100) as proc:  # 10 parameters at 2 ms each: 20 ms a range
+        proc.start()
         for i in range(4):
             proc.submit(i * 10, i * 10 + 10)
         proc.flush()
         for i in range(4):
             assert np.array_equal(proc.result(), algorithms.demo(np.arange(i * 10, i * 10 + 10)))
         assert proc.chunk_s is not None and 0.015 < proc.chunk_s < 1.0, proc.chunk_s
-    finally:
-        proc.close()
 
 
 def test_a_range_that_raises_fails_alone_and_its_batch_carries_on() -> None:
-    proc = ComputeProcess("algos:poison", slot_values=1000)
-    proc.start()
-    try:
+    with ComputeProcess("algos:poison", slot_values=1000) as proc:
+        proc.start()
         pid = proc.pid
         for start, stop in ((0, 10), (1000, 2000), (20, 30)):  # the second holds the poisoned parameter 1234
             proc.submit(start, stop)
@@ -98,16 +88,13 @@ def test_a_range_that_raises_fails_alone_and_its_batch_carries_on() -> None:
         with pytest.raises(AlgorithmError, match="ValueError: cannot evaluate parameter 1234"):
             proc.result()
         assert np.array_equal(proc.result(), algorithms.demo(np.arange(20, 30))) and proc.pid == pid
-    finally:
-        proc.close()
 
 
 def test_a_crash_inside_a_batch_is_blamed_on_the_range_that_crashed_not_on_the_oldest() -> None:
     # The child answers a batch once, at its end; when it dies mid-batch, the ranges it finished are read from their
     # slots' records and delivered. Blaming the oldest range instead would fail an innocent chunk on every crash.
-    proc = ComputeProcess("algos:segfaults_on_poison", slot_values=1000)
-    proc.start()
-    try:
+    with ComputeProcess("algos:segfaults_on_poison", slot_values=1000) as proc:
+        proc.start()
         first = proc.pid
         for start, stop in ((0, 10), (20, 30), (1000, 2000), (40, 50)):  # the third holds parameter 1234: SIGSEGV
             proc.submit(start, stop)
@@ -120,16 +107,13 @@ def test_a_crash_inside_a_batch_is_blamed_on_the_range_that_crashed_not_on_the_o
         assert np.array_equal(proc.result(), algorithms.demo(np.arange(40, 50)))
         assert np.array_equal(proc.result(), algorithms.demo(np.arange(60, 70)))
         assert proc.pid != first and proc.restarts == 1
-    finally:
-        proc.close()
 
 
 def test_adjacent_ranges_are_computed_in_one_call_and_a_crash_in_it_is_narrowed_to_its_range() -> None:
     # A worker's chunks mostly come in order: the child evaluates adjacent ranges of a batch in one call of the
     # algorithm. When that call kills it, which range did is not known: they go again one call each.
-    proc = ComputeProcess("algos:segfaults_on_poison", slot_values=1000)
-    proc.start()
-    try:
+    with ComputeProcess("algos:segfaults_on_poison", slot_values=1000) as proc:
+        proc.start()
         for start in (0, 1000, 2000):  # the second holds parameter 1234: SIGSEGV, in a call that covers all three
             proc.submit(start, start + 1000)
         assert np.array_equal(proc.result(), algorithms.demo(np.arange(0, 1000)))
@@ -140,15 +124,12 @@ def test_adjacent_ranges_are_computed_in_one_call_and_a_crash_in_it_is_narrowed_
         for start in (3000, 4000):  # merging resumes once the narrowed-down ranges are read
             proc.submit(start, start + 1000)
         assert [len(proc.result()) for _ in range(2)] == [1000, 1000]
-    finally:
-        proc.close()
 
 
 @pytest.mark.parametrize("slot_values", [0, 1000])
 def test_a_crash_fails_the_range_being_computed_and_the_queued_one_goes_to_a_new_child(slot_values: int) -> None:
-    proc = ComputeProcess("algos:segfaults_on_poison", slot_values=slot_values)
-    proc.start()
-    try:
+    with ComputeProcess("algos:segfaults_on_poison", slot_values=slot_values) as proc:
+        proc.start()
         first = proc.pid
         proc.submit(1000, 2000)  # holds parameter 1234: SIGSEGV
         proc.submit(0, 10)
@@ -156,8 +137,6 @@ def test_a_crash_fails_the_range_being_computed_and_the_queued_one_goes_to_a_new
             proc.result()
         assert np.array_equal(proc.result(), algorithms.demo(np.arange(10))), "the queued range is computed by the new child"
         assert proc.pid != first and proc.restarts == 1
-    finally:
-        proc.close()
 
 
 def test_a_child_killed_while_idle_is_replaced_and_the_next_range_is_not_blamed(child: ComputeProcess) -> None:
@@ -172,9 +151,8 @@ def test_a_child_killed_while_idle_is_replaced_and_the_next_range_is_not_blamed(
 
 
 def test_a_child_killed_while_computing_fails_that_range_and_the_next_goes_to_a_new_one() -> None:
-    proc = ComputeProcess("demo", cost_us=20_000, slot_values=100)  # 10 parameters: 0.2 s in the child
-    proc.start()
-    try:
+    with ComputeProcess("demo", cost_us=20_000, slot_values=100) as proc:  # 10 parameters: 0.2 s in the child
+        proc.start()
         proc.submit(0, 10)
         proc.submit(20, 30)  # not adjacent: computed alone, so the kill is blamed on the range being computed
         proc.flush()
@@ -183,16 +161,13 @@ def test_a_child_killed_while_computing_fails_that_range_and_the_next_goes_to_a_
         with pytest.raises(ComputeCrashed, match="SIGKILL"):
             proc.result()
         assert np.array_equal(proc.result(), algorithms.demo(np.arange(20, 30)))
-    finally:
-        proc.close()
 
 
 def test_a_replacement_that_cannot_start_fails_the_queued_ranges_and_a_later_one_without_crashing_the_caller() -> None:
     # Found in review: a failed restart unmapped the slots and forgot the queued ranges' errors; the next submit()
     # then died on an assertion and a later result() on "no range submitted", both worker crashes.
-    proc = ComputeProcess("algos:segfaults_on_poison", slot_values=1000)
-    proc.start()
-    try:
+    with ComputeProcess("algos:segfaults_on_poison", slot_values=1000) as proc:
+        proc.start()
         for start, stop in ((1000, 2000), (5000, 5010), (6000, 6010)):  # the first segfaults (parameter 1234)
             proc.submit(start, stop)
         proc.flush()
@@ -206,8 +181,6 @@ def test_a_replacement_that_cannot_start_fails_the_queued_ranges_and_a_later_one
                 proc.result()
         proc.algorithm = "algos:segfaults_on_poison"  # the cause is gone (say, memory freed): work goes on
         assert np.array_equal(proc.evaluate(0, 10), algorithms.demo(np.arange(10)))
-    finally:
-        proc.close()
 
 
 def test_an_algorithm_that_cannot_be_loaded_is_a_usage_error_said_by_the_child() -> None:
@@ -251,9 +224,8 @@ def test_the_child_ignores_the_signals_its_worker_handles(child: ComputeProcess)
 def test_a_crash_whose_replacement_cannot_start_fails_each_queued_range_and_never_crashes_the_caller() -> None:
     # Found in review: the queued range was left with no child and no pending request, and the next result() read
     # from a closed pipe (OSError: a worker traceback, over and over).
-    proc = ComputeProcess("demo", cost_us=100_000)  # 10 parameters: a second in the child
-    proc.start()
-    try:
+    with ComputeProcess("demo", cost_us=100_000) as proc:  # 10 parameters: a second in the child
+        proc.start()
         proc.submit(0, 10)
         proc.submit(10, 20)
         proc.algorithm = "no_such_module_for_ttg:f"  # the next child fails to load
@@ -265,8 +237,6 @@ def test_a_crash_whose_replacement_cannot_start_fails_each_queued_range_and_neve
         with pytest.raises(AlgorithmNotFound):
             proc.submit(20, 30)
         assert proc.pending == 0
-    finally:
-        proc.close()
 
 
 def _wait_until_gone(proc: ComputeProcess) -> None:

@@ -374,6 +374,12 @@ class ComputeProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    def __enter__(self) -> ComputeProcess:
+        return self  # not started: start() takes the import timeout, and a caller may change settings first
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._pending.clear()
         self._early.clear()
