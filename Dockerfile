@@ -19,6 +19,9 @@ LABEL org.opencontainers.image.title="ttg-worker" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.source="https://github.com/ttg/ttg"
+# tini as PID 1: it passes SIGTERM on to the worker (terminate-pod: the worker drains, exits 143) and reports a worker
+# SIGKILLed through exec (kill-pod) as 137. A container's PID 1 itself cannot be SIGKILLed from inside its namespace.
+RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 ttg && useradd --system --uid 10001 --gid ttg --home-dir /nonexistent --no-create-home ttg
 COPY --from=build /opt/ttg /opt/ttg
 ENV PATH=/opt/ttg/bin:$PATH \
@@ -28,5 +31,5 @@ ENV PATH=/opt/ttg/bin:$PATH \
     HOME=/tmp
 USER 10001:10001
 WORKDIR /tmp
-ENTRYPOINT ["ttg"]
+ENTRYPOINT ["/usr/bin/tini", "--", "ttg"]
 CMD ["--help"]

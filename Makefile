@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: soak install brokers demo test scenarios lint bench bench-compute-child image report clean
+.PHONY: soak install brokers demo test scenarios lint bench bench-compute-child image report clean kind-e2e
 
 IMAGE ?= ttg-worker:$(shell $(PYTHON) -c 'import re; print(re.search(r"__version__ = \"(.+?)\"", open("ttg/__init__.py").read()).group(1))')
 
@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 brokers:
 	@scripts/ensure-broker redis-server redis-server
 	@scripts/ensure-broker rabbitmq-server rabbitmq-server
+	@scripts/ensure-broker tini tini  # the image's PID 1; tests/test_k8s_semantics.py runs workers under it
 
 demo: install
 	$(VENV)/bin/ttg run --params 1000000 --chunk 10000 --workers 2 --cost-us 2 --fault kill-worker@30%
@@ -68,6 +69,11 @@ soak: install
 		COLUMNS=200 $(VENV)/bin/ttg chaos fuzz --backend $$b --runs $(SOAK_RUNS) --seed $(SOAK_SEED) --out runs/soak 2> reports/soak/$$b.txt || failed=1; \
 		cp runs/soak/fuzz-$$b-seed$(SOAK_SEED)-runs$(SOAK_RUNS).json reports/soak/fuzz-$$b.json; tail -n 30 reports/soak/$$b.txt; \
 	done; exit $$failed
+
+# Everything the Kubernetes half claims, on a throwaway Kind cluster (needs docker, kind >= 0.24, kubectl): cluster,
+# images, `pytest scenarios -m kind`, every experiments/kubernetes/ experiment on both backends, a report, teardown.
+kind-e2e: install
+	PY=$(PY) scripts/kind-e2e
 
 image:
 	@command -v docker >/dev/null || { echo "make image needs docker (https://docs.docker.com/engine/install/)"; exit 1; }

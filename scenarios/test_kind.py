@@ -7,28 +7,25 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from ttg.testing.plugin import KindCluster
+from pytest_kind import KindCluster  # the kind_cluster fixture's type (pytest-kind)
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments" / "kubernetes"
-
-
-def kubectl(cluster: KindCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["kubectl", "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture
 def on_kind(kind_cluster: KindCluster, kind_image: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., dict[str, Any]]]:
     """``on_kind(backend, *args)``: a ``ttg run --runtime kubernetes`` on the Kind cluster; returns its record; removes the run after."""
-    monkeypatch.setenv("KUBECONFIG", str(kind_cluster.kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(kind_cluster.kubeconfig_path))
     runs: list[str] = []
 
     def run(backend: str, *args: str) -> dict[str, Any]:
@@ -47,17 +44,45 @@ def on_kind(kind_cluster: KindCluster, kind_image: str, monkeypatch: pytest.Monk
 
 @pytest.mark.kind
 def test_the_kind_cluster_has_ready_nodes(kind_cluster: KindCluster) -> None:
-    out = kubectl(kind_cluster, "get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}")
-    assert out.returncode == 0 and out.stdout.split() and set(out.stdout.split()) == {"True"}, out.stderr
+    out = kind_cluster.kubectl("get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}")
+    assert out.split() and set(out.split()) == {"True"}, out
 
 
 @pytest.mark.kind
 @pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
-def test_a_sweep_on_kind_with_a_killed_pod_loses_nothing(on_kind: Callable[..., dict[str, Any]], backend: str) -> None:
-    rec = on_kind(backend, "--params", "2000000", "--chunk", "10000", "--workers", "4", "--cost-us", "5", "--fault", "kill-pod@30%")
-    assert rec["runtime"] == "kubernetes" and rec["faults"][0]["kind"] == "kill-pod" and rec["faults"][0]["evidence"], rec["faults"]
+@pytest.mark.parametrize(("fault", "status"), [("kill-pod", "137 (SIGKILL)"), ("terminate-pod", "143 (stopped by SIGTERM")])
+def test_a_sweep_on_kind_with_a_killed_or_terminated_pod_loses_nothing(on_kind: Callable[..., dict[str, Any]], backend: str, fault: str, status: str) -> None:
+    rec = on_kind(backend, "--params", "2000000", "--chunk", "10000", "--workers", "4", "--cost-us", "50", "--fault", f"{fault}@30%")
+    f = rec["faults"][0]
+    assert rec["runtime"] == "kubernetes" and f["kind"] == fault and status in f["evidence"], rec["faults"]  # read from the pod's status
     v = rec["verdict"]
     assert v["ok"] and v["lost"] == 0 and v["checksum_ok"] and v["chunks_completed"] == 200, v
+
+
+@pytest.mark.kind
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+def test_a_coordinator_pod_deleted_mid_sweep_is_replaced_and_resumes_with_nothing_lost(kind_cluster: KindCluster, kind_image: str, backend: str) -> None:
+    run_id = f"t{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "KUBECONFIG": str(kind_cluster.kubeconfig_path)}
+    cmd = [sys.executable, "-m", "ttg", "run", "--runtime", "kubernetes", "--backend", backend, "--image", kind_image, "--run-id", run_id, "--json"]
+    cmd += ["--params", "2000000", "--chunk", "10000", "--workers", "4", "--cost-us", "100"]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        selector = f"app.kubernetes.io/component=coordinator,ttg.dev/run-id={run_id}"
+        deadline = time.monotonic() + 600
+        while "progress" not in kind_cluster.kubectl("logs", "-l", selector, "--tail", "5"):
+            assert time.monotonic() < deadline and launcher.poll() is None, launcher.stderr.read() if launcher.stderr else ""
+            time.sleep(2)
+        time.sleep(5)
+        kind_cluster.kubectl("delete", "pod", "-l", selector, "--wait=false")  # SIGTERM: it exits 143, the Job replaces it
+        out, err = launcher.communicate(timeout=1200)
+        rec = json.loads(out)
+        assert rec["resumed_at_chunks"] > 0 and "resumes the run" in err, err[-2000:]
+        v = rec["verdict"]
+        assert v["ok"] and v["lost"] == 0 and v["chunks_completed"] == 200, v
+    finally:
+        launcher.kill()
+        subprocess.run([sys.executable, "-m", "ttg", "k8s", "down", run_id], capture_output=True, timeout=120, env=env)
 
 
 @pytest.mark.kind
@@ -68,7 +93,7 @@ def test_static_mode_on_kind_reports_the_killed_pods_block_as_lost(on_kind: Call
 
 
 @pytest.mark.kind
-@pytest.mark.parametrize("name", ["kill-pod", "partition-broker"])
+@pytest.mark.parametrize("name", ["kill-pod", "terminate-pod", "partition-broker"])
 @pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
 def test_the_kubernetes_experiment_holds(
     kind_cluster: KindCluster, kind_image: str, chaos_experiment: Callable[..., dict[str, Any]], name: str, backend: str

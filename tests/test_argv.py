@@ -133,3 +133,6 @@ def test_a_poison_chunk_run_renders_its_poison_onto_the_kubernetes_workers() -> 
     assert (run_id, resume) == ("run-1", True)
     assert coordinator.faults == cfg.faults and coordinator.timeout_s == 900 and coordinator.seed == 7
     assert (coordinator.namespace, coordinator.image, coordinator.runtime) == ("team-a", "registry.example/ttg:1.2", "kubernetes")
+    # Pods start beside a broker that may still be starting: both sides wait for it; the kill-pod fault finds the pid.
+    assert coordinator.broker_wait_s == 300.0 and worker.broker_wait_s == 300.0 and worker.pid_file == "/tmp/ttg-worker.pid"
+    assert "--in-cluster" in _pod_args(docs, "coordinator")  # the coordinator is told where it runs, not left to guess

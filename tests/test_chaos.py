@@ -99,39 +99,78 @@ def test_kubernetes_activities_say_why_they_cannot_run_without_a_cluster(monkeyp
         k8s_chaos.start_kubernetes_sweep(run_id="x", configuration={"kube_context": None})
     with pytest.raises(ActivityFailed, match="put start_kubernetes_sweep first"):
         k8s_chaos.wait_for_progress(percent=30)
-    assert k8s_chaos.worker_pods_seen() == {"phase": "baseline", "faults": []}
+    assert k8s_chaos.pod_faults_took_effect() == {"phase": "baseline", "faults": []}
+    assert k8s_chaos.progress_stalled() == {"phase": "baseline", "faults": []}
 
 
-def test_a_pod_that_went_away_mid_run_is_the_kill_pod_evidence() -> None:
+@pytest.mark.parametrize(
+    ("kind", "code", "done", "proves"),
+    [
+        ("kill-pod", 137, 40, True),  # SIGKILLed through exec, mid-sweep
+        ("kill-pod", 137, 200, False),  # after the last chunk: proves nothing
+        ("kill-pod", 0, 40, False),  # it exited 0: the run had ended, no kill reached it
+        ("kill-pod", None, 40, False),  # never ended
+        ("kill-pod", 143, 40, False),  # drained: a SIGTERM, not the SIGKILL the experiment claims
+        ("terminate-pod", 143, 40, True),  # drained on SIGTERM mid-sweep
+        ("terminate-pod", 137, 40, False),  # SIGKILLed after its grace: not a drain
+    ],
+)
+def test_a_pod_fault_proves_itself_only_by_its_exit_status_mid_sweep(kind: str, code: int | None, done: int, proves: bool) -> None:
     from ttg.chaos import kubernetes as k8s_chaos
 
-    follower = k8s_chaos._Follower(cluster=None, run_id="r1")  # type: ignore[arg-type]  # no cluster is used by these two
-    follower.lines = ["deploying", "progress 10/200 chunks, 1,000 params/s, 5.0 s", "progress 80/200 chunks, 1,200 params/s, 10.0 s", "{"]
-    assert follower.progress() == 40.0
-    k8s_chaos._state["sweep"] = follower
+    inj = k8s_chaos.Injection(kind, "ttg-workers-r1-abcde", 0.0, done, 200)
+    evidence = k8s_chaos.pod_fault_evidence(inj, code)
+    assert bool(evidence) is proves, evidence
+    if proves:
+        assert f"injected at {done}/200 chunks" in evidence and str(code) in evidence
+
+
+class _Pods:
+    def __init__(self, codes: dict[str, int | None]) -> None:
+        self.codes = codes
+
+    def exit_codes(self) -> dict[str, int | None]:
+        return self.codes
+
+
+def test_the_pod_fault_probe_reads_the_pods_container_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ttg.chaos import kubernetes as k8s_chaos
+
+    sweep = k8s_chaos._Sweep(cluster=None, cfg=None, run_id="r1")  # type: ignore[arg-type]  # no cluster is used here
+    sweep.runtime = _Pods({"w-a": 137, "w-b": None})  # type: ignore[assignment]
+    sweep.add_line("progress 80/200 chunks, 1,200 params/s, 10.0 s")
+    sweep.inject("kill-pod", "w-a")
+    k8s_chaos._state["sweep"] = sweep
     try:
-        assert probes.faults_took_effect(k8s_chaos.worker_pods_seen(), kinds=["kill-pod"]) is False  # nothing died: no proof
-        follower.pods_seen, follower.pods_gone = {"w-a": 0.0, "w-b": 0.0, "w-c": 1.0}, ["w-a"]
-        assert probes.faults_took_effect(k8s_chaos.worker_pods_seen(), kinds=["kill-pod"]) is True
+        assert probes.faults_took_effect(k8s_chaos.pod_faults_took_effect(), kinds=["kill-pod"]) is True
+        sweep.runtime.codes["w-a"] = 0  # type: ignore[attr-defined]
+        monkeypatch.setattr(k8s_chaos.time, "sleep", lambda s: None)
+        value = k8s_chaos.pod_faults_took_effect()
+        assert probes.faults_took_effect(value, kinds=["kill-pod"]) is False
+        assert value["faults"][0]["note"] == "pod w-a ended with 0 (after the run ended), injected at 80/200 chunks"
     finally:
         k8s_chaos._state.clear()
 
 
-def test_a_stall_of_the_coordinators_progress_is_the_kubernetes_partitions_evidence(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stall_after_the_cut_is_the_kubernetes_partitions_evidence() -> None:
     from ttg.chaos import kubernetes as k8s_chaos
 
-    clock = iter([0.0, 5.0, 10.0, 15.0, 20.0])
-    monkeypatch.setattr(k8s_chaos.time, "monotonic", lambda: next(clock))
-    follower = k8s_chaos._Follower(cluster=None, run_id="r1")  # type: ignore[arg-type]  # no cluster is used here
-    for done in (10, 20, 20, 20, 30):  # stood still from 5 s to 15 s
-        follower.add_line(f"progress {done}/100 chunks, 1,000 params/s")
-    assert follower.longest_stall_s() == 10.0
-    silent = k8s_chaos._Follower(cluster=None, run_id="r2")  # type: ignore[arg-type]
-    silent.progress_at = [(0.0, 10), (5.0, 20), (17.0, 60)]  # cut off from the broker, the coordinator printed nothing for 12 s
-    assert silent.longest_stall_s() == 7.0
-    k8s_chaos._state["sweep"] = follower
+    assert k8s_chaos.longest_stall_s([(0.0, 10), (1.0, 20), (2.0, 20), (3.0, 20), (4.0, 30)]) == 2.0  # stood still 1 s to 3 s
+    assert k8s_chaos.longest_stall_s([(0.0, 10), (1.0, 20), (13.0, 60)]) == 11.0  # cut off, the coordinator printed nothing
+    assert k8s_chaos.longest_stall_s([(0.0, 10), (1.0, 10), (5.0, 20), (6.0, 30)], since=4.5) == 0.0  # only after the cut counts
+    sweep = k8s_chaos._Sweep(cluster=None, cfg=None, run_id="r1")  # type: ignore[arg-type]
+    sweep.progress_at = [(0.0, 10), (1.0, 20)]
+    sweep.chunks_total = 100
+    inj = sweep.inject("partition-broker", "ttg-redis-r1-0", "3")
+    sweep.progress_at += [(inj.at + 0.5, 20), (inj.at + 9.0, 20), (inj.at + 10.0, 40)]
+    sweep.refused_at = [inj.at + 1.0, inj.at + 3.0, inj.at - 5.0]
+    k8s_chaos._state["sweep"] = sweep
     try:
-        assert probes.faults_took_effect(k8s_chaos.progress_stalled(min_s=4), kinds=["partition-broker"]) is True
-        assert probes.faults_took_effect(k8s_chaos.progress_stalled(min_s=12), kinds=["partition-broker"]) is False  # too short a stall proves nothing
+        value = k8s_chaos.progress_stalled(min_s=4)
+        assert probes.faults_took_effect(value, kinds=["partition-broker"]) is True
+        assert "refused 2 time(s)" in value["faults"][0]["evidence"] and "cut at 20/100 chunks" in value["faults"][0]["evidence"]
+        assert probes.faults_took_effect(k8s_chaos.progress_stalled(min_s=12), kinds=["partition-broker"]) is False  # too short a stall
+        late = k8s_chaos.Injection("partition-broker", "p", 0.0, 100, 100)
+        assert k8s_chaos.partition_evidence(late, 30.0, 5, 4.0) == ""  # after the last chunk: proves nothing
     finally:
         k8s_chaos._state.clear()

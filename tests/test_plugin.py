@@ -104,3 +104,30 @@ def test_the_installed_plugin_is_ttg_testing_and_no_top_level_fixtures_package_i
     find = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     shipped = find_packages(str(root), include=find["include"])
     assert "ttg.testing" in shipped and all(p == "ttg" or p.startswith("ttg.") for p in shipped), shipped
+
+
+def test_pytest_kinds_cluster_fixture_gets_the_binaries_on_path_the_pinned_image_and_our_cluster_name(
+    pytestconfig: pytest.Config, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import types
+
+    from pytest_kind import KindCluster
+
+    from ttg.testing.plugin import KIND_CLUSTER, KIND_NODE_IMAGE, _configure_pytest_kind
+
+    assert pytestconfig.option.cluster_name == KIND_CLUSTER and pytestconfig.option.kind_image == KIND_NODE_IMAGE  # this session's
+    for name in ("kind", "kubectl"):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    defaults = types.SimpleNamespace(kind_bin=None, kind_kubectl_bin=None, cluster_name="pytest-kind", kind_image=None)
+    _configure_pytest_kind(types.SimpleNamespace(option=defaults))  # type: ignore[arg-type]
+    assert defaults.kind_bin == str(tmp_path / "kind") and defaults.kind_kubectl_bin == str(tmp_path / "kubectl")
+    assert defaults.cluster_name == KIND_CLUSTER and defaults.kind_image == KIND_NODE_IMAGE
+    given = types.SimpleNamespace(kind_bin="/opt/kind", kind_kubectl_bin=None, cluster_name="mine", kind_image="kindest/node:v1.33.1")
+    _configure_pytest_kind(types.SimpleNamespace(option=given))  # type: ignore[arg-type]
+    assert (given.kind_bin, given.cluster_name, given.kind_image) == ("/opt/kind", "mine", "kindest/node:v1.33.1")  # the user's word wins
+    monkeypatch.chdir(tmp_path)
+    cluster = KindCluster(KIND_CLUSTER, kind_path=Path(defaults.kind_bin), kubectl_path=Path(defaults.kind_kubectl_bin))
+    cluster.ensure_kind()  # a kind_path that exists: nothing is downloaded (no network here, so a download would fail)
+    cluster.ensure_kubectl()

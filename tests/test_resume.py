@@ -56,11 +56,11 @@ def test_resume_needs_a_run_id_and_the_broker_that_holds_the_run(tmp_path: Path)
 @pytest.mark.parametrize("kind", ["kill-coordinator", "terminate-coordinator"])
 def test_a_coordinator_fault_ends_ttg_run_and_resume_finishes_the_run(broker: BrokerHandle, tmp_path: Path, kind: str) -> None:
     # The fault the fuzzer draws, through the CLI a user would type: `ttg run` signals itself at 40 % (SIGKILL exits
-    # -9 with no clean-up at all; SIGTERM unwinds like Ctrl-C, 130), its run stays on the broker, --resume finishes it.
+    # -9 with no clean-up at all; SIGTERM unwinds like Ctrl-C and exits 143), its run stays on the broker, --resume finishes it.
     run_id = f"cf{int(time.time() * 1000) % 10**8}"
     first = _coordinator(broker, tmp_path, run_id, "--fault", f"{kind}@40%", "--fault", "poison-chunk@80%")
     stdout, stderr = first.communicate(timeout=120)
-    assert first.returncode == (-signal.SIGKILL if kind == "kill-coordinator" else 130), stderr
+    assert first.returncode == (-signal.SIGKILL if kind == "kill-coordinator" else 143), stderr
     assert not stdout and f"finish run {run_id} with ttg run --resume" in stderr
     recorded = int(np.load(tmp_path / run_id / "seen.npy").sum())
     assert 120 <= recorded < 300, recorded  # 40 % of 300 chunks, and the fault fired mid-sweep

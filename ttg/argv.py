@@ -32,6 +32,7 @@ class WorkerArgs:
     broker_wait_s: float = 60.0
     coordinator_pid: int | None = None
     successor_wait_s: float = 30.0
+    pid_file: str | None = None  # where the worker writes its pid (Kubernetes: the kill-pod fault's target)
 
     @property
     def plan(self) -> ChunkPlan:
@@ -61,6 +62,8 @@ def worker_argv(
     static: str | None = None,
     coordinator_pid: int | None = None,
     successor_wait_s: float = 30.0,
+    broker_wait_s: float | None = None,
+    pid_file: str | None = None,
 ) -> list[str]:
     """The arguments of ``ttg worker`` (after the command name) for one worker of the run ``cfg`` describes.
 
@@ -73,6 +76,8 @@ def worker_argv(
         args += ["--static", static]
     if coordinator_pid is not None:
         args += ["--coordinator-pid", str(coordinator_pid), "--successor-wait", repr(successor_wait_s)]
+    args += ["--broker-wait", repr(broker_wait_s)] if broker_wait_s is not None else []
+    args += ["--pid-file", pid_file] if pid_file is not None else []
     return args
 
 
@@ -83,6 +88,7 @@ def coordinator_argv(cfg: RunConfig, run_id: str, *, resume: bool = False) -> li
     args += ["--out", str(cfg.out), "--verify", str(cfg.verify), "--persistence" if cfg.persistence else "--no-persistence"]
     args += ["--timeout", repr(cfg.timeout_s), "--seed", str(cfg.seed), "--runtime", cfg.runtime, "--namespace", cfg.namespace]
     args += ["--image", cfg.image] if cfg.image else []
+    args += ["--broker-wait", repr(cfg.broker_wait_s)] if cfg.broker_wait_s else []
     return args + [part for f in cfg.faults for part in ("--fault", str(f))]
 
 
@@ -93,6 +99,7 @@ def decode_worker(params: Mapping[str, Any], env: Mapping[str, str] | None = Non
     worker_id, static, params_n, chunk = given.pop("worker_id"), given.pop("static"), given.pop("params"), given.pop("chunk")
     poison, broker_wait = given.pop("poison_chunks"), given.pop("broker_wait")
     coordinator_pid, successor_wait = given.pop("coordinator_pid"), given.pop("successor_wait")
+    pid_file = given.pop("pid_file", None)
     sweep = load_sweep_settings(passed_options(**given), env)
     if params_n is None or chunk is None:
         raise ConfigError("ttg worker checks every task against the run's plan: pass --params N --chunk K, as given to ttg run")
@@ -107,7 +114,7 @@ def decode_worker(params: Mapping[str, Any], env: Mapping[str, str] | None = Non
         poisoned = frozenset(int(c) for c in poison.split(",") if c.strip())
     except ValueError:
         raise ConfigError(f"--poison-chunks must be comma-separated chunk ids, for example 3,17 (got {poison!r})") from None
-    return WorkerArgs(run_id, sweep, params_n, chunk, worker_id, block, poisoned, broker_wait, coordinator_pid, successor_wait)
+    return WorkerArgs(run_id, sweep, params_n, chunk, worker_id, block, poisoned, broker_wait, coordinator_pid, successor_wait, pid_file)
 
 
 def parse_worker_argv(argv: Sequence[str], env: Mapping[str, str] | None = None) -> WorkerArgs:
@@ -125,6 +132,6 @@ def parse_coordinator_argv(argv: Sequence[str], env: Mapping[str, str] | None = 
     with run.make_context("run", list(argv)) as ctx:
         given = dict(ctx.params)
     run_id, resume = given.pop("run_id"), given.pop("resume")
-    for flag in ("as_json", "verbose"):
+    for flag in ("as_json", "verbose", "in_cluster"):
         given.pop(flag, None)
     return load_run_config(passed_options(**given), {} if env is None else env), run_id, resume

@@ -96,16 +96,23 @@ def cli() -> None:
 @click.option("--runtime", help="local (worker processes) or kubernetes (a worker Job; the coordinator runs in the cluster). [env TTG_RUNTIME]")
 @click.option("--namespace", help="Kubernetes namespace of the run. [env TTG_NAMESPACE; default ttg]")
 @click.option("--image", help="Kubernetes: the TTG image (make image). [env TTG_IMAGE; default ttg-worker:<version>]")
+@click.option("--broker-wait", "broker_wait_s", help="Seconds to keep retrying a given broker unreachable at the start. [env TTG_BROKER_WAIT_S; default 0]")
+@click.option("--in-cluster", is_flag=True, hidden=True, help="This process is the in-cluster coordinator of a Kubernetes run (the manifests pass it).")
 @click.option("--run-id", "run_id", default=None, help="The run's id (default: a new random one).")
 @click.option(
     "--resume", is_flag=True, help="Continue run --run-id from the ledger a killed coordinator left in --out (start it if there is none); needs --broker-url."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the coordinator's steps to stderr.")
-def run(as_json: bool, verbose: bool, run_id: str | None, resume: bool, **options: Any) -> int:
+def run(as_json: bool, verbose: bool, run_id: str | None, resume: bool, in_cluster: bool, **options: Any) -> int:
     """Run one sweep and end with a verdict."""
     from ttg.collector import Progress as RunProgress
     from ttg.run import PROGRESS_LINE_EVERY_S, new_run_id, preflight
+
+    if in_cluster and options.get("runtime") != "kubernetes":
+        raise ConfigError("--in-cluster is for the coordinator pod of a Kubernetes run; it needs --runtime kubernetes")
+    # In a pod, a line every second: the launcher and the chaos experiments follow the run through them.
+    line_every_s = 1.0 if in_cluster else PROGRESS_LINE_EVERY_S
 
     cfg = load_run_config(passed_options(**options))
     if resume and not (run_id and cfg.sweep.broker_url):
@@ -132,12 +139,12 @@ def run(as_json: bool, verbose: bool, run_id: str | None, resume: bool, **option
         def on_progress(p: RunProgress) -> None:
             rate = f"{p.params_done / p.elapsed_s:,.0f}" if p.elapsed_s > 0 else "-"
             bar.update(task, total=p.chunks_total, completed=p.chunks_done, rate=rate)
-            if not err.is_terminal and (p.elapsed_s - last_line[0] >= PROGRESS_LINE_EVERY_S or p.chunks_done == p.chunks_total):
-                # No live bar in a log (a pod, CI): a plain line every 5 s, which `--runtime kubernetes` streams back.
+            if not err.is_terminal and (p.elapsed_s - last_line[0] >= line_every_s or p.chunks_done == p.chunks_total):
+                # No live bar in a log (a pod, CI): a plain line every few seconds, which `--runtime kubernetes` streams back.
                 last_line[0] = p.elapsed_s
                 err.print(f"progress {p.chunks_done}/{p.chunks_total} chunks, {rate} params/s, {p.elapsed_s:.1f} s", highlight=False)
 
-        record = _run_somewhere(cfg, run_id, on_progress, resume)
+        record = _run_somewhere(cfg, run_id, on_progress, resume, in_cluster)
     err.print(summary_table(record))
     if as_json:
         click.echo(json.dumps(record.to_dict(), indent=2))
@@ -162,20 +169,23 @@ def report(inputs: Path, formats: str, out: Path, title: str) -> int:
     return 0
 
 
-def _run_somewhere(cfg: RunConfig, run_id: str, on_progress: ProgressFn, resume: bool = False) -> RunRecord:
-    """Locally; as the in-cluster coordinator of a Kubernetes run; or, from outside a cluster, by deploying one."""
+def _run_somewhere(cfg: RunConfig, run_id: str, on_progress: ProgressFn, resume: bool = False, in_cluster: bool = False) -> RunRecord:
+    """Locally; as the in-cluster coordinator of a Kubernetes run (the manifests say so with --in-cluster, not the
+    environment: a user's own pod may run ``ttg run --runtime kubernetes`` to launch one); or by deploying one."""
     from ttg.run import execute
 
     if cfg.runtime == "local":
         return execute(cfg, on_progress=on_progress, run_id=run_id, resume=resume, own_process=True)
-    from ttg.config import in_cluster
-    from ttg.k8s.cluster import connect
-
-    if in_cluster():
+    if in_cluster:
+        from ttg.k8s.cluster import connect
+        from ttg.k8s.records import save_record
         from ttg.k8s.runtime import KubernetesRuntime
 
-        runtime = KubernetesRuntime(connect(), cfg.namespace, run_id)
-        return execute(cfg, on_progress=on_progress, run_id=run_id, runtime=runtime, resume=resume, own_process=True)
+        api = connect(in_cluster=True)
+        runtime = KubernetesRuntime(api, cfg.namespace, run_id)
+        record = execute(cfg, on_progress=on_progress, run_id=run_id, runtime=runtime, resume=resume, own_process=True)
+        save_record(api, cfg.namespace, record)  # durable: the launcher reads it after the fact, whatever became of the log
+        return record
     from ttg.k8s.launch import launch
 
     err.print(f"deploying run {run_id} to namespace {cfg.namespace}; the coordinator runs in the cluster and its log follows")
@@ -220,11 +230,15 @@ def summary_table(record: RunRecord) -> Table:
 @click.option("--broker-wait", type=float, default=60.0, show_default=True, help="Seconds to keep retrying an unreachable broker.")
 @click.option("--poison-chunks", default="", metavar="ID,...", help="Fault injection (the poison-chunk fault): these chunk ids fail on every delivery.")
 @click.option("--coordinator-pid", type=int, default=None, help="Exit once this process (the local coordinator, this worker's parent) is gone.")
+@click.option("--pid-file", default=None, metavar="PATH", help="Write this process's pid to PATH (on Kubernetes the kill-pod fault signals it).")
 @click.option(
     "--successor-wait", type=click.FloatRange(0), default=30.0, show_default=True, help="With --coordinator-pid: seconds to wait for a successor, then exit."
 )
 def worker(**options: Any) -> int:
-    """Serve one run until its sweep is drained (burst mode). SIGTERM: finish the chunk, exit 0."""
+    """Serve one run until its sweep is drained (burst mode).
+
+    Exit status: 0 once the coordinator has ended the run; 143 when SIGTERM stopped it first (it finishes its chunk and
+    gives back what it prefetched); 3 when the broker stayed unreachable; 2 for a usage error."""
     from ttg.argv import decode_worker
     from ttg.broker import open_broker
     from ttg.worker import Worker, WorkerSpec
@@ -259,6 +273,8 @@ def worker(**options: Any) -> int:
         successor_wait_s=args.successor_wait_s,
     )
     w = Worker(broker, spec)
+    if args.pid_file:
+        Path(args.pid_file).write_text(f"{os.getpid()}\n")
     w.install_signal_handlers()
     w.watch_coordinator()
     return w.run()
@@ -303,13 +319,19 @@ cli.add_command(runs)
 cli.add_command(status)
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so workers and private brokers are stopped, never orphaned.
+_TERMINATED: list[int] = []  # set once SIGTERM arrived: the process then exits 143, not Ctrl-C's 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
-    ``ttg worker`` installs its own handler (finish the chunk, then exit 0).
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so workers and private brokers are stopped, never orphaned, and the process exits
+    143 (a Kubernetes coordinator Job replaces a pod that exits so, without spending its backoff).
+
+    ``ttg worker`` installs its own handler (finish the chunk, then exit 0 or 143: see :mod:`ttg.worker`).
     """
 
     def handler(signum: int, _frame: object) -> None:
+        _TERMINATED.append(signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
@@ -335,8 +357,8 @@ def main() -> None:
     try:
         rv = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(130)
+        err.print("terminated (SIGTERM)" if _TERMINATED else "aborted")
+        sys.exit(EXIT_TERMINATED if _TERMINATED else 130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import re
 from typing import Any
 
 import click
@@ -10,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ttg import backends
+from ttg.errors import ConfigError
 
 err = Console(stderr=True)
 
@@ -39,9 +43,16 @@ def render(run_id: str | None, **options: Any) -> int:
     from ttg.run import new_run_id
 
     cfg = load_run_config({**passed_options(**options), "runtime": "kubernetes"})
+    # A render for GitOps must be reproducible: the same password on every render, from the environment (never argv).
+    password = os.environ.get("TTG_BROKER_PASSWORD")
+    if password is not None and not re.fullmatch(r"[A-Za-z0-9_-]{16,}", password):
+        raise ConfigError("TTG_BROKER_PASSWORD must be at least 16 characters of A-Z a-z 0-9 _ - (it goes into a URL unescaped)")
     settings = ManifestSettings(run_id or new_run_id(), cfg, namespace=cfg.namespace, image=cfg.image or IMAGE)
+    if password:
+        settings = dataclasses.replace(settings, broker_password=password)
     click.echo(render_manifests(settings), nl=False)
-    err.print(f"run {settings.run_id}: {cfg.workers} {cfg.sweep.backend} workers in namespace {cfg.namespace}; the Secret holds a generated password")
+    source = "TTG_BROKER_PASSWORD" if password else "a generated password (set TTG_BROKER_PASSWORD for the same one on every render)"
+    err.print(f"run {settings.run_id}: {cfg.workers} {cfg.sweep.backend} workers in namespace {cfg.namespace}; the Secret holds {source}")
     return 0
 
 
@@ -96,10 +107,10 @@ def cleanup(namespace: str, context: str | None, include_running: bool, dry_run:
     from ttg.k8s.cluster import Cluster, connect
 
     cluster = Cluster(connect(context), namespace)
-    doomed = cluster.cleanup(include_running)
-    for r in doomed:
-        click.echo(f"{'would delete' if dry_run else 'deleting'} {r.kind}/{r.name} (run {r.run_id})")
-    if not dry_run:
-        cluster.delete(doomed)
-    err.print(f"{len(doomed)} object(s) {'would be ' if dry_run else ''}deleted in namespace {namespace}")
+    runs = cluster.finished_runs(include_running)
+    listed = [f"{r.kind}/{r.name}" for r in cluster.resources() if r.run_id in runs] if dry_run else []
+    doomed = listed if dry_run else [name for run_id in runs for name in cluster.down(run_id)]
+    for name in doomed:
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {name}")
+    err.print(f"{len(doomed)} object(s) of {len(runs)} run(s) {'would be ' if dry_run else ''}deleted in namespace {namespace}")
     return 0

@@ -215,6 +215,7 @@ class RunConfig:
     runtime: str = "local"  # local processes, or pods of a worker Job on Kubernetes
     namespace: str = "ttg"  # Kubernetes namespace of the run's objects
     image: str = ""  # Kubernetes: the worker and coordinator image ("" = ttg-worker:<version>)
+    broker_wait_s: float = 0.0  # how long the coordinator keeps retrying a given broker it cannot reach at the start
 
 
 # name -> (converter, default); the name is also the TTG_<NAME> environment variable.
@@ -244,6 +245,7 @@ _RUN_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "runtime": (_choice("runtime", "--runtime", RUNTIMES), "local"),
     "namespace": (str, "ttg"),
     "image": (str, ""),
+    "broker_wait_s": (_float_in("broker_wait_s", "--broker-wait", 0.0, 86_400.0), 0.0),
 }
 
 
@@ -317,11 +319,6 @@ def check_fault(cfg: RunConfig, f: FaultSpec) -> None:
         raise ConfigError(f"{f} would stop all {cfg.workers} worker(s) and leave none to take over; pass more --workers or a smaller /TARGET")
     if f.kind in (*WORKER_FAULTS, *PROXY_FAULTS) and hit is None and cfg.runtime == "local" and f.target not in worker_ids(cfg.workers):
         raise ConfigError(f"{f} names worker {f.target!r}, but this run's workers are w0..w{cfg.workers - 1}")
-
-
-def in_cluster(env: Mapping[str, str] | None = None) -> bool:
-    """True inside a Kubernetes pod (the service account's API endpoint is in the environment)."""
-    return "KUBERNETES_SERVICE_HOST" in (os.environ if env is None else env)
 
 
 def worker_ids(workers: int) -> list[str]:

@@ -61,7 +61,16 @@ KINDS: dict[str, FaultKind] = {
     for k in (
         FaultKind("kill-worker", "worker", "SIGKILL the target worker(s): survivors take their chunks over", on_kubernetes=True, crash=True, colour="red"),
         FaultKind("terminate-worker", "worker", "SIGTERM: the worker finishes its chunk and exits", on_kubernetes=True, colour="orange"),
-        FaultKind("kill-pod", "worker", "kill-worker by the worker's Kubernetes pod name", on_kubernetes=True, crash=True, fuzz=False, colour="red"),
+        FaultKind(
+            "kill-pod",
+            "worker",
+            "SIGKILL the worker process in its pod (exec): the pod fails",
+            on_kubernetes=True,
+            crash=True,
+            fuzz=False,
+            colour="red",
+        ),
+        FaultKind("terminate-pod", "worker", "delete the worker's pod with grace: SIGTERM, it drains", on_kubernetes=True, fuzz=False, colour="orange"),
         FaultKind("kill-broker", "broker", "SIGKILL the private broker; restart it on its data after D s", duration_s=1.0, crash=True, colour="purple"),
         FaultKind("pause-broker", "broker", "SIGSTOP the private broker for D s", duration_s=3.0, colour="brown"),
         FaultKind("partition-broker", "proxy", "blackhole the target workers' broker traffic for D s", duration_s=3.0, colour="black"),

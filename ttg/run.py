@@ -40,7 +40,8 @@ from ttg.nemesis import BrokerServer, FaultProxy, FaultSchedule
 from ttg.plan import ChunkPlan
 from ttg.producer import publish_plan
 from ttg.record import RunRecord
-from ttg.runtimes import Runtime, WorkerLaunch
+from ttg.retry import patiently
+from ttg.runtimes import Runtime, WorkerLaunch, describe_exit
 from ttg.runtimes.local import LocalRuntime
 from ttg.verdict import Verdict, judge
 
@@ -164,17 +165,32 @@ def _claim_run(broker: Broker, cfg: RunConfig, run_dir: Path, *, resume: bool, o
     return had_state
 
 
-def _wait_connected(broker: Broker, runtime: Runtime, want: int, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while broker.stats().consumers < want:
+LOCAL_CONNECT_S = 60.0  # local worker processes connect within a second or two
+POD_ALL_CONNECT_S = 120.0  # pods may wait for a node and pull an image: after this the sweep starts with those connected
+POD_FIRST_CONNECT_S = 600.0  # ... as long as one is; none by then fails the run with what the pods said
+
+
+def _wait_connected(broker: Broker, runtime: Runtime, want: int) -> None:
+    """Wait until the ``want`` workers are connected. Local processes that exit first fail the run at once; pods are
+    replaced by their Job, and a cluster short of room for all of them must not hold up the ones it could schedule."""
+    t0 = time.monotonic()
+    while (connected := broker.stats().consumers) < want:
+        waited = time.monotonic() - t0
         dead = [w for w, rc in runtime.exit_codes().items() if rc is not None]
-        if dead:
-            raise RuntimeStartError(
-                f"worker {dead[0]} exited with status {runtime.exit_codes()[dead[0]]} before connecting: {runtime.describe_failure(dead[0])}"
-            )
-        if time.monotonic() > deadline:
-            raise RuntimeStartError(f"only {broker.stats().consumers} of {want} workers connected within {timeout_s:.0f}s")
-        time.sleep(0.05)
+        if runtime.owns_workers:
+            if dead:
+                raise RuntimeStartError(
+                    f"worker {dead[0]} exited with status {describe_exit(runtime.exit_codes()[dead[0]])} before connecting: {runtime.describe_failure(dead[0])}"
+                )
+            if waited > LOCAL_CONNECT_S:
+                raise RuntimeStartError(f"only {connected} of {want} workers connected within {LOCAL_CONNECT_S:.0f}s")
+        elif connected > 0 and waited > POD_ALL_CONNECT_S:
+            log.warning("%d of %d worker pods connected after %.0fs; sweeping with those, the rest join when scheduled", connected, want, waited)
+            return
+        elif waited > POD_FIRST_CONNECT_S:
+            said = f"; {dead[0]} exited with status {describe_exit(runtime.exit_codes()[dead[0]])}: {runtime.describe_failure(dead[0])}" if dead else ""
+            raise RuntimeStartError(f"no worker pod connected within {POD_FIRST_CONNECT_S:.0f}s{said}; check `kubectl describe pods`")
+        time.sleep(0.05 if runtime.owns_workers else 0.5)
 
 
 @dataclass(frozen=True)
@@ -244,7 +260,10 @@ class Run:
 
     def claim(self) -> None:
         """Take the run's lease, check what exists of it, open the ledger and declare the run on the broker."""
-        self.had_state = _claim_run(self.broker, self.cfg, self.run_dir, resume=self.resume, on_disk=self.on_disk)
+        # A broker that is still starting (a StatefulSet beside the coordinator pod) gets --broker-wait to come up.
+        self.had_state = patiently(
+            lambda: _claim_run(self.broker, self.cfg, self.run_dir, resume=self.resume, on_disk=self.on_disk), wait_s=self.cfg.broker_wait_s
+        )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # The ledger exists before the run does on the broker, so broker state always has a ledger to resume.
         self.ledger = Ledger(self.plan, self.run_id, self.run_dir / "results.npy", resume=self.resuming)
@@ -268,8 +287,7 @@ class Run:
         wait_s = 0.0 if self.given.server else ORPHAN_WAIT_S
         self.runtime.start(worker_launches(cfg, urls, self.run_id, coordinator_pid=local_pid, successor_wait_s=wait_s))
         if cfg.mode == "queue":
-            # Pods may wait for a node and pull an image first; local processes connect within a second or two.
-            _wait_connected(self.broker, self.runtime, cfg.workers, timeout_s=60.0 if self.runtime.name == "local" else 600.0)
+            _wait_connected(self.broker, self.runtime, cfg.workers)
         self.startup_s = time.monotonic() - self.t_start
 
     def publish(self) -> LiveRun:
@@ -322,8 +340,10 @@ class Run:
 
     def close(self) -> None:
         """Interruption is not deletion: SIGTERM, Ctrl-C, a timeout or a crash stop the workers and leave the run
-        resumable; only a run whose every chunk is accounted for is removed from the broker."""
-        self.runtime.stop(grace_s=5.0)
+        resumable; only a run whose every chunk is accounted for is removed from the broker. Workers that outlive
+        their coordinator (pods of a Job) keep serving the run for its successor."""
+        if self.complete or self.runtime.owns_workers:
+            self.runtime.stop(grace_s=5.0)
         for p in self.proxies.values():
             p.close()
         if self.ledger is not None:

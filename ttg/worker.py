@@ -5,7 +5,11 @@ Milestone 1, kept to show what the queue fixes) evaluates a fixed block of
 chunks and publishes their results with no task queue, so a killed static
 worker's remaining chunks are simply lost.
 
-SIGTERM or SIGINT: finish the current chunk, give back any prefetched one, exit 0.
+SIGTERM or SIGINT: finish the current chunk, give back any prefetched one, and exit 0 if the coordinator has ended
+the run by then, else 128 + the signal (143 for SIGTERM). Only the end marker makes a worker exit 0: on Kubernetes a
+pod whose worker exits 0 counts as a success of the worker Job, and one success stops the Job from replacing any pod
+(https://kubernetes.io/docs/concepts/workloads/controllers/job/#parallel-jobs), so a worker stopped mid-run must fail,
+with a code the Job's podFailurePolicy recognises as "replace me, no backoff spent".
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from ttg.retry import patiently
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-EXIT_OK = 0
+EXIT_OK = 0  # the coordinator ended the run (queue mode), or this worker's block is done (static mode)
 EXIT_BROKER_LOST = 3
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: stopped by SIGTERM before the run ended (the shell's convention)
 
 
 @dataclass(frozen=True)
@@ -75,12 +80,14 @@ class Worker:
         self.compute = ComputeProcess(spec.algorithm, spec.cost_us, spec.grid, slot_values=spec.plan.chunk_size)
         self.compute.start()  # an algorithm that cannot be loaded is a usage error, before the broker is reached
         self.stopping = threading.Event()
+        self.signalled: int | None = None  # the signal that asked this worker to stop, if one did
         self.chunks_done = 0
 
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             if not self.stopping.is_set():
                 log.info("draining", extra={"event": "draining", "signal": signal.Signals(signum).name})
+            self.signalled = self.signalled or signum
             self.stopping.set()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -115,17 +122,27 @@ class Worker:
         log.info("worker started", extra={"event": "started", "mode": "static" if self.spec.static else "queue"})
         try:
             if self.spec.static is not None:
-                self._run_static(*self.spec.static)
+                done = self._run_static(*self.spec.static)
             else:
                 self._run_queue()
+                done = self._run_ended()
         except BrokerUnavailable as e:
             log.error("giving up: %s", e, extra={"event": "exited"})
             return EXIT_BROKER_LOST
         finally:
             self.broker.close()
             self.compute.close()
-        log.info("worker exited", extra={"event": "exited", "chunks_done": self.chunks_done})
-        return EXIT_OK
+        # Stopped before the end by no signal: the coordinator that started it is gone and no successor came.
+        code = EXIT_OK if done else 128 + self.signalled if self.signalled is not None else EXIT_BROKER_LOST
+        log.info("worker exited", extra={"event": "exited", "chunks_done": self.chunks_done, "exit_code": code})
+        return code
+
+    def _run_ended(self) -> bool:
+        """Whether the coordinator has ended the run (asked once, briefly: a drain on SIGTERM must not hang here)."""
+        try:
+            return patiently(self.broker.drained, wait_s=min(5.0, self.spec.broker_wait_s))
+        except BrokerUnavailable:
+            return False
 
     def _run_queue(self) -> None:
         """Keep two batches of chunks in the compute child: the next batch is computed there while this process
@@ -182,16 +199,18 @@ class Worker:
             self.compute.flush()
         return batch if received else None
 
-    def _run_static(self, index: int, of: int) -> None:
+    def _run_static(self, index: int, of: int) -> bool:
+        """Evaluate and publish the block; whether all of it was done (False: stopped by a signal part way)."""
         plan = self.spec.plan
         for chunk_id in plan.static_assignment(of, index):
             if self.stopping.is_set():
-                return
+                return False
             chunk = plan.chunk(chunk_id)
             values = self.compute.evaluate(chunk.start, chunk.stop)
             result = ResultMessage(self.spec.run_id, chunk.id, chunk.start, chunk.stop, self.spec.worker_id, 1, values.data.cast("B"), 0.0)
             self._patiently(functools.partial(self.broker.complete, None, chunk.id, result.encode()))
             self.chunks_done += 1
+        return True
 
     def _start(self, delivery: Delivery) -> _Started | None:
         """Check the task against the plan and hand it to the compute child; None when it was rejected or failed."""

@@ -31,6 +31,9 @@ class BackendSpec:
     k8s_ports: tuple[int, ...]  # the broker Service's ports on Kubernetes (the first is the clients')
     k8s_url: str  # the in-cluster broker URL, from {user}, {password} and {host}
     k8s_template: str  # the broker's StatefulSet and Service, in ttg/k8s/templates/
+    # Run in the broker's pod (exec) by the Kubernetes partition: close every client connection, so each client must
+    # reconnect, and each reconnect meets the NetworkPolicy (policies are enforced on new connections only).
+    k8s_cut_clients: tuple[str, ...] = ()
     round_trips: str = ""  # ttg bench: round trips the server answered so far, from a URL; "" when it keeps no count
 
     def server_version(self) -> str:

@@ -35,7 +35,7 @@ from ttg.run import BrokerAccess, execute, new_run_id, private_or_given_broker
 # may have finished the sweep: a fault meant for the successor could find nothing left to hit. It is drawn with a
 # poison (in place from the start, in both lives) and nothing else.
 _WITH_COORDINATOR_FAULTS = ("poison-chunk",)
-_EXIT_STATUS = {"kill-coordinator": -signal.SIGKILL, "terminate-coordinator": 130}  # ttg run exits 130 on SIGTERM, like Ctrl-C
+_EXIT_STATUS = {"kill-coordinator": -signal.SIGKILL, "terminate-coordinator": 143}  # ttg run unwinds on SIGTERM as on Ctrl-C, and exits 128 + 15
 
 
 @dataclass(frozen=True)

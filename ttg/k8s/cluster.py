@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttg.errors import TTGError
+from ttg.k8s.names import MANAGED, RUN_LABEL
 
 log = logging.getLogger(__name__)
-MANAGED = "app.kubernetes.io/managed-by=ttg"
-RUN_LABEL = "ttg.dev/run-id"
 
 
 class ClusterError(TTGError):
@@ -32,12 +31,14 @@ class Kind:
     snake: str
 
 
-# Deletion order: what runs first (jobs, pods), what they use last (secret, volumes).
+# Deletion order: owners first (the Jobs and the StatefulSet, whose pods the garbage collector then removes), what
+# the pods use last (Secret, volumes).
 KINDS = (
     Kind("Job", "BatchV1Api", "job"),
-    Kind("Pod", "CoreV1Api", "pod"),
     Kind("StatefulSet", "AppsV1Api", "stateful_set"),
+    Kind("Pod", "CoreV1Api", "pod"),
     Kind("Service", "CoreV1Api", "service"),
+    Kind("ConfigMap", "CoreV1Api", "config_map"),
     Kind("NetworkPolicy", "NetworkingV1Api", "network_policy"),
     Kind("RoleBinding", "RbacAuthorizationV1Api", "role_binding"),
     Kind("Role", "RbacAuthorizationV1Api", "role"),
@@ -71,19 +72,21 @@ class RunState:
         return self.coordinator in ("complete", "failed", "absent")
 
 
-def connect(context: str | None = None) -> Any:
-    """An API client from the in-cluster service account, else the kubeconfig (``context``: one of its contexts)."""
+def connect(context: str | None = None, *, in_cluster: bool = False) -> Any:
+    """An API client from the kubeconfig (``context``: one of its contexts), or, for the coordinator pod (told so by
+    its manifest, never guessed from the environment), from its service account."""
     try:
         from kubernetes import client, config
     except ImportError:
         raise ClusterError("the kubernetes client is not installed: pip install 'ttg[k8s]' (make install has it)") from None
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
+        if in_cluster:
+            config.load_incluster_config()
+        else:
             config.load_kube_config(context=context)
-        except (config.ConfigException, OSError) as e:
-            raise ClusterError(f"no cluster to talk to: {e}; set KUBECONFIG or create one with `kind create cluster --name ttg`") from None
+    except (config.ConfigException, OSError) as e:
+        where = "the pod's service account" if in_cluster else "the kubeconfig"
+        raise ClusterError(f"no cluster to talk to through {where}: {e}; set KUBECONFIG or create one with `kind create cluster --name ttg`") from None
     return client.ApiClient()
 
 
@@ -95,7 +98,7 @@ class Cluster:
         self.namespace = namespace
         self._apis = {name: getattr(client, name)(api_client) for name in {k.api for k in KINDS}}
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -130,7 +133,7 @@ class Cluster:
         out = []
         for k in KINDS:
             fn = getattr(self._apis[k.api], f"list_namespaced_{k.snake}")
-            for obj in self._call(f"listing {k.kind}s", fn, self.namespace, label_selector=selector).items:
+            for obj in self.call(f"listing {k.kind}s", fn, self.namespace, label_selector=selector).items:
                 labels = obj.metadata.labels or {}
                 out.append(Resource(k.kind, obj.metadata.name, labels.get(RUN_LABEL, ""), labels.get("app.kubernetes.io/component", ""), obj))
         return out
@@ -141,7 +144,7 @@ class Cluster:
             st = states.setdefault(r.run_id, RunState(r.run_id))
             st.resources += 1
             if r.kind == "Job" and r.component == "coordinator":
-                st.coordinator = _job_state(r.obj)
+                st.coordinator = job_state(r.obj)
             elif r.kind == "Job" and r.component == "worker" and r.obj.status is not None:
                 s = r.obj.status
                 st.workers_active, st.workers_succeeded, st.workers_failed = s.active or 0, s.succeeded or 0, s.failed or 0
@@ -151,30 +154,53 @@ class Cluster:
         return sorted(states.values(), key=lambda s: s.run_id)
 
     # -- delete ---------------------------------------------------------------------------
-    def delete(self, resources: Iterable[Resource]) -> list[str]:
-        from kubernetes import client
-
-        by_kind = {k.kind: k for k in KINDS}
-        deleted = []
-        for r in resources:
-            k = by_kind[r.kind]
-            fn = getattr(self._apis[k.api], f"delete_namespaced_{k.snake}")
-            body = client.V1DeleteOptions(propagation_policy="Background")
-            self._call(f"deleting {r.kind}/{r.name}", fn, r.name, self.namespace, body=body)
-            deleted.append(f"{r.kind}/{r.name}")
-        return deleted
-
     def down(self, run_id: str) -> list[str]:
-        """Delete every TTG-labelled object of one run."""
-        return self.delete(self.resources(run_id))
+        """Delete every TTG-labelled object of one run; returns 'Kind/name' of what was there. Idempotent.
 
-    def cleanup(self, include_running: bool = False) -> list[Resource]:
-        """What ``cleanup`` removes: the objects of finished runs (or of every run with ``include_running``)."""
-        done = {s.run_id for s in self.runs() if include_running or s.finished}
-        return [r for r in self.resources() if r.run_id in done]
+        One DELETE per kind by label selector (a collection), owners first. An object already gone (404: the garbage
+        collector took a Job's pods, a second ``down`` ran) is gone, not an error: the next kinds are still deleted."""
+        selector = f"{MANAGED},{RUN_LABEL}={run_id}"
+        gone = []
+        for k in KINDS:
+            names = [r.name for r in self._listed(k, selector)]
+            if names:
+                self._delete_collection(k, selector, names)
+                gone += [f"{k.kind}/{n}" for n in names]
+        return gone
+
+    def _listed(self, k: Kind, selector: str) -> list[Resource]:
+        fn = getattr(self._apis[k.api], f"list_namespaced_{k.snake}")
+        items = self.call(f"listing {k.kind}s", fn, self.namespace, label_selector=selector).items
+        return [Resource(k.kind, o.metadata.name, (o.metadata.labels or {}).get(RUN_LABEL, ""), "", o) for o in items]
+
+    def _delete_collection(self, k: Kind, selector: str, names: list[str]) -> None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        api = self._apis[k.api]
+        body = client.V1DeleteOptions(propagation_policy="Background")
+        try:
+            getattr(api, f"delete_collection_namespaced_{k.snake}")(self.namespace, label_selector=selector, body=body)
+            return
+        except ApiException as e:
+            if e.status == 404:
+                return
+            if e.status != 405:  # 405: a server without DELETE on this collection (Services before 1.31): one by one
+                raise ClusterError(f"deleting the {k.kind}s of {selector} failed: {e.status} {e.reason}") from None
+        for name in names:
+            try:
+                getattr(api, f"delete_namespaced_{k.snake}")(name, self.namespace, body=body)
+            except ApiException as e:
+                if e.status != 404:
+                    raise ClusterError(f"deleting {k.kind}/{name} failed: {e.status} {e.reason}") from None
+
+    def finished_runs(self, include_running: bool = False) -> list[str]:
+        """The runs ``cleanup`` removes: the finished ones (or every run with ``include_running``)."""
+        return [s.run_id for s in self.runs() if include_running or s.finished]
 
 
-def _job_state(job: Any) -> str:
+def job_state(job: Any) -> str:
+    """complete, failed or running, from the Job's conditions."""
     for c in (job.status.conditions if job.status is not None else None) or []:
         if c.status == "True" and c.type in ("Complete", "Failed"):
             return str(c.type).lower()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,6 +14,9 @@ from ttg import __version__, backends
 from ttg.argv import coordinator_argv, worker_argv
 from ttg.config import RunConfig
 from ttg.errors import ConfigError
+from ttg.k8s import names
+from ttg.k8s.rbac import COORDINATOR_RULES, Rule
+from ttg.k8s.runtime import WORKER_PID_FILE
 
 IMAGE = f"ttg-worker:{__version__}"
 REDIS_IMAGE = "redis:7.2.5"
@@ -33,15 +37,40 @@ class ManifestSettings:
     broker_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     broker_storage: str = "2Gi"
     results_storage: str = "2Gi"
-    broker_cpu: str = "500m"
+    broker_cpu: str = "250m"
     broker_memory: str = "1Gi"
-    coordinator_cpu: str = "500m"
+    coordinator_cpu: str = "250m"
     coordinator_memory: str = "1Gi"
-    worker_cpu: str = "1"
+    # Requests, not limits, for CPU: what the scheduler must find free. Kept small so a laptop's Kind node (2-4 CPUs)
+    # schedules four workers beside the broker and coordinator; with no CPU limit each worker uses what is idle.
+    worker_cpu: str = "250m"
     worker_memory: str = "512Mi"
     consumer_timeout_ms: int = 3_600_000  # RabbitMQ: one task message may stay with a worker this long
-    ttl_seconds: int = 86_400  # finished Jobs (and their pods' logs) are kept a day
+    ttl_seconds: int = 3_600  # a finished coordinator Job is kept an hour, and with it (its owned objects) the whole run
     grace_seconds: int = 60  # a SIGTERMed worker finishes its chunk within this
+    broker_wait_s: float = 300.0  # pods start beside a broker StatefulSet that may still be pulling its image
+    startup_allowance_s: int = 1_800  # on top of the run's --timeout: scheduling, image pulls, broker start
+
+    def label_lines(self, component: str) -> str:
+        """The labels of the component's objects as YAML lines (the templates' ``labels`` macro)."""
+        return "\n".join(f"{k}: {json.dumps(v)}" for k, v in names.labels(self.run_id, component).items())
+
+    @property
+    def coordinator_job(self) -> str:
+        return names.coordinator_job(self.run_id)
+
+    @property
+    def worker_job(self) -> str:
+        return names.worker_job(self.run_id)
+
+    @property
+    def coordinator_rules(self) -> tuple[Rule, ...]:
+        return COORDINATOR_RULES
+
+    @property
+    def deadline_seconds(self) -> int:
+        """``activeDeadlineSeconds`` of both Jobs: a run's lifetime is bounded even if nothing ever ends it."""
+        return int(self.cfg.timeout_s) + self.startup_allowance_s
 
     # -- derived values the templates use ------------------------------------------------
     @property
@@ -88,13 +117,15 @@ class ManifestSettings:
         # JSON logs: one event per line for `kubectl logs` and a log collector.
         cfg = replace(self.cfg, sweep=replace(self.cfg.sweep, log_format="json"))
         static = f"$(JOB_INDEX)/{self.workers}" if self.mode == "static" else None
-        return ["worker", *worker_argv(cfg, self.run_id, "$(POD_NAME)", static=static)]
+        argv = worker_argv(cfg, self.run_id, "$(POD_NAME)", static=static, broker_wait_s=self.broker_wait_s, pid_file=WORKER_PID_FILE)
+        return ["worker", *argv]
 
     @property
     def coordinator_args(self) -> list[str]:
         # --resume: a replacement of a disrupted coordinator pod continues the run from the ledger on the PVC.
         cfg = replace(self.cfg, out=Path("/results"), runtime="kubernetes", namespace=self.namespace, image=self.image)
-        return ["run", *coordinator_argv(cfg, self.run_id, resume=True), "--json"]
+        cfg = replace(cfg, broker_wait_s=max(cfg.broker_wait_s, self.broker_wait_s))
+        return ["run", *coordinator_argv(cfg, self.run_id, resume=True), "--in-cluster", "--json"]
 
 
 def _environment() -> jinja2.Environment:

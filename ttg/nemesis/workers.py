@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 from ttg.errors import FaultNotInjected
 from ttg.faults import KINDS, FaultSpec, targets_count
 from ttg.nemesis.base import FaultContext, Nemesis
-from ttg.runtimes import Runtime
+from ttg.runtimes import Runtime, describe_exit
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def select_workers(target: str | None, alive: list[str], last_result: Mapping[st
 class SignalWorker(Nemesis):
     """Send a signal to the selected live workers. Evidence: their exit statuses, once they have exited."""
 
-    kinds = ("kill-worker", "terminate-worker", "kill-pod")  # kill-pod: kill-worker by its pod's name
+    kinds = ("kill-worker", "terminate-worker", "kill-pod", "terminate-pod")  # the pod faults: by the pod's name
 
     def __init__(
         self,
@@ -76,4 +76,4 @@ class SignalWorker(Nemesis):
         exited = {w: codes.get(w) for w in self.targets}
         if any(rc is None for rc in exited.values()):
             return ""  # a terminated worker is still finishing its chunk
-        return "; ".join(f"{w} exited with status {rc}" + (" (SIGKILL)" if rc == -signal.SIGKILL else "") for w, rc in exited.items())
+        return "; ".join(f"{w} exited with status {describe_exit(rc)}" for w, rc in exited.items())

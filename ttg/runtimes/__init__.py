@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import signal
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+# How a worker's exit status reads (ttg.worker's codes; a signal as subprocess gives it, negative, or as a container
+# runtime reports a signalled PID 1, 128 + N).
+_EXITS = {0: "after the run ended", 2: "a usage error", 3: "the broker stayed unreachable", 143: "stopped by SIGTERM before the run ended"}
+
+
+def describe_exit(rc: int | None) -> str:
+    """``rc`` in words, for evidence and error messages: "-9 (SIGKILL)", "143 (stopped by SIGTERM before the run ended)"."""
+    if rc is None:
+        return "still running"
+    if rc in _EXITS:
+        return f"{rc} ({_EXITS[rc]})"
+    if rc < 0 or rc > 128:
+        try:
+            return f"{rc} ({signal.Signals(-rc if rc < 0 else rc - 128).name})"
+        except ValueError:
+            pass
+    return str(rc)
 
 
 @dataclass(frozen=True)
@@ -24,6 +43,9 @@ class Runtime(ABC):
     """Where workers run. The local runtime (processes) is the embedded default."""
 
     name: str
+    # Whether the workers live and die with this coordinator. Local worker processes are its children: an interrupted
+    # coordinator stops them. Pods belong to their Job and outlive a coordinator pod: its replacement resumes with them.
+    owns_workers: bool = True
 
     @abstractmethod
     def start(self, launches: list[WorkerLaunch]) -> None:
@@ -39,7 +61,8 @@ class Runtime(ABC):
 
     @abstractmethod
     def exit_codes(self) -> dict[str, int | None]:
-        """Exit status per worker (None while running; negative for a signal, as in subprocess)."""
+        """Exit status per worker, as the runtime reports it (None while running): a local process killed by signal N
+        reads -N, as in subprocess; a container, 128 + N, as its runtime reports it. Never assumed from the fault sent."""
 
     @abstractmethod
     def describe_failure(self, worker_id: str) -> str:

@@ -85,6 +85,11 @@ class PrivateServer(ABC):
     def restart(self) -> None:
         """Start again on the same port and data directory (after a kill)."""
 
+    @abstractmethod
+    def cut_clients(self) -> str:
+        """Close every client connection with the backend's own command (the one the Kubernetes partition runs in
+        the broker's pod); returns what the command said."""
+
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
         self.kill(signal.SIGSTOP)

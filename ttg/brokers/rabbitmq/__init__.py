@@ -7,6 +7,9 @@ package imports no driver; ``SPEC`` names the modules, loaded when used.
 
 from ttg.brokers.spec import BackendSpec
 
+# rabbitmqctl's "close every client connection, with this reason": the partition's "reconnect now".
+CUT_CLIENTS = ("close_all_connections", "ttg partition-broker: reconnect through the network policy")
+
 SPEC = BackendSpec(
     "rabbitmq",
     "pika",
@@ -20,4 +23,5 @@ SPEC = BackendSpec(
     k8s_ports=(5672, 15672),  # AMQP, and the management API ttg status reads
     k8s_url="amqp://{user}:{password}@{host}:5672/%2F",
     k8s_template="rabbitmq.yaml.j2",
+    k8s_cut_clients=("rabbitmqctl", *CUT_CLIENTS),
 )

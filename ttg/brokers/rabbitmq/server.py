@@ -188,6 +188,16 @@ class PrivateRabbitMQ(PrivateServer):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
 
+    def cut_clients(self) -> str:
+        from ttg.brokers.rabbitmq import CUT_CLIENTS
+
+        ctl = shutil.which("rabbitmqctl") or "rabbitmqctl"
+        # The node's own cookie, in the environment (not argv, which any local user reads in ps): the Debian wrapper
+        # runs the CLI as the rabbitmq user, whose HOME holds the system node's cookie, not this one's.
+        env = {**os.environ, "RABBITMQ_ERLANG_COOKIE": (self.data_dir / ".erlang.cookie").read_text().strip()}
+        argv = [ctl, "-n", self.node, *CUT_CLIENTS]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True, env=env).stdout.strip()
+
     def restart(self) -> None:
         """Start again on the same ports, node name and data directory (after a kill)."""
         self._reap()

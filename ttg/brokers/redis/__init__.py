@@ -6,6 +6,10 @@ private redis-server). Importing this package imports no driver; ``SPEC`` names 
 
 from ttg.brokers.spec import BackendSpec
 
+# Close every normal client connection (the workers' and the coordinator's; not replicas or pub/sub): the
+# partition's "reconnect now". The reply is the number of clients closed.
+CUT_CLIENTS = ("CLIENT", "KILL", "TYPE", "normal")
+
 SPEC = BackendSpec(
     "redis",
     "redis",
@@ -19,5 +23,6 @@ SPEC = BackendSpec(
     k8s_ports=(6379,),
     k8s_url="redis://:{password}@{host}:6379/0",
     k8s_template="redis.yaml.j2",
+    k8s_cut_clients=("sh", "-c", 'exec redis-cli --no-auth-warning -a "$REDIS_PASSWORD" ' + " ".join(CUT_CLIENTS)),
     round_trips="ttg.brokers.redis.status:round_trips",
 )

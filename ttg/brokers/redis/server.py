@@ -143,6 +143,13 @@ class PrivateRedis(PrivateServer):
             if sig == signal.SIGKILL:
                 self._exec.process.wait()
 
+    def cut_clients(self) -> str:
+        from ttg.brokers.redis import CUT_CLIENTS
+
+        cli = shutil.which("redis-cli") or "redis-cli"
+        argv = [cli, "-p", str(self.port), "--no-auth-warning", "-a", self.password, *CUT_CLIENTS]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+
     def restart(self) -> None:
         """Start again on the same port and data directory (after a kill)."""
         if self._exec is not None and self._exec.running():
