@@ -235,3 +235,33 @@ def test_sigterm_during_a_broker_pause_resumes_and_stops_the_broker(tmp_path: Pa
     assert proc.returncode == 143, stderr  # 128 + SIGTERM; Ctrl-C would be 130
     assert "Traceback" not in stderr
     assert not _alive(paused[0]), "the frozen broker was left behind"
+
+
+def test_a_coordinator_waits_for_a_broker_that_comes_up_late_within_broker_wait(tmp_path: Path) -> None:
+    """A coordinator pod starts beside a broker StatefulSet that is still starting: --broker-wait rides that out,
+    with backoff, and the run completes (without it the run fails at once with the broker named)."""
+    import shutil
+    import time
+
+    import port_for
+
+    port = port_for.select_random()
+    url = f"redis://127.0.0.1:{port}/0"
+    base = [sys.executable, "-m", "ttg", "run", "--broker-url", url, "--params", "20000", "--chunk", "1000", "--out", str(tmp_path), "--json"]
+    quick = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert quick.returncode == 3 and "unreachable" in quick.stderr, quick.stderr
+    proc = subprocess.Popen([*base, "--broker-wait", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)  # the coordinator is retrying by now
+    assert proc.poll() is None
+    server = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+    )
+    try:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "broker unreachable, retrying" in err, err  # it waited, with backoff, and said so
+        assert json.loads(out)["verdict"]["ok"] is True
+    finally:
+        proc.kill()
+        server.terminate()
+        server.wait(timeout=30)

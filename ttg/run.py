@@ -146,14 +146,14 @@ def preflight(cfg: RunConfig, run_id: str) -> Path:
     return run_dir
 
 
-def _claim_run(broker: Broker, cfg: RunConfig, run_dir: Path, *, resume: bool, on_disk: bool) -> bool:
+def _claim_run(broker: Broker, owner: str, cfg: RunConfig, run_dir: Path, *, resume: bool, on_disk: bool) -> bool:
     """Take the run's lease and check what exists of it; returns whether the broker already held the run.
 
     One live coordinator per run id (a successor waits out a dead predecessor's lease); a run that
     exists is continued only with ``resume``, and only from the ledger of its first coordinator.
     """
     run_id = broker.run_id
-    broker.claim(new_owner(), wait_s=LEASE_TTL_S + 1.0 if resume else 0.0)
+    broker.claim(owner, wait_s=LEASE_TTL_S + 1.0 if resume else 0.0)
     had_state = broker.has_state()
     if had_state and not resume:
         raise RunConflict(f"run {run_id} already exists on the broker; {_how_to_go_on(cfg, run_id)}")
@@ -261,8 +261,10 @@ class Run:
     def claim(self) -> None:
         """Take the run's lease, check what exists of it, open the ledger and declare the run on the broker."""
         # A broker that is still starting (a StatefulSet beside the coordinator pod) gets --broker-wait to come up.
+        # One owner for every attempt: a retry after the lease was taken re-claims it as its holder, not as a rival.
+        owner = new_owner()
         self.had_state = patiently(
-            lambda: _claim_run(self.broker, self.cfg, self.run_dir, resume=self.resume, on_disk=self.on_disk), wait_s=self.cfg.broker_wait_s
+            lambda: _claim_run(self.broker, owner, self.cfg, self.run_dir, resume=self.resume, on_disk=self.on_disk), wait_s=self.cfg.broker_wait_s
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # The ledger exists before the run does on the broker, so broker state always has a ledger to resume.

@@ -61,6 +61,8 @@ class CoordinatorSide:
                     f"run {self.run_id} is being run by another coordinator ({lease.describe(holder)}); wait for it to finish, or pick another --run-id"
                 )
             time.sleep(0.2)
+        if self._lease_thread is not None and self._lease_thread.is_alive() and self._owner == owner:
+            return  # claimed again by its holder (a retry across a broker blip): its refresher already runs
         self._owner = owner
         self._lease_stop.clear()
         self._lease_thread = threading.Thread(target=self._keep_lease, args=(owner,), name="ttg-lease", daemon=True)
