@@ -131,3 +131,31 @@ def test_pytest_kinds_cluster_fixture_gets_the_binaries_on_path_the_pinned_image
     cluster = KindCluster(KIND_CLUSTER, kind_path=Path(defaults.kind_bin), kubectl_path=Path(defaults.kind_kubectl_bin))
     cluster.ensure_kind()  # a kind_path that exists: nothing is downloaded (no network here, so a download would fail)
     cluster.ensure_kubectl()
+
+
+def test_a_session_of_scenarios_ends_with_what_each_proved_and_junit_carries_the_figures(tmp_path: Path) -> None:
+    (tmp_path / "test_s.py").write_text(
+        "def test_kill(run_sweep):\n"
+        "    rec = run_sweep('redis', params=20_000, chunk=1_000, workers=2, cost_us=50, faults=['kill-worker@30%'])\n"
+        "    assert rec.verdict.ok\n"
+        "def test_static_loss(run_sweep):\n"
+        "    rec = run_sweep('redis', params=20_000, chunk=1_000, workers=2, cost_us=50, mode='static', faults=['kill-worker@30%'])\n"
+        "    assert not rec.verdict.ok\n"
+    )
+    junit = tmp_path / "junit.xml"
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_s.py", f"--junitxml={junit}"]
+    ran = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stdout[-3000:]
+    out = ran.stdout
+    assert "TTG sweeps: what 2 scenario run(s) proved" in out
+    kill = next(line for line in out.splitlines() if "│ kill " in line)
+    assert "│ redis " in kill and "kill-worker" in kill and " ok " in kill and "20K/1K" in kill
+    static = next(line for line in out.splitlines() if "│ static_loss " in line)
+    assert "FAILED (asserted)" in static  # the loss the test asserted: the scenario's point, not a failure
+    assert "0 unexpected failed verdict(s); chunks lost where none was expected: 0" in out
+    import xml.etree.ElementTree as ET
+
+    case = next(c for c in ET.parse(junit).getroot().iter("testcase") if c.get("name") == "test_kill")
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert props["ttg_backend"] == "redis" and props["ttg_lost"] == "0" and props["ttg_faults"] == "kill-worker" and props["ttg_verdict"] == "ok"
+    assert props["ttg_recovery"].startswith("kill-worker ") and int(props["ttg_params_per_s"]) > 0
