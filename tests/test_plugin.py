@@ -159,3 +159,13 @@ def test_a_session_of_scenarios_ends_with_what_each_proved_and_junit_carries_the
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert props["ttg_backend"] == "redis" and props["ttg_lost"] == "0" and props["ttg_faults"] == "kill-worker" and props["ttg_verdict"] == "ok"
     assert props["ttg_recovery"].startswith("kill-worker ") and int(props["ttg_params_per_s"]) > 0
+
+
+def test_an_experiment_without_chaostoolkit_skips_unless_required_then_fails(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text("import sys\nsys.modules['chaoslib'] = None  # as if chaostoolkit-lib were not installed\n")
+    (tmp_path / "test_e.py").write_text("def test_e(chaos_experiment):\n    chaos_experiment('x.json')\n")
+    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "test_e.py"]
+    skipped = subprocess.run(base, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout and "pip install 'ttg[chaos]'" in skipped.stdout, skipped.stdout[-2000:]
+    required = subprocess.run([*base, "--ttg-require-chaos"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert required.returncode == 1 and "1 error" in required.stdout and "--ttg-require-chaos makes a skipped experiment a failure" in required.stdout
