@@ -99,5 +99,6 @@ def test_the_kubernetes_experiment_holds(
     kind_cluster: KindCluster, kind_image: str, chaos_experiment: Callable[..., dict[str, Any]], name: str, backend: str
 ) -> None:
     settings = {"TTG_BACKEND": backend, "TTG_IMAGE": kind_image, "TTG_KUBE_CONTEXT": f"kind-{kind_cluster.name}", "TTG_RUN_ID": f"x{uuid.uuid4().hex[:8]}"}
+    settings["KUBECONFIG"] = str(kind_cluster.kubeconfig_path)  # the context lives in pytest-kind's kubeconfig
     journal = chaos_experiment(EXPERIMENTS / f"{name}.json", **settings)
     assert journal["status"] == "completed" and journal["deviated"] is False, json.dumps(journal.get("steady_states"))[:2000]

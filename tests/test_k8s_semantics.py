@@ -10,6 +10,7 @@ as a subreaper (-s) rather than as PID 1 of a namespace, and passes SIGTERM to t
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
@@ -65,9 +66,9 @@ class Pod:
         args += ["--cost-us", str(cost_us), "--reclaim-after", "0.5", "--pid-file", str(self.pid_file)]
         args += ["--static", static] if static else []
         with self.log.open("wb") as fh:
-            self.proc = subprocess.Popen(
-                [TINI or "tini", "-s", "--", sys.executable, "-m", "ttg", *args], stdout=fh, stderr=fh, env={**os.environ, "TTG_BROKER_URL": url}
-            )
+            # Its own session, as a pod's processes are: a SIGKILL of the "container" takes every process in it.
+            argv = [TINI or "tini", "-s", "--", sys.executable, "-m", "ttg", *args]
+            self.proc = subprocess.Popen(argv, stdout=fh, stderr=fh, env={**os.environ, "TTG_BROKER_URL": url}, start_new_session=True)
 
     def wait_pid(self) -> None:
         deadline = time.monotonic() + 30
@@ -81,16 +82,16 @@ class Pod:
         try:
             self.proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.kill()  # PID 1 SIGKILLed: the kernel kills the rest of the container's processes with it
         return self.exit_code()
 
     def exit_code(self, timeout_s: float = 30) -> int:
         return container_exit_code(self.proc.wait(timeout=timeout_s))
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 @pytest.fixture

@@ -132,7 +132,9 @@ class Collector:
         outstanding = self.ledger.plan.chunks - self.ledger.accounted
         if not self.runtime.alive():
             self._workers_gone_at = self._workers_gone_at or now
-            if not got_results and now - self._workers_gone_at > 0.5:
+            # Pods are replaced by their Job seconds after one ends: only the run's --timeout ends a run without them.
+            grace_s = 0.5 if self.runtime.owns_workers else self.cfg.timeout_s
+            if not got_results and now - self._workers_gone_at > grace_s:
                 log.warning("all workers exited with %d chunk(s) outstanding", outstanding)
                 return True
         if self.cancel.is_set():

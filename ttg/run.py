@@ -288,7 +288,10 @@ class Run:
         local_pid = os.getpid() if self.runtime.name == "local" else None
         wait_s = 0.0 if self.given.server else ORPHAN_WAIT_S
         self.runtime.start(worker_launches(cfg, urls, self.run_id, coordinator_pid=local_pid, successor_wait_s=wait_s))
-        if cfg.mode == "queue":
+        # A coordinator replaced after every chunk was recorded (killed while judging) has nobody to wait for: the
+        # workers saw the end and left, and on Kubernetes their Job, complete, starts no more.
+        finished = self.resuming and self._ledger().accounted >= self.plan.chunks
+        if cfg.mode == "queue" and not finished:
             _wait_connected(self.broker, self.runtime, cfg.workers)
         self.startup_s = time.monotonic() - self.t_start
 
@@ -320,8 +323,9 @@ class Run:
         """End the run on the broker, stop the workers, take what is still in flight, and judge."""
         ledger, collector, broker, cfg = self._ledger(), self._collector(), self.broker, self.cfg
         broker.end_run()
-        # Workers notice the end within a reclaim tick and exit by themselves; stop() catches stragglers.
-        self.runtime.wait(timeout_s=cfg.sweep.reclaim_after_s + 2.0)
+        # Workers notice the end within a reclaim tick and exit by themselves; stop() catches stragglers. Pods get
+        # longer: one stopped now exits 143 and its Job replaces it, to serve a run about to be deleted.
+        self.runtime.wait(timeout_s=cfg.sweep.reclaim_after_s + (2.0 if self.runtime.owns_workers else 120.0))
         self.runtime.stop(grace_s=10.0)
         for raw in broker.read_results(max_count=1_000_000, timeout_s=0.01):
             ledger.add(raw)  # a result that landed while workers stopped still counts

@@ -81,6 +81,7 @@ class Worker:
         self.compute.start()  # an algorithm that cannot be loaded is a usage error, before the broker is reached
         self.stopping = threading.Event()
         self.signalled: int | None = None  # the signal that asked this worker to stop, if one did
+        self.ended = False  # it saw the coordinator's end marker (the run may be deleted from the broker right after)
         self.chunks_done = 0
 
     def install_signal_handlers(self) -> None:
@@ -139,6 +140,8 @@ class Worker:
 
     def _run_ended(self) -> bool:
         """Whether the coordinator has ended the run (asked once, briefly: a drain on SIGTERM must not hang here)."""
+        if self.ended:
+            return True
         try:
             return patiently(self.broker.drained, wait_s=min(5.0, self.spec.broker_wait_s))
         except BrokerUnavailable:
@@ -158,6 +161,7 @@ class Worker:
                     continue
                 if not batches:  # nothing in the child: the sweep may be over (None: nothing came at all)
                     if batch is None and self._patiently(self.broker.drained):
+                        self.ended = True
                         log.info("sweep drained", extra={"event": "draining"})
                         return
                     continue

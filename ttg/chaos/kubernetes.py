@@ -34,9 +34,9 @@ from ttg.chaos.session import settings_from
 from ttg.config import RunConfig, load_run_config
 from ttg.errors import TTGError
 from ttg.k8s.cluster import Cluster, connect
-from ttg.k8s.launch import JobFollower, deploy
+from ttg.k8s.launch import JobFollower, deploy, with_owner
 from ttg.k8s.manifests import ManifestSettings, documents
-from ttg.k8s.names import labels
+from ttg.k8s.names import coordinator_job, labels
 from ttg.k8s.runtime import KubernetesRuntime
 from ttg.record import RunRecord
 from ttg.runtimes import describe_exit
@@ -225,7 +225,7 @@ def wait_for_progress(percent: float = 30.0, timeout_s: float = 900.0) -> float:
 def _pod_fault(kind: str, sig: int, target: str | None) -> dict[str, Any]:
     sweep = _sweep()
     assert sweep.runtime is not None
-    alive = sorted(sweep.runtime.alive())
+    alive = sorted(sweep.runtime.running())  # exec needs a started container: not a Pending pod
     if not alive:
         raise ActivityFailed(f"{kind}: no worker pod of run {sweep.run_id} is running")
     pod = target if target else random.choice(alive)
@@ -287,12 +287,18 @@ def partition_broker(run_id: str, configuration: dict[str, Any] | None = None) -
     settings = ManifestSettings(run_id, sweep.cfg, namespace=cluster.namespace)
     allow = next(d for d in documents(settings) if d["kind"] == "NetworkPolicy")
     net, core = client.NetworkingV1Api(cluster.api_client), client.CoreV1Api(cluster.api_client)
+    deny = _deny_policy(run_id, allow["spec"]["podSelector"]["matchLabels"])
+    # Each step on its own: a deny left over from an unhealed earlier run (409) must not keep the allow in place.
     try:
-        net.create_namespaced_network_policy(cluster.namespace, _deny_policy(run_id, allow["spec"]["podSelector"]["matchLabels"]))
+        net.create_namespaced_network_policy(cluster.namespace, deny)
+    except ApiException as e:
+        if e.status != 409:
+            raise ActivityFailed(f"could not deny ingress to the broker: {e.status} {e.reason}") from None
+    try:
         net.delete_namespaced_network_policy(allow["metadata"]["name"], cluster.namespace)
     except ApiException as e:
-        if e.status not in (404, 409):
-            raise ActivityFailed(f"could not partition the broker: {e.status} {e.reason}") from None
+        if e.status != 404:
+            raise ActivityFailed(f"could not remove the broker's allow policy: {e.status} {e.reason}") from None
     spec = backends.backend(sweep.cfg.sweep.backend)
     pod = f"{settings.broker_host}-0"
     try:
@@ -319,6 +325,11 @@ def heal_broker_partition(run_id: str, configuration: dict[str, Any] | None = No
         if e.status != 404:
             raise ActivityFailed(f"could not remove the deny policy: {e.status} {e.reason}") from None
     allow = next(d for d in documents(ManifestSettings(run_id, cfg, namespace=cluster.namespace)) if d["kind"] == "NetworkPolicy")
+    try:  # owned by the coordinator Job again, so the run's TTL still takes it
+        job = client.BatchV1Api(cluster.api_client).read_namespaced_job(coordinator_job(run_id), cluster.namespace)
+        allow = with_owner(allow, {"name": job.metadata.name, "uid": job.metadata.uid})
+    except ApiException:
+        pass  # no coordinator Job (a rollback after a failed deploy): unowned, `ttg k8s down` removes it
     try:
         net.create_namespaced_network_policy(cluster.namespace, allow)
     except ApiException as e:

@@ -179,9 +179,11 @@ class Cluster:
 
         api = self._apis[k.api]
         body = client.V1DeleteOptions(propagation_policy="Background")
+        collection = getattr(api, f"delete_collection_namespaced_{k.snake}", None)  # older clients lack some
         try:
-            getattr(api, f"delete_collection_namespaced_{k.snake}")(self.namespace, label_selector=selector, body=body)
-            return
+            if collection is not None:
+                collection(self.namespace, label_selector=selector, body=body)
+                return
         except ApiException as e:
             if e.status == 404:
                 return

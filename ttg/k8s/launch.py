@@ -75,6 +75,10 @@ def owned_documents(docs: list[dict[str, Any]], run_id: str) -> tuple[dict[str, 
     return job, before, [d for d in docs if d["kind"] != "Namespace" and not is_coordinator(d)]
 
 
+def is_results_volume(doc: dict[str, Any]) -> bool:
+    return bool(doc["kind"] == "PersistentVolumeClaim" and doc["metadata"]["name"].startswith("ttg-results-"))
+
+
 def with_owner(doc: dict[str, Any], owner: dict[str, str]) -> dict[str, Any]:
     """``doc`` owned by ``owner`` (the coordinator Job): the garbage collector deletes it when the Job goes
     (https://kubernetes.io/docs/concepts/architecture/garbage-collection/#owners-dependents); same namespace only."""
@@ -96,7 +100,9 @@ def deploy(cfg: RunConfig, run_id: str, context: str | None = None) -> Cluster:
     batch = client.BatchV1Api(cluster.api_client)
     created = cluster.call("reading the coordinator Job", batch.read_namespaced_job, job["metadata"]["name"], cfg.namespace)
     owner = {"name": created.metadata.name, "uid": created.metadata.uid}
-    cluster.apply([with_owner(d, owner) for d in owned])
+    # The results volume holds the only copy of results.npy: it is not owned, so the Job's TTL never takes it;
+    # `ttg k8s down RUN_ID` removes it with the rest.
+    cluster.apply([d if is_results_volume(d) else with_owner(d, owner) for d in owned])
     cluster.call("starting the coordinator Job", batch.patch_namespaced_job, owner["name"], cfg.namespace, {"spec": {"suspend": False}})
     return cluster
 

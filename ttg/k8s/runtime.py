@@ -77,6 +77,11 @@ class KubernetesRuntime(Runtime):
             if p.metadata.name not in gone and p.metadata.deletion_timestamp is None and p.status is not None and p.status.phase in ("Pending", "Running")
         ]
 
+    def running(self) -> list[str]:
+        """The live worker pods whose containers have started (an exec reaches them)."""
+        phases = {p.metadata.name: p.status.phase for p in self.watch.pods() if p.status is not None}
+        return [name for name in self.alive() if phases.get(name) == "Running"]
+
     def kill(self, worker_id: str, sig: int) -> None:
         from kubernetes.client.exceptions import ApiException
 
