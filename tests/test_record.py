@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ttg.record import FaultOutcome, RunRecord
 from ttg.verdict import Verdict
@@ -82,3 +83,34 @@ def test_to_dict_is_a_copy_a_caller_may_change() -> None:
     doc["verdict"]["lost_chunk_ids"].append(99)
     doc["timeline"].append([1.0, 10])
     assert rec.verdict.lost_chunk_ids == [4] and rec.timeline == [[0.0, 0], [0.5, 9]]
+
+
+def test_a_static_mode_loss_reads_the_same_in_the_cli_the_chaos_probe_and_the_report(caplog: Any) -> None:
+    import dataclasses
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from ttg.chaos.probes import verdict_holds
+    from ttg.cli import summary_table
+    from ttg.report.model import RunRow
+
+    record = RunRecord.from_dict(OLD_RECORD)  # static mode under a kill: 1 chunk lost, every value that came back right
+    v = record.verdict
+    words = "values ok, 1 chunk(s) missing"
+    assert v.checksum_text == words and any(words in p for p in v.problems())
+    buf = io.StringIO()
+    Console(file=buf, width=200).print(summary_table(record))
+    assert words in buf.getvalue()
+    fields = {f.name: None for f in dataclasses.fields(RunRow)}
+    row = RunRow(**{**fields, "checksum_ok": False, "mismatches": 0, "lost": 1, "dead_lettered": 0})  # type: ignore[arg-type]
+    assert row.checksum_text == words
+    with caplog.at_level(logging.WARNING, logger="ttg.chaos.probes"):
+        probe = {
+            "phase": "chaos",
+            "run_id": record.run_id,
+            **{k: getattr(v, k) for k in ("lost", "lost_chunk_ids", "dead_lettered", "dead_letter_ids", "mismatches", "checksum_ok")},
+        }
+        assert verdict_holds(probe, lost=0) is False
+    assert words in caplog.text

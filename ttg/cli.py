@@ -204,7 +204,7 @@ def summary_table(record: RunRecord) -> Table:
         ("lost", f"{v.lost}" + (f"  (first ids: {v.lost_chunk_ids[:10]})" if v.lost else "")),
         ("duplicates", str(v.duplicates)),
         ("dead-lettered", str(v.dead_lettered) + (f"  ({v.dead_letter_reasons[0][:80]})" if v.dead_letter_reasons else "")),
-        ("checksum", f"{v.checksum_actual} ({'ok' if v.checksum_ok else 'MISMATCH' if v.checksum_ok is False else 'not checked'}, verify {v.verify})"),
+        ("checksum", f"{v.checksum_actual} ({v.checksum_text}, verify {v.verify})"),
         ("sweep time", f"{record.wall_s:.2f} s  ({record.params_per_s:,.0f} params/s)"),
         ("start-up / verify", f"{record.startup_s:.2f} s / {record.verify_s:.2f} s"),
     ]

@@ -23,6 +23,18 @@ from ttg.ledger import Ledger
 _BLOCK = 1 << 20  # verify in blocks so memory stays flat on a 10M sweep
 
 
+def checksum_words(checksum_ok: bool | None, mismatches: int | None, lost: int, dead_lettered: int) -> str:
+    """The checksum's state in the one wording the CLI, the chaos probes and the reports all use."""
+    if checksum_ok is None:
+        return "not checked"
+    if checksum_ok:
+        return "ok"
+    if not mismatches and (lost or dead_lettered):
+        # Every value that came back matches the serial reference; the sum lacks the chunks that never came back.
+        return f"values ok, {lost + dead_lettered} chunk(s) missing"
+    return f"MISMATCH ({mismatches} values)"
+
+
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
@@ -54,6 +66,10 @@ class Verdict:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in doc.items() if k in names})
 
+    @property
+    def checksum_text(self) -> str:
+        return checksum_words(self.checksum_ok, self.mismatches, self.lost, self.dead_lettered)
+
     def problems(self) -> list[str]:
         out = []
         if self.lost:
@@ -65,7 +81,7 @@ class Verdict:
         if unchecked:
             out.append(f"{len(unchecked)} completed chunk(s) could not be verified, the reference raised: {', '.join(map(str, unchecked[:10]))}")
         if self.checksum_ok is False:
-            out.append(f"checksum {self.checksum_actual} != expected {self.checksum_expected} ({self.mismatches} mismatching values)")
+            out.append(f"checksum {self.checksum_actual} != expected {self.checksum_expected}: {self.checksum_text}")
         return out
 
     def raise_for_failure(self) -> None:

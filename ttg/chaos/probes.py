@@ -17,6 +17,7 @@ from chaoslib.exceptions import ActivityFailed
 
 from ttg.chaos import session
 from ttg.errors import TTGError
+from ttg.verdict import checksum_words
 
 __all__ = ["fault_evidence", "faults_took_effect", "sweep_progress", "sweep_verdict", "verdict_holds"]
 log = logging.getLogger("chaostoolkit")  # so the reasons land in chaostoolkit.log next to the activity
@@ -74,7 +75,8 @@ def verdict_holds(value: dict[str, Any] | None = None, lost: int = 0, dead_lette
     if value["mismatches"]:
         problems.append(f"{value['mismatches']} completed value(s) differ from the serial reference")
     if lost == 0 and want_dead == 0 and value["checksum_ok"] is not True:
-        problems.append(f"checksum_ok is {value['checksum_ok']}: the result does not match the serial reference")
+        words = checksum_words(value["checksum_ok"], value["mismatches"], value["lost"], value["dead_lettered"])
+        problems.append(f"checksum {words}: the result is not the serial reference's")
     for p in problems:
         log.warning("%s sweep %s: %s", value.get("phase"), value.get("run_id"), p)
     return not problems

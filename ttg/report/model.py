@@ -13,6 +13,7 @@ from typing import Any
 from ttg import __version__, backends
 from ttg.faults import WORKER_CRASHES
 from ttg.report.inputs import Inputs
+from ttg.verdict import checksum_words
 
 
 def scale_name(params: int) -> str:
@@ -84,13 +85,7 @@ class RunRow:
 
     @property
     def checksum_text(self) -> str:
-        if self.checksum_ok is None:
-            return "not checked"
-        if self.checksum_ok:
-            return "ok"
-        if not self.mismatches and (self.lost or self.dead_lettered):
-            return "values ok; chunks missing"  # every value that came back matches; the sum lacks the missing chunks
-        return f"MISMATCH ({self.mismatches} values)"
+        return checksum_words(self.checksum_ok, self.mismatches, self.lost, self.dead_lettered)
 
     @property
     def fault_text(self) -> str:
