@@ -129,12 +129,7 @@ def test_render_refuses_what_cannot_run_on_kubernetes() -> None:
 
 
 def test_the_run_record_is_read_from_the_end_of_the_coordinator_log() -> None:
-    fields: dict[str, Any] = {f: 0 for f in RunRecord.__dataclass_fields__}
-    fields.update(run_id="r1", ttg_version="0.1.0", backend="redis", runtime="kubernetes", mode="queue", algorithm="demo")
-    verdict = {f: 0 for f in Verdict.__dataclass_fields__} | {"ok": True, "verify": "full", "lost_chunk_ids": [], "dead_letter_ids": []}
-    fields.update(started_at="t0", finished_at="t1", verdict=verdict, faults=[{"kind": "kill-pod", "target": "w0", "at_s": 1.0, "at_chunks": 3}])
-    fields.update(timeline=[], grid=[], worker_exit_codes={}, broker_stats={}, run_dir="/results/r1", broker_url=None, broker_startup_s=None)
-    record = RunRecord.from_dict(fields)
+    record = _record(faults=[{"kind": "kill-pod", "target": "w0", "at_s": 1.0, "at_chunks": 3}])
     log = 'progress 10/100 chunks\n{\n  "not": "a record"\n}\n' + json.dumps({**record.to_dict(), "a_future_field": 1}, indent=2) + "\n"
     assert record_from_log(log) == record
     with pytest.raises(ClusterError, match="holds no run record"):
@@ -365,11 +360,11 @@ def test_deploy_makes_the_coordinator_job_own_the_whole_run_and_starts_it_last(a
         assert refs == [{"apiVersion": "batch/v1", "kind": "Job", "name": "ttg-coordinator-r1", "uid": uid, "blockOwnerDeletion": False}], (plural, name)
 
 
-def _record(run_id: str = "r1", ok: bool = True) -> RunRecord:
+def _record(run_id: str = "r1", ok: bool = True, faults: list[dict[str, Any]] | None = None) -> RunRecord:
     fields: dict[str, Any] = {f: 0 for f in RunRecord.__dataclass_fields__}
     fields.update(run_id=run_id, ttg_version="0.1.0", backend="redis", runtime="kubernetes", mode="queue", algorithm="demo")
     verdict = {f: 0 for f in Verdict.__dataclass_fields__} | {"ok": ok, "verify": "full", "lost_chunk_ids": [], "dead_letter_ids": []}
-    fields.update(started_at="t0", finished_at="t1", verdict=verdict, faults=[])
+    fields.update(started_at="t0", finished_at="t1", verdict=verdict, faults=faults or [])
     fields.update(timeline=[], grid=[], worker_exit_codes={}, broker_stats={}, run_dir="/results/r1", broker_url=None, broker_startup_s=None)
     return RunRecord.from_dict(fields)
 

@@ -130,11 +130,10 @@ class Collector:
     def _give_up(self, now: float, got_results: bool) -> bool:
         """Whether to stop with chunks outstanding: every worker gone (after taking what was in flight), cancelled, timed out."""
         outstanding = self.ledger.plan.chunks - self.ledger.accounted
-        if not self.runtime.alive():
+        # Pods are replaced by their Job seconds after one ends: only the run's --timeout ends a run without them.
+        if self.runtime.owns_workers and not self.runtime.alive():
             self._workers_gone_at = self._workers_gone_at or now
-            # Pods are replaced by their Job seconds after one ends: only the run's --timeout ends a run without them.
-            grace_s = 0.5 if self.runtime.owns_workers else self.cfg.timeout_s
-            if not got_results and now - self._workers_gone_at > grace_s:
+            if not got_results and now - self._workers_gone_at > 0.5:
                 log.warning("all workers exited with %d chunk(s) outstanding", outstanding)
                 return True
         if self.cancel.is_set():

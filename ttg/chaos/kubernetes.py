@@ -37,7 +37,7 @@ from ttg.k8s.cluster import Cluster, connect
 from ttg.k8s.launch import JobFollower, deploy, with_owner
 from ttg.k8s.manifests import ManifestSettings, documents
 from ttg.k8s.names import coordinator_job, labels
-from ttg.k8s.runtime import KubernetesRuntime
+from ttg.k8s.runtime import KubernetesRuntime, exec_in_pod
 from ttg.record import RunRecord
 from ttg.runtimes import describe_exit
 
@@ -281,7 +281,6 @@ def partition_broker(run_id: str, configuration: dict[str, Any] | None = None) -
     works only without the allow), then every client connection closed from inside the broker pod."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
-    from kubernetes.stream import stream
 
     sweep, cluster = _sweep(), _cluster(configuration)
     settings = ManifestSettings(run_id, sweep.cfg, namespace=cluster.namespace)
@@ -302,8 +301,7 @@ def partition_broker(run_id: str, configuration: dict[str, Any] | None = None) -
     spec = backends.backend(sweep.cfg.sweep.backend)
     pod = f"{settings.broker_host}-0"
     try:
-        said = stream(core.connect_get_namespaced_pod_exec, pod, cluster.namespace, container=spec.name, command=list(spec.k8s_cut_clients),
-                      stderr=True, stdout=True, stdin=False, tty=False, _request_timeout=60)  # fmt: skip
+        said = exec_in_pod(core, cluster.namespace, pod, spec.name, spec.k8s_cut_clients)
     except ApiException as e:
         raise ActivityFailed(f"could not close the broker's client connections in {pod}: {e.status} {e.reason}") from None
     inj = sweep.inject("partition-broker", pod, " ".join(str(said).split())[:200])

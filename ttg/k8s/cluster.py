@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttg.errors import TTGError
-from ttg.k8s.names import MANAGED, RUN_LABEL
+from ttg.k8s.names import COMPONENT, MANAGED, RUN_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +130,7 @@ class Cluster:
     # -- read -----------------------------------------------------------------------------
     def resources(self, run_id: str | None = None) -> list[Resource]:
         selector = MANAGED + (f",{RUN_LABEL}={run_id}" if run_id else "")
-        out = []
-        for k in KINDS:
-            fn = getattr(self._apis[k.api], f"list_namespaced_{k.snake}")
-            for obj in self.call(f"listing {k.kind}s", fn, self.namespace, label_selector=selector).items:
-                labels = obj.metadata.labels or {}
-                out.append(Resource(k.kind, obj.metadata.name, labels.get(RUN_LABEL, ""), labels.get("app.kubernetes.io/component", ""), obj))
-        return out
+        return [r for k in KINDS for r in self._listed(k, selector)]
 
     def runs(self) -> list[RunState]:
         states: dict[str, RunState] = {}
@@ -171,7 +165,8 @@ class Cluster:
     def _listed(self, k: Kind, selector: str) -> list[Resource]:
         fn = getattr(self._apis[k.api], f"list_namespaced_{k.snake}")
         items = self.call(f"listing {k.kind}s", fn, self.namespace, label_selector=selector).items
-        return [Resource(k.kind, o.metadata.name, (o.metadata.labels or {}).get(RUN_LABEL, ""), "", o) for o in items]
+        labels = [o.metadata.labels or {} for o in items]
+        return [Resource(k.kind, o.metadata.name, lb.get(RUN_LABEL, ""), lb.get(COMPONENT, ""), o) for o, lb in zip(items, labels, strict=True)]
 
     def _delete_collection(self, k: Kind, selector: str, names: list[str]) -> None:
         from kubernetes import client

@@ -17,17 +17,14 @@ from ttg.record import RunRecord
 
 log = logging.getLogger(__name__)
 MAX_BYTES = 900_000  # a ConfigMap holds at most 1 MiB (https://kubernetes.io/docs/concepts/configuration/configmap/)
-_TRIMMED = ("timeline",)  # dropped, in this order, from a record too large for a ConfigMap (the PVC keeps it whole)
 
 
 def record_text(record: RunRecord) -> str:
     """The record as compact JSON that fits a ConfigMap: the timeline goes first, then the verdict's id lists are cut."""
     doc = record.to_dict()
     text = json.dumps(doc, separators=(",", ":"))
-    for key in _TRIMMED:
-        if len(text) <= MAX_BYTES:
-            break
-        doc[key] = []
+    if len(text) > MAX_BYTES:  # the PVC keeps the whole record
+        doc["timeline"] = []
         text = json.dumps(doc, separators=(",", ":"))
     if len(text) > MAX_BYTES:  # the verdict's counts stay exact; its id lists keep their first 100
         doc["verdict"] = {k: v[:100] if isinstance(v, list) else v for k, v in doc["verdict"].items()}

@@ -100,27 +100,15 @@ class KubernetesRuntime(Runtime):
     def _exec(self, pod: str, argv: Sequence[str]) -> str:
         """Run ``argv`` in the pod's worker container through the API (pods/exec); returns its output."""
         from kubernetes.client.exceptions import ApiException
-        from kubernetes.stream import stream
 
         try:
-            out = stream(
-                self.core.connect_get_namespaced_pod_exec,
-                pod,
-                self.namespace,
-                container=WORKER_CONTAINER,
-                command=list(argv),
-                stderr=True,
-                stdout=True,
-                stdin=False,
-                tty=False,
-                _request_timeout=30,
-            )
+            out = exec_in_pod(self.core, self.namespace, pod, WORKER_CONTAINER, argv, timeout_s=30)
         except ApiException as e:
             raise FaultNotInjected(f"exec in pod {pod} refused: {e.status} {e.reason}") from None
         except Exception as e:  # the container may die under the exec it ran: the pod's status tells
             log.info("exec in pod %s ended with %s: %s (the killed container closes it)", pod, type(e).__name__, e)
             return ""
-        return str(out or "")
+        return out
 
     def exit_codes(self) -> dict[str, int | None]:
         return {p.metadata.name: container_exit_code(p) for p in self.watch.pods()}
@@ -152,6 +140,16 @@ class KubernetesRuntime(Runtime):
             except ApiException as e:
                 if e.status != 404:  # already gone
                     raise
+
+
+def exec_in_pod(core: Any, namespace: str, pod: str, container: str, argv: Sequence[str], timeout_s: int = 60) -> str:
+    """Run ``argv`` in one container of a pod through the API's exec (a websocket); returns what it wrote.
+    ApiException when the API server refuses it."""
+    from kubernetes.stream import stream
+
+    out = stream(core.connect_get_namespaced_pod_exec, pod, namespace, container=container, command=list(argv),
+                 stderr=True, stdout=True, stdin=False, tty=False, _request_timeout=timeout_s)  # fmt: skip
+    return str(out or "")
 
 
 def container_exit_code(pod: Any, container: str = WORKER_CONTAINER) -> int | None:
