@@ -18,7 +18,7 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 HOLDING = ("kill-worker", "terminate-worker", "kill-broker", "pause-broker", "partition-broker", "latency", "poison-chunk")
 # RabbitMQ's node takes ~6 s to start, so it runs the faults that stress it differently from Redis; all run on Redis.
 # kill-broker and partition-broker on RabbitMQ take ~30 s each: `make scenarios` runs them; `make test` has the same
-# faults on RabbitMQ through `ttg run` (scenarios/test_faults.py) and these experiments on Redis.
+# faults on RabbitMQ through `ttg run` (scenarios/test_matrix.py) and these experiments on Redis.
 ON_RABBITMQ = ("kill-worker", "kill-broker", "partition-broker")
 MATRIX_ONLY = ("kill-broker", "partition-broker")
 Journal = dict[str, Any]

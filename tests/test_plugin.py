@@ -60,7 +60,9 @@ def test_a_fleet_worker_killed_and_respawned_leaves_nothing_behind(redis_broker:
 def test_scales_are_known_names_or_name_params_chunk() -> None:
     assert parse_scales("small,large") == [SCALES["small"], SCALES["large"]]
     (huge,) = parse_scales("huge=100_000_000:100000")
-    assert (huge.name, huge.params, huge.chunk, huge.chunks) == ("huge", 100_000_000, 100_000, 1000)
+    assert (huge.name, huge.params, huge.chunk, huge.chunks, huge.cost_us, huge.heavy) == ("huge", 100_000_000, 100_000, 1000, 0.0, True)
+    (slow,) = parse_scales("slow=5000:50:2.5")
+    assert (slow.cost_us, slow.heavy) == (2.5, False)
     with pytest.raises(ValueError, match="unknown scale 'tiny'"):
         parse_scales("tiny")
 
@@ -135,12 +137,18 @@ def test_pytest_kinds_cluster_fixture_gets_the_binaries_on_path_the_pinned_image
 
 def test_a_session_of_scenarios_ends_with_what_each_proved_and_junit_carries_the_figures(tmp_path: Path) -> None:
     (tmp_path / "test_s.py").write_text(
-        "def test_kill(run_sweep):\n"
-        "    rec = run_sweep('redis', params=20_000, chunk=1_000, workers=2, cost_us=50, faults=['kill-worker@30%'])\n"
+        "import pytest\n"
+        "from ttg.testing.plugin import record_pool_ratio\n"
+        "from ttg.testing.summary import PoolRatio\n"
+        "@pytest.mark.parametrize('backend', ['redis'])\n"
+        "def test_kill(run_sweep, backend):\n"
+        "    rec = run_sweep(backend, params=20_000, chunk=1_000, workers=2, cost_us=50, faults=['kill-worker@30%'])\n"
         "    assert rec.verdict.ok\n"
         "def test_static_loss(run_sweep):\n"
         "    rec = run_sweep('redis', params=20_000, chunk=1_000, workers=2, cost_us=50, mode='static', faults=['kill-worker@30%'])\n"
         "    assert not rec.verdict.ok\n"
+        "def test_ratio(request):\n"
+        "    record_pool_ratio(request, PoolRatio(request.node.nodeid, 'redis', 10_000_000, 10_000, 0.0, ttg_s=0.5, pool_s=0.45))\n"
     )
     junit = tmp_path / "junit.xml"
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_s.py", f"--junitxml={junit}"]
@@ -148,17 +156,21 @@ def test_a_session_of_scenarios_ends_with_what_each_proved_and_junit_carries_the
     assert ran.returncode == 0, ran.stdout[-3000:]
     out = ran.stdout
     assert "TTG sweeps: what 2 scenario run(s) proved" in out
-    kill = next(line for line in out.splitlines() if "│ kill " in line)
+    kill = next(line for line in out.splitlines() if "│ kill[redis] " in line)  # the cell's id, not taken for markup
     assert "│ redis " in kill and "kill-worker" in kill and " ok " in kill and "20K/1K" in kill
     static = next(line for line in out.splitlines() if "│ static_loss " in line)
     assert "FAILED (asserted)" in static  # the loss the test asserted: the scenario's point, not a failure
     assert "0 unexpected failed verdict(s); chunks lost where none was expected: 0" in out
+    ratio = next(line for line in out.splitlines() if "│ ratio " in line)
+    assert "10M/10K" in ratio and "0.500" in ratio and "0.450" in ratio and "│     0.90 │" in ratio, ratio
     import xml.etree.ElementTree as ET
 
-    case = next(c for c in ET.parse(junit).getroot().iter("testcase") if c.get("name") == "test_kill")
+    case = next(c for c in ET.parse(junit).getroot().iter("testcase") if c.get("name") == "test_kill[redis]")
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert props["ttg_backend"] == "redis" and props["ttg_lost"] == "0" and props["ttg_faults"] == "kill-worker" and props["ttg_verdict"] == "ok"
     assert props["ttg_recovery"].startswith("kill-worker ") and int(props["ttg_params_per_s"]) > 0
+    case = next(c for c in ET.parse(junit).getroot().iter("testcase") if c.get("name") == "test_ratio")
+    assert {p.get("name"): p.get("value") for p in case.iter("property")}["ttg_ratio_to_pool"] == "0.9"
 
 
 def test_an_experiment_without_chaostoolkit_skips_unless_required_then_fails(tmp_path: Path) -> None:
@@ -169,3 +181,18 @@ def test_an_experiment_without_chaostoolkit_skips_unless_required_then_fails(tmp
     assert skipped.returncode == 0 and "1 skipped" in skipped.stdout and "pip install 'ttg[chaos]'" in skipped.stdout, skipped.stdout[-2000:]
     required = subprocess.run([*base, "--ttg-require-chaos"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert required.returncode == 1 and "1 error" in required.stdout and "--ttg-require-chaos makes a skipped experiment a failure" in required.stdout
+
+
+def _collected(*args: str) -> list[str]:
+    argv = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "scenarios/test_matrix.py", *args]
+    ran = subprocess.run(argv, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout[-2000:]
+    return [line.split("[", 1)[1].rstrip("]") for line in ran.stdout.splitlines() if "::test_matrix_cell[" in line]
+
+
+def test_the_matrix_is_selectable_by_backend_scale_and_fault_and_make_test_leaves_10m_out() -> None:
+    assert _collected("-k", "rabbitmq and large and kill") == ["rabbitmq-large-kill-worker", "rabbitmq-large-kill-broker"]
+    in_make_test = _collected("-m", "not matrix")
+    assert "redis-small-kill-worker" in in_make_test and "rabbitmq-medium-partition-broker" in in_make_test
+    assert not [c for c in in_make_test if "-large-" in c]
+    assert len(_collected("--ttg-scales", "tiny=500:50:100")) == 16  # 2 backends x 8 faults at the user's own scale

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ttg.record import RunRecord
 
@@ -25,6 +26,11 @@ def _size(n: int) -> str:
         if n >= div and n % (div // 10) == 0:
             return f"{n / div:g}{unit}"
     return f"{n:,}"
+
+
+def _test_name(nodeid: str) -> Text:
+    """``matrix_cell[redis-small-kill-worker]``: plain text (rich would take ``[...]`` for markup and drop it)."""
+    return Text(nodeid.split("::", 1)[-1].removeprefix("test_"))
 
 
 def recovery_text(record: RunRecord) -> str:
@@ -69,7 +75,7 @@ def table(rows: list[Row], width: int = 160) -> str:
     for row in rows:
         r, v = row.record, row.record.verdict
         t.add_row(
-            row.scenario.split("::", 1)[-1].removeprefix("test_"),
+            _test_name(row.scenario),
             r.backend,
             f"{_size(r.params)}/{_size(r.chunk_size)}",
             ", ".join(f.kind for f in r.faults) or "none",
@@ -84,6 +90,37 @@ def table(rows: list[Row], width: int = 160) -> str:
     faults = sum(len(row.record.faults) for row in rows)
     unexpected = sum(1 for row in rows if not row.record.verdict.ok and not row.test_passed)
     t.caption = f"{faults} fault(s) injected; {unexpected} unexpected failed verdict(s); chunks lost where none was expected: {lost}"
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system=None, soft_wrap=False).print(t)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class PoolRatio:
+    """One benchmark's comparison with ``multiprocessing.Pool``, measured side by side in the same test."""
+
+    benchmark: str
+    backend: str
+    params: int
+    chunk: int
+    cost_us: float
+    ttg_s: float
+    pool_s: float
+
+    @property
+    def ratio(self) -> float:
+        """Throughput TTG / Pool: above 1, TTG is faster."""
+        return self.pool_s / self.ttg_s
+
+
+def pool_table(rows: list[PoolRatio], width: int = 160) -> str:
+    """The session's benchmarks as their ratio to Pool, the figure pytest-benchmark's own table does not show."""
+    t = Table(title="TTG against multiprocessing.Pool (same sweep, same test; median sweep times)", title_justify="left", expand=False)
+    for col in ("benchmark", "backend", "params/chunk", "cost/param", "TTG s", "Pool s", "TTG/Pool"):
+        t.add_column(col, justify="left" if col in ("benchmark", "backend") else "right", overflow="fold")
+    for r in rows:
+        t.add_row(_test_name(r.benchmark), r.backend, f"{_size(r.params)}/{_size(r.chunk)}", f"{r.cost_us:g} µs", f"{r.ttg_s:.3f}", f"{r.pool_s:.3f}", f"{r.ratio:.2f}")
+    t.caption = "TTG/Pool is throughput: above 1.00 TTG is faster. Speed is recorded, never asserted: a shared host is noisy."
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None, soft_wrap=False).print(t)
     return buf.getvalue()
