@@ -119,7 +119,8 @@ def pool_table(rows: list[PoolRatio], width: int = 160) -> str:
     for col in ("benchmark", "backend", "params/chunk", "cost/param", "TTG s", "Pool s", "TTG/Pool"):
         t.add_column(col, justify="left" if col in ("benchmark", "backend") else "right", overflow="fold")
     for r in rows:
-        t.add_row(_test_name(r.benchmark), r.backend, f"{_size(r.params)}/{_size(r.chunk)}", f"{r.cost_us:g} µs", f"{r.ttg_s:.3f}", f"{r.pool_s:.3f}", f"{r.ratio:.2f}")
+        size, cost = f"{_size(r.params)}/{_size(r.chunk)}", f"{r.cost_us:g} µs"
+        t.add_row(_test_name(r.benchmark), r.backend, size, cost, f"{r.ttg_s:.3f}", f"{r.pool_s:.3f}", f"{r.ratio:.2f}")
     t.caption = "TTG/Pool is throughput: above 1.00 TTG is faster. Speed is recorded, never asserted: a shared host is noisy."
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None, soft_wrap=False).print(t)
