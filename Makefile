@@ -20,6 +20,7 @@ brokers:
 	@scripts/ensure-broker redis-server redis-server
 	@scripts/ensure-broker rabbitmq-server rabbitmq-server
 	@scripts/ensure-broker tini tini  # the image's PID 1; tests/test_k8s_semantics.py runs workers under it
+	@scripts/ensure-broker chromium chromium  # the report's HTML is checked in a real headless browser (tests/test_report.py)
 
 demo: install
 	$(VENV)/bin/ttg run --params 1000000 --chunk 10000 --workers 2 --cost-us 2 --fault kill-worker@30%

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +71,9 @@ def test_run_prints_the_record_and_exits_1_when_the_verdict_fails(tmp_path: Path
     )
     assert proc.returncode == 1, proc.stderr
     rec = json.loads(proc.stdout)
+    # where it ran: the commit of this checkout and the machine, for a report rendered elsewhere
+    assert re.fullmatch(r"[0-9a-f]{12}(\+changes)?", rec["environment"]["commit"]) and rec["environment"]["cores"] == str(os.cpu_count())
+    assert "redis server" in rec["environment"]
     for key in (
         "run_id",
         "ttg_version",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -15,6 +16,7 @@ import pytest
 
 from ttg.config import load_run_config
 from ttg.report.inputs import ReportError
+from ttg.report.model import scale_name
 from ttg.report.render import make_report
 from ttg.run import execute
 from ttg.testing.plugin import BrokerHandle
@@ -56,13 +58,17 @@ def report(inputs: tuple[Path, list[dict[str, Any]]], tmp_path_factory: pytest.T
 def test_the_markdown_holds_the_records_numbers_and_links_its_figures(inputs: tuple[Path, list[dict[str, Any]]], report: Path) -> None:
     md = (report / "report.md").read_text()
     for rec in inputs[1]:
-        assert f"`{rec['run_id']}`" in md and f"{rec['params']:,}" in md and f"{rec['wall_s']:.2f}" in md
+        assert f"`{rec['run_id']}`" in md and f"| {scale_name(rec['params'])} |" in md and f"{rec['wall_s']:.2f}" in md
     static = next(r for r in inputs[1] if r["mode"] == "static")
-    failures = md.split("## Failures", 1)[1].split("## What ran", 1)[0]
-    assert static["run_id"] in failures and ", ".join(map(str, static["verdict"]["lost_chunk_ids"][:20])) in failures  # first, with its lost ids
+    assert "## Failures" not in md  # only failures nobody set up go there; these runs failed on purpose
+    expected = md.split("## Expected failures", 1)[1].split("## What ran", 1)[0]
+    assert static["run_id"] in expected and ", ".join(map(str, static["verdict"]["lost_chunk_ids"][:20])) in expected  # with its lost ids
+    assert "static mode loses a killed worker's block" in expected
+    summary = md.split("## Summary", 1)[1].split("##", 1)[0]
+    assert "| sweeps | 6 | 4 | 2 | 0 |" in summary and "| chunks lost where none was expected | 0 |" in summary, summary
     assert "A worker SIGKILLed mid-sweep loses no chunk" in md  # the journal
     assert "ratio" in md and "## Milestone parity" in md and "| static |" in md and "| queue |" in md
-    for name in ("timeline", "throughput", "benchmark", "recovery"):
+    for name in ("panels-redis", "throughput", "benchmark", "recovery"):
         assert f"(img/{name}.png)" in md and (report / "img" / f"{name}.png").stat().st_size > 1000
 
 
@@ -70,12 +76,13 @@ def test_the_docx_opens_and_its_tables_hold_the_numbers_with_the_failure_in_red(
     document = docx.Document(str(report / "report.docx"))
     cells = [c.text for t in document.tables for row in t.rows for c in row.cells]
     for rec in inputs[1]:
-        assert rec["run_id"] in cells and f"{rec['params']:,}" in cells and str(rec["verdict"]["lost"]) in cells
+        assert rec["run_id"] in cells and scale_name(rec["params"]) in cells and str(rec["verdict"]["lost"]) in cells
     assert len(document.inline_shapes) == 4
     static = next(r for r in inputs[1] if r["mode"] == "static")
-    failures = {row.cells[0].text: row for row in document.tables[0].rows[1:]}  # the first table lists the failures
+    # the summary first, then the failures set up on purpose (there are no others here)
+    failures = {row.cells[0].text: row for row in document.tables[1].rows[1:]}
     assert static["run_id"] in failures and "w:fill" in failures[static["run_id"]]._tr.xml  # shaded, so it stands out on paper
-    runs = next(t for t in document.tables if t.rows[0].cells[0].text == "run" and len(t.columns) == 15)
+    runs = next(t for t in document.tables if t.rows[0].cells[0].text == "run" and len(t.columns) == 16)
     shaded = {row.cells[0].text for row in runs.rows[1:] if "w:fill" in row._tr.xml}
     assert shaded == {r["run_id"] for r in inputs[1] if not r["verdict"]["ok"]}
 
@@ -94,7 +101,7 @@ class _Page(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
-        if tag not in ("img", "meta", "br"):
+        if tag not in ("img", "meta", "br", "input"):  # void elements: no end tag
             self.stack.append(tag)
         if tag == "img":
             self.images.append(a.get("src") or "")
@@ -158,6 +165,7 @@ def _md_tables(text: str) -> list[list[list[str]]]:
             if not previous.startswith("|"):
                 tables.append([])
             cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+            cells = [re.sub(r"\[([^]]+)\]\([^)]+\)", r"\1", c) for c in cells]  # a linked file: its label
             tables[-1].append([c[1:-1] if len(c) > 1 and c[0] == c[-1] == "`" else c for c in cells])
         previous = line
     return tables
@@ -173,7 +181,8 @@ def test_the_three_formats_carry_the_same_sections_and_the_same_cells(report: Pa
     page.feed((report / "report.html").read_text())
     assert len(in_docx) >= 7 and _md_tables(md) == in_docx and page.tables == in_docx
     headers = [t[0] for t in in_docx]
-    assert headers[2][:2] == ["run", "scenario"] and "checksum" in headers[0] and "checksum" in headers[2]  # failures, what ran, runs
+    # summary, expected failures, what ran, runs
+    assert headers[0][0] == "what" and headers[3][:2] == ["run", "scenario"] and "checksum" in headers[1] and "checksum" in headers[3]
     titles = [p.text for p in document.paragraphs if p.style is not None and p.style.name == "Heading 1"]
     assert titles == [line[3:] for line in md.splitlines() if line.startswith("## ")] == page.titles and "Faults and recovery" in titles
     captions = [p.text for p in document.paragraphs if p.style is not None and p.style.name == "Caption"]
@@ -187,3 +196,40 @@ def test_a_cell_of_any_input_stays_one_markdown_cell() -> None:
 
     assert md_cell("a|b\r\nc") == "a\\|b c" and md_cell("run1", code=True) == "`run1`" and md_cell(7) == "7"
     assert Table(("run", "scenario"), [(("r1", None), "")]).rows == [(("r1", "-"), "")]  # type: ignore[list-item]
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# Injected into a copy of the page: once it has laid out, measure the page's width against the window's, sort the runs
+# table by wall time with a click as a reader would, and leave what was seen in an attribute the dumped DOM carries.
+PROBE = """<script>window.addEventListener("load", () => {
+  const runs = [...document.querySelectorAll("table.sortable")].find(t => t.tHead.rows[0].cells[0].textContent === "run"
+    && [...t.tHead.rows[0].cells].some(c => c.textContent === "wall s"));
+  const col = [...runs.tHead.rows[0].cells].findIndex(c => c.textContent === "wall s");
+  runs.tHead.rows[0].cells[col].click();
+  const walls = [...runs.tBodies[0].rows].map(tr => parseFloat(tr.cells[col].textContent));
+  const html = document.documentElement;
+  document.body.dataset.probe = JSON.stringify({page: html.scrollWidth, window: html.clientWidth, walls: walls});
+});</script>"""
+
+
+@pytest.mark.parametrize("width", [1280, 800])
+def test_the_html_fits_the_window_in_a_real_browser_and_its_tables_sort(report: Path, tmp_path: Path, width: int) -> None:
+    browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no headless Chromium on PATH (make install installs it with apt: scripts/ensure-broker chromium chromium)")
+    page = tmp_path / "report.html"
+    page.write_text((report / "report.html").read_text().replace("</body>", PROBE + "</body>"))
+    argv = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},900", "--dump-dom", page.as_uri()]
+    dom = subprocess.run(argv, capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, dom[-2000:]
+    probe = json.loads(found[1].replace("&quot;", '"'))
+    assert probe["page"] <= probe["window"], f"the page is {probe['page']} px wide in a {probe['window']} px window: a table overflows"
+    assert len(probe["walls"]) == 6 and probe["walls"] == sorted(probe["walls"]), probe  # one click sorts by wall time
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},900", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 10_000  # a page was drawn, not a blank one

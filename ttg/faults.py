@@ -52,15 +52,22 @@ class FaultKind:
     at_launch: bool = False  # in place from the workers' start, not injected into a running sweep
     crash: bool = False  # its target dies without a chance to finish what it holds (SIGKILL)
     fuzz: bool = True  # ttg chaos fuzz draws it (kill-pod is kill-worker under its Kubernetes name)
-    colour: str = "grey"  # its marker in the report's figures
+    colour: str = "#999999"  # its band in the report's figures (Okabe-Ito: told apart by colour-blind readers too)
+
+    @property
+    def recovery_means(self) -> str:
+        """What "recovered in X s" measures for this kind (the report prints it beside the figures)."""
+        if self.duration_s is not None:
+            return "from the heal to the next chunk recorded"
+        return "from the fault to the first completion of a chunk the stopped process had held"
 
 
 # The order is the fuzzer's: a seed replays the same schedule only while the fuzzable kinds keep their order.
 KINDS: dict[str, FaultKind] = {
     k.name: k
     for k in (
-        FaultKind("kill-worker", "worker", "SIGKILL the target worker(s): survivors take their chunks over", on_kubernetes=True, crash=True, colour="red"),
-        FaultKind("terminate-worker", "worker", "SIGTERM: the worker finishes its chunk and exits", on_kubernetes=True, colour="orange"),
+        FaultKind("kill-worker", "worker", "SIGKILL the target worker(s): survivors take their chunks over", on_kubernetes=True, crash=True, colour="#D55E00"),
+        FaultKind("terminate-worker", "worker", "SIGTERM: the worker finishes its chunk and exits", on_kubernetes=True, colour="#E69F00"),
         FaultKind(
             "kill-pod",
             "worker",
@@ -68,18 +75,18 @@ KINDS: dict[str, FaultKind] = {
             on_kubernetes=True,
             crash=True,
             fuzz=False,
-            colour="red",
+            colour="#D55E00",
         ),
-        FaultKind("terminate-pod", "worker", "delete the worker's pod with grace: SIGTERM, it drains", on_kubernetes=True, fuzz=False, colour="orange"),
-        FaultKind("kill-broker", "broker", "SIGKILL the private broker; restart it on its data after D s", duration_s=1.0, crash=True, colour="purple"),
-        FaultKind("pause-broker", "broker", "SIGSTOP the private broker for D s", duration_s=3.0, colour="brown"),
-        FaultKind("partition-broker", "proxy", "blackhole the target workers' broker traffic for D s", duration_s=3.0, colour="black"),
-        FaultKind("latency", "proxy", "+50 ms on the target workers' broker traffic for D s", duration_s=5.0, colour="teal"),
+        FaultKind("terminate-pod", "worker", "delete the worker's pod with grace: SIGTERM, it drains", on_kubernetes=True, fuzz=False, colour="#E69F00"),
+        FaultKind("kill-broker", "broker", "SIGKILL the private broker; restart it on its data after D s", duration_s=1.0, crash=True, colour="#CC79A7"),
+        FaultKind("pause-broker", "broker", "SIGSTOP the private broker for D s", duration_s=3.0, colour="#0072B2"),
+        FaultKind("partition-broker", "proxy", "blackhole the target workers' broker traffic for D s", duration_s=3.0, colour="#000000"),
+        FaultKind("latency", "proxy", "+50 ms on the target workers' broker traffic for D s", duration_s=5.0, colour="#56B4E9"),
         FaultKind("poison-chunk", "launch", "the chunk(s) at P% fail on every delivery: dead-lettered", on_kubernetes=True, recoverable=False, at_launch=True),
         FaultKind("junk-messages", "message", "publish messages that are not tasks of the run, naming real chunk ids", recoverable=False),
         FaultKind("forged-task", "message", "publish well-formed tasks of the run whose range is another chunk's", recoverable=False),
-        FaultKind("kill-coordinator", "coordinator", "SIGKILL ttg run itself; ttg run --resume finishes the run", crash=True, colour="magenta"),
-        FaultKind("terminate-coordinator", "coordinator", "SIGTERM ttg run itself; ttg run --resume finishes the run", colour="pink"),
+        FaultKind("kill-coordinator", "coordinator", "SIGKILL ttg run itself; ttg run --resume finishes the run", crash=True, colour="#F0E442"),
+        FaultKind("terminate-coordinator", "coordinator", "SIGTERM ttg run itself; ttg run --resume finishes the run", colour="#009E73"),
     )
 }
 

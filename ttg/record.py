@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ttg import __version__
 from ttg.config import redact_url
+from ttg.environment import describe
 from ttg.verdict import Verdict
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class RunRecord:
     broker_stats: dict[str, int] = field(default_factory=dict)
     coordinator_peak_rss_mb: float = 0.0
     resumed_at_chunks: int | None = None  # --resume: chunks a previous coordinator had recorded (None: not resumed)
+    environment: dict[str, str] = field(default_factory=dict)  # the machine that ran it (ttg.environment.describe)
     record_version: int = RECORD_VERSION
 
     @property
@@ -138,6 +140,7 @@ class RunRecord:
             broker_url=redact_url(run.given.url),
             run_dir=str(run.run_dir),
             grid=list(cfg.sweep.grid),
+            environment=describe(cfg.sweep.backend, private_broker=run.given.server is not None),
             persistence=run.persistent,
             worker_exit_codes=run.runtime.exit_codes(),
             broker_stats=asdict(run.stats) if run.stats is not None else {},

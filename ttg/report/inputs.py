@@ -58,7 +58,27 @@ def _journal(doc: dict[str, Any], source: str) -> dict[str, Any]:
         "actions": [{"name": r["activity"]["name"], "status": r.get("status"), "type": r["activity"].get("type")} for r in doc.get("run", [])],
         "rollbacks": [{"name": r["activity"]["name"], "status": r.get("status")} for r in doc.get("rollbacks", [])],
         "duration_s": doc.get("duration"),
+        "run_ids": sorted(_run_ids(doc.get("run", [])) | _run_ids(states)),
     }
+
+
+def _logs(directory: Path, record: Path) -> str:
+    """The run's worker logs beside its record, relative to ``directory`` ("" when there are none): ``<run>/logs/``
+    beside a run directory's ``record.json``, ``<name>.logs/`` beside a ``--ttg-results`` copy."""
+    for logs in (record.parent / "logs", record.with_suffix(".logs")) if record.name == "record.json" else (record.with_suffix(".logs"),):
+        if logs.is_dir():
+            return str(logs.relative_to(directory))
+    return ""
+
+
+def _run_ids(doc: Any) -> set[str]:
+    """Every ``run_id`` value anywhere in a journal (the probes and actions report the runs they acted on)."""
+    if isinstance(doc, dict):
+        found = {doc["run_id"]} if isinstance(doc.get("run_id"), str) else set()
+        return found.union(*(_run_ids(v) for v in doc.values()))
+    if isinstance(doc, list):
+        return set().union(*(_run_ids(v) for v in doc))
+    return set()
 
 
 def load(directory: Path) -> Inputs:
@@ -76,7 +96,10 @@ def load(directory: Path) -> Inputs:
             continue
         if isinstance(doc, dict) and "run_id" in doc and isinstance(doc.get("verdict"), dict):
             prior = runs.get(doc["run_id"], {})
-            runs[doc["run_id"]] = {**doc, **prior, "source": prior.get("source", source)}  # keep the scenario name if either has it
+            logs = _logs(directory, path)
+            if prior.get("logs"):
+                logs = prior["logs"]
+            runs[doc["run_id"]] = {**doc, **prior, "source": prior.get("source", source), "logs": logs}  # keep the scenario name if either has it
         elif isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):
             inputs.benchmarks += _benchmarks(doc, source)
         elif isinstance(doc, dict) and "experiment" in doc and "deviated" in doc:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ttg import __version__, backends
+from ttg import __version__
 from ttg.faults import WORKER_CRASHES
 from ttg.report.inputs import Inputs
 from ttg.verdict import checksum_words
@@ -42,6 +40,7 @@ class RunRow:
     scale: str
     workers: int
     params: int
+    cost_us: float  # per parameter: throughput is compared only between runs of the same cost and scale
     wall_s: float
     params_per_s: float
     completed: int
@@ -57,6 +56,7 @@ class RunRow:
     scenario_passed: bool | None  # the pytest scenario that made the run passed (None: not from a scenario)
     faults: list[dict[str, Any]]
     timeline: list[list[float]]
+    files: list[tuple[str, str]] = field(default_factory=list)  # (record / logs / journal, path under the inputs directory)
 
     @property
     def fine(self) -> bool:
@@ -109,6 +109,7 @@ class Report:
     fuzz: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     images: dict[str, str] = field(default_factory=dict)  # plot name -> file name under img/
+    inputs_from_out: str = ""  # the inputs directory, relative to the report's: where the runs' files are linked
 
     @property
     def failing_runs(self) -> list[RunRow]:
@@ -148,6 +149,7 @@ def _row(rec: dict[str, Any]) -> RunRow:
         scale=scale_name(int(rec.get("params", 0))),
         workers=int(rec.get("workers", 0)),
         params=int(rec.get("params", 0)),
+        cost_us=float(rec.get("cost_us") or 0.0),
         wall_s=float(rec.get("wall_s", 0.0)),
         params_per_s=float(rec.get("params_per_s", 0.0)),
         completed=int(v.get("chunks_completed", 0)),
@@ -163,6 +165,7 @@ def _row(rec: dict[str, Any]) -> RunRow:
         scenario_passed=rec.get("scenario_passed"),
         faults=list(rec.get("faults", [])),
         timeline=list(rec.get("timeline", [])),
+        files=[(label, rec[key]) for label, key in (("record", "source"), ("logs", "logs")) if rec.get(key)],
     )
 
 
@@ -191,20 +194,26 @@ def _group(rows: list[RunRow], key: Any) -> dict[Any, list[RunRow]]:
     return out
 
 
+def _environment(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Where the runs ran, from their records: each value with its number of runs when they differ."""
+    values: dict[str, Counter[str]] = defaultdict(Counter)
+    for rec in records:
+        for key, value in (rec.get("environment") or {"recorded": "no (written before records kept where they ran)"}).items():
+            values[key][str(value)] += 1
+    out = {k: "; ".join(v if len(c) == 1 else f"{v} ({n} runs)" for v, n in c.most_common()) for k, c in values.items()}
+    out["report rendered by ttg"] = __version__
+    return out
+
+
 def build(inputs: Inputs, title: str) -> Report:
     rows = sorted((_row(r) for r in inputs.runs), key=lambda r: (r.expected_failure or r.fine, r.ok, r.backend, r.params, r.scenario))
+    for j in inputs.journals:  # a chaos experiment's journal names the runs it made
+        for r in rows:
+            if r.run_id in j.get("run_ids", []):
+                r.files.append(("journal", j["source"]))
     faults = [{"run_id": r.run_id, "backend": r.backend, "mode": r.mode, **f} for r in rows for f in r.faults]
-    runtimes = sorted({r.runtime for r in rows}) or ["local"]
-    env = {
-        "ttg": ", ".join(sorted({str(rec.get("ttg_version", "?")) for rec in inputs.runs}) or {__version__}),
-        "report made with ttg": __version__,
-        "python": platform.python_version(),
-        # The private brokers of local runs are this machine's server binaries.
-        **{f"{spec.name} server": spec.server_version() for spec in backends.REGISTRY.values()},
-        "cores": str(os.cpu_count()),
-        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
-        "runtime": ", ".join(runtimes),
-    }
+    env = _environment(inputs.runs)
+    env["runtime"] = ", ".join(sorted({r.runtime for r in rows})) or "-"
     journals = sorted(inputs.journals, key=lambda j: (j["deviated"] == j["expected_deviation"] and j["status"] == "completed", j["title"]))
     return Report(
         title=title,

@@ -1,14 +1,29 @@
-"""The report's figures (matplotlib, headless): progress over time with fault markers, throughput, the benchmark
-ratio against multiprocessing.Pool, and recovery time per fault kind. Each is drawn only when its data exists."""
+"""The report's figures (matplotlib, headless), one idea each, in the manner of Jepsen's results pages:
+
+- ``panels-<backend>``: one small panel per run with a fault, chunks completed over time, each fault's window a band
+  in its kind's colour (labelled once per figure);
+- ``recovery``: recovery times split by fault kind and backend, every run a dot, with n under each group;
+- ``throughput``: fault-free runs compared only with runs of the same scale and the same cost per parameter;
+- ``benchmark``: the ratio to ``multiprocessing.Pool``, with the 1.0 line (as fast as Pool) and the target.
+
+Colours are the Okabe-Ito palette (told apart by colour-blind readers); every figure is drawn only when its data exists.
+"""
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from ttg.faults import KINDS
-from ttg.report.model import Report
+from ttg.report.model import Report, RunRow, scale_name
+
+BACKEND_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7")  # Okabe-Ito: blue, orange, green, purple
+POOL_TARGET = 0.9  # the ratio the benchmarks aim for (README, "Benchmark")
+MOST_PANELS = 16  # per backend: beyond that a panel is too small to read
+DPI = 110
 
 
 def _pyplot() -> Any:
@@ -17,99 +32,178 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.spines.top": False, "axes.spines.right": False})
     return plt
 
 
 def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     _pyplot().close(fig)
 
 
-def timeline(report: Report, path: Path, most: int = 12) -> bool:
-    runs = [r for r in report.runs if len(r.timeline) > 1][:most]
+def _colour(kind: str) -> str:
+    return KINDS[kind].colour if kind in KINDS else "#999999"
+
+
+def _window(f: dict[str, Any]) -> tuple[float, float] | None:
+    """A fault's window on the time axis: a timed fault until its heal, a signal until the run recovered (or a
+    moment); None for a fault set at launch (a poisoned chunk has no time)."""
+    if f["kind"] in KINDS and KINDS[f["kind"]].at_launch:
+        return None
+    start = float(f["at_s"])
+    if f.get("healed_s") is not None:
+        return start, float(f["healed_s"])
+    return start, start + max(0.05, float(f.get("recovered_s") or 0.0))
+
+
+def _panel_title(r: RunRow) -> str:
+    kinds = " + ".join(dict.fromkeys(f["kind"] for f in r.faults))
+    lost = f", LOST {r.lost}" if r.lost else ""
+    return f"{r.scale}, {r.mode}, {kinds}{lost}"
+
+
+def panels(runs: list[RunRow], path: Path, backend: str) -> bool:
+    """Chunks completed over time, one panel per run with a fault, the fault windows as bands."""
+    runs = [r for r in runs if r.backend == backend and r.faults and len(r.timeline) > 1][:MOST_PANELS]
     if not runs:
         return False
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for r in runs:
+    cols = min(4, len(runs))
+    rows = math.ceil(len(runs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.3 * rows + 0.6), squeeze=False)
+    seen: dict[str, Any] = {}
+    for ax, r in zip(axes.flat, runs, strict=False):
         t = [p[0] for p in r.timeline]
         done = [100.0 * p[1] / max(1, r.expected) for p in r.timeline]
-        (line,) = ax.plot(t, done, label=f"{r.backend} {r.mode} {r.scale} ({r.run_id[:8]})", linewidth=1.3)
-        for f in (f for f in r.faults if not (f["kind"] in KINDS and KINDS[f["kind"]].at_launch)):  # set at launch, not at a time
-            ax.axvline(f["at_s"], color=KINDS[f["kind"]].colour if f["kind"] in KINDS else "grey", linestyle="--", linewidth=0.8)
-            if f.get("healed_s") is not None:
-                ax.axvspan(f["at_s"], f["healed_s"], color=line.get_color(), alpha=0.08)
-    ax.set(xlabel="seconds since the plan was published", ylabel="chunks completed (%)", title="Progress over time (dashed: faults; shaded: until healed)")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
-    return True
-
-
-def throughput(report: Report, path: Path) -> bool:
-    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for r in report.runs:
-        if r.mode == "queue" and r.ok and not r.faults and r.params_per_s > 0:
-            groups[(r.scale, r.backend)].append(r.params_per_s)
-    if not groups:
-        return False
-    plt = _pyplot()
-    scales = sorted({s for s, _ in groups}, key=lambda s: min(r.params for r in report.runs if r.scale == s))
-    backends = sorted({b for _, b in groups})
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / len(backends)
-    for i, b in enumerate(backends):
-        xs = [j + i * width for j in range(len(scales))]
-        ys = [max(groups.get((s, b), [0.0])) for s in scales]
-        ax.bar(xs, ys, width=width, label=b)
-    ax.set_xticks([j + width * (len(backends) - 1) / 2 for j in range(len(scales))], scales)
-    ax.set_yscale("log")  # small sweeps are start-up bound, large ones not: a linear axis would hide the small ones
-    ax.set(xlabel="scale (parameters)", ylabel="parameters / s (best fault-free run)", title="Throughput by backend and scale")
-    ax.legend()
-    _save(fig, path)
-    return True
-
-
-def benchmark(report: Report, path: Path) -> bool:
-    if not report.benchmarks:
-        return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(report.benchmarks)))
-    labels = [f"{b.get('backend', '?')} {b.get('params', 0):,} / chunk {b.get('chunk', 0):,}" for b in report.benchmarks]
-    ratios = [float(b["ratio_to_pool"]) for b in report.benchmarks]
-    ax.barh(labels, ratios, color=["tab:green" if r >= 0.9 else "tab:red" for r in ratios])
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.axvline(0.9, color="grey", linestyle="--", linewidth=0.8)
-    ax.set(xlabel="throughput ratio TTG / multiprocessing.Pool (higher is better; dashed: 0.9)", title="Benchmark against multiprocessing.Pool")
+        for f in r.faults:
+            window = _window(f)
+            if window is None:
+                continue
+            # A timed fault's band is the fault itself; a signal is a line at the moment, its band the wait to recovery.
+            timed = f.get("healed_s") is not None
+            seen[f["kind"]] = ax.axvspan(*window, color=_colour(f["kind"]), alpha=0.35 if timed else 0.15, linewidth=0)
+            if not timed:
+                ax.axvline(window[0], color=_colour(f["kind"]), linewidth=2)
+        ax.plot(t, done, color="#222222", linewidth=1.2)
+        ax.set_ylim(0, 105)
+        ax.set_xlim(0, max(t) * 1.02 or 1)
+        ax.set_title(_panel_title(r), color="#990000" if not r.fine and not r.expected_failure else "black")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(runs) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("chunks done (%)")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("seconds")
+    title = f"{backend}: progress of each run with a fault (line: a signal, band: until recovered; dark band: a fault until healed)"
+    fig.suptitle(title, fontsize=10)
+    fig.legend(seen.values(), seen.keys(), loc="upper center", ncol=min(6, len(seen)), bbox_to_anchor=(0.5, 0.99 - 0.02 * rows), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93 - 0.01 * rows))
     _save(fig, path)
     return True
 
 
 def recovery(report: Report, path: Path) -> bool:
-    by_kind: dict[str, list[float]] = defaultdict(list)
+    """Recovery time by fault kind, split by backend: every fault a dot, the median a bar, n under each group."""
+    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
     for f in report.faults:
         if f.get("recovered_s") is not None:
-            by_kind[f["kind"]].append(float(f["recovered_s"]))
-    if not by_kind:
+            groups[(f["kind"], f["backend"])].append(float(f["recovered_s"]))
+    if not groups:
         return False
     plt = _pyplot()
-    kinds = sorted(by_kind)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.boxplot([by_kind[k] for k in kinds], showfliers=False)
-    for i, k in enumerate(kinds, start=1):
-        ax.scatter([i] * len(by_kind[k]), by_kind[k], s=12, alpha=0.7)
-    ax.set_xticks(range(1, len(kinds) + 1), kinds, rotation=20)
-    ax.set(ylabel="seconds to recover", title="Recovery time per fault kind")
+    kinds = sorted({k for k, _ in groups})
+    names = sorted({b for _, b in groups})
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(kinds) + 2), 4))
+    width = 0.8 / len(names)
+    labelled: set[str] = set()
+    for j, b in enumerate(names):
+        colour = BACKEND_COLOURS[j % len(BACKEND_COLOURS)]
+        for i, k in enumerate(kinds):
+            values = groups.get((k, b))
+            if not values:
+                continue
+            x = i + (j - (len(names) - 1) / 2) * width
+            spread = [x + width * 0.3 * ((n % 7) / 6 - 0.5) for n in range(len(values))]  # fixed jitter: a redraw is the same
+            ax.scatter(spread, values, s=14, color=colour, alpha=0.75, label=None if b in labelled else b)
+            labelled.add(b)
+            ax.hlines(statistics.median(values), x - width * 0.4, x + width * 0.4, color=colour, linewidth=2)
+            ax.annotate(f"n={len(values)}", (x, 0), xytext=(0, -14), textcoords="offset points", ha="center", fontsize=7, annotation_clip=False)
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.tick_params(axis="x", pad=16)
+    ax.set_ylim(bottom=0)
+    ax.set(ylabel="seconds to recover", title="Recovery time by fault kind and backend (dots: runs; bar: median)")
+    ax.legend(frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def throughput(report: Report, path: Path) -> bool:
+    """Fault-free queue runs: parameters/s per backend, one group per (scale, cost per parameter), never across them."""
+    groups: dict[tuple[int, float], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in report.runs:
+        if r.mode == "queue" and r.ok and not r.faults and r.params_per_s > 0:
+            groups[(r.params, r.cost_us)][r.backend].append(r.params_per_s)
+    if not groups:
+        return False
+    plt = _pyplot()
+    keys = sorted(groups)
+    names = sorted({b for per in groups.values() for b in per})
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys) + 1.5, 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        per = groups[key]
+        ys = [statistics.median(per[b]) if b in per else 0.0 for b in names]
+        ax.bar(range(len(names)), ys, color=[BACKEND_COLOURS[i % len(BACKEND_COLOURS)] for i in range(len(names))])
+        for i, b in enumerate(names):
+            if b in per:
+                ax.annotate(f"n={len(per[b])}", (i, ys[i]), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_title(f"{scale_name(key[0])} params, {key[1]:g} µs/param")
+    axes[0][0].set_ylabel("parameters / s (median)")
+    for ax in axes[0]:
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda y, _: f"{y:,.0f}"))
+    fig.suptitle("Throughput of fault-free runs, compared only at the same scale and cost", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def benchmark(report: Report, path: Path) -> bool:
+    """Each benchmark's throughput ratio to Pool, with the 1.0 line and the target."""
+    if not report.benchmarks:
+        return False
+    plt = _pyplot()
+    names = sorted({str(b.get("backend", "?")) for b in report.benchmarks})
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.42 * len(report.benchmarks)))
+    labels = [
+        f"{b.get('backend', '?')}, {scale_name(int(b.get('params', 0)))} params, chunk {b.get('chunk', 0):,}, {b.get('cost_us', 0):g} µs/param"
+        for b in report.benchmarks
+    ]
+    ratios = [float(b["ratio_to_pool"]) for b in report.benchmarks]
+    colours = [BACKEND_COLOURS[names.index(str(b.get("backend", "?"))) % len(BACKEND_COLOURS)] for b in report.benchmarks]
+    ax.barh(labels, ratios, color=colours)
+    for y, ratio in enumerate(ratios):
+        ax.annotate(f"{ratio:.2f}", (ratio, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.axvline(POOL_TARGET, color="#555555", linestyle="--", linewidth=1)
+    ax.text(1.0, 1.01, " as fast as Pool", transform=ax.get_xaxis_transform(), fontsize=7)
+    ax.text(POOL_TARGET, 1.01, f"target {POOL_TARGET} ", transform=ax.get_xaxis_transform(), fontsize=7, ha="right")
+    ax.set_xlim(0, max([1.2, *ratios]) * 1.12)
+    ax.invert_yaxis()
+    ax.set(xlabel="throughput TTG / multiprocessing.Pool (higher is better)")
     _save(fig, path)
     return True
 
 
 def draw_all(report: Report, img_dir: Path) -> dict[str, str]:
-    """Draw every figure that has data into ``img_dir``; returns name -> file name."""
+    """Draw every figure that has data into ``img_dir``; returns figure name -> file name."""
     img_dir.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name, fn in (("timeline", timeline), ("throughput", throughput), ("benchmark", benchmark), ("recovery", recovery)):
+    for b in sorted({r.backend for r in report.runs}):
+        if panels(report.runs, img_dir / f"panels-{b}.png", b):
+            out[f"panels-{b}"] = f"panels-{b}.png"
+    for name, fn in (("recovery", recovery), ("throughput", throughput), ("benchmark", benchmark)):
         if fn(report, img_dir / f"{name}.png"):
             out[name] = f"{name}.png"
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 
 import jinja2
@@ -48,6 +49,7 @@ def make_report(inputs_dir: Path, out: Path, formats: tuple[str, ...], title: st
     if unknown or not formats:
         raise ReportError(f"unknown report format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}, for example --format md,docx")
     report = build(load(inputs_dir), title)
+    report.inputs_from_out = os.path.relpath(inputs_dir.resolve(), out.resolve())
     try:
         out.mkdir(parents=True, exist_ok=True)
         img_dir = out / "img"

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ttg.faults import KINDS
 from ttg.report.model import Report, RunRow, probes, seconds
 
 FINE, EXPECTED, FAILED = "", "expected", "fail"  # how a row stands: nothing to see, a failure set up on purpose, a failure
@@ -22,6 +23,10 @@ class Table:
     header: tuple[str, ...]
     rows: Sequence[tuple[tuple[str, ...], str]]  # cell texts, and how the row stands (FINE, EXPECTED, FAILED)
     code: frozenset[int] = frozenset()  # columns that hold identifiers (run ids): shown as code
+    # The column whose cell names files ("record logs journal"), and per row the (label, path under the inputs
+    # directory) of each: Markdown and HTML link them, the .docx shows the names.
+    link_col: int | None = None
+    links: Sequence[Sequence[tuple[str, str]]] = ()
 
     def __post_init__(self) -> None:
         # Input files are JSON written by other versions: a null or a number where text belongs is shown, not a crash.
@@ -32,14 +37,46 @@ def _state(run: RunRow) -> str:
     return FINE if run.fine else (EXPECTED if run.expected_failure else FAILED)
 
 
-def failures(r: Report) -> Table:
-    rows: list[tuple[tuple[str, ...], str]] = [
-        ((x.run_id, x.backend, x.mode, x.scale, str(x.lost), ", ".join(map(str, x.lost_ids)) or "-", str(x.dead_lettered), x.checksum_text,
-          f"expected: {x.why_expected}" if x.expected_failure else "unexpected"), _state(x))
-        for x in r.failing_runs
+def _failure_rows(runs: list[RunRow], note: bool) -> list[tuple[tuple[str, ...], str]]:
+    return [
+        ((x.run_id, x.scenario, x.backend, x.mode, x.scale, str(x.lost), ", ".join(map(str, x.lost_ids)) or "-", str(x.dead_lettered), x.checksum_text,
+          x.why_expected if note else "unexpected"), _state(x))
+        for x in runs
     ]  # fmt: skip
-    rows += [(("experiment", "", "", "", "", "", "", "", f"{j['title']}: status {j['status']}, deviated {j['deviated']}"), FAILED) for j in r.failing_journals]
-    return Table(("run", "backend", "mode", "scale", "lost", "lost chunk ids", "dead-lettered", "checksum", "note"), rows, frozenset({0}))
+
+
+FAILURE_HEADER = ("run", "scenario", "backend", "mode", "scale", "lost", "lost chunk ids", "dead-lettered", "checksum", "why")
+
+
+def failures(r: Report) -> Table:
+    """Failures nobody set up: runs whose verdict or scenario failed, experiments that did not hold, fuzz seeds."""
+    rows = _failure_rows([x for x in r.failing_runs if not x.expected_failure], note=False)
+    rows += [(("experiment", j["title"], "", "", "", "", "", "", "", f"status {j['status']}, deviated {j['deviated']}"), FAILED) for j in r.failing_journals]
+    for f in r.failing_fuzz:
+        rows.append((("fuzz", f"seed {f['seed']}", str(f.get("backend")), "", "", str(f["lost"]), "", "", "", str(f.get("error", ""))), FAILED))
+    return Table(FAILURE_HEADER, rows, frozenset({0}))
+
+
+def expected_failures(r: Report) -> Table:
+    """Runs that failed as they were set up to (static mode's loss, poisoned chunks), each with why."""
+    return Table(FAILURE_HEADER, _failure_rows([x for x in r.failing_runs if x.expected_failure], note=True), frozenset({0}))
+
+
+def summary(r: Report) -> Table:
+    """The verdict in counts: what ran, what held, what failed on purpose, what failed."""
+    expected = sum(1 for x in r.failing_runs if x.expected_failure)
+    unexpected = len(r.failing_runs) - expected
+    held = sum(1 for j in r.journals if j not in r.failing_journals)
+    fuzz_ok = sum(1 for f in r.fuzz if f.get("ok"))
+    lost = sum(x.lost for x in r.runs if not x.expected_failure)
+    rows = [
+        (("sweeps", str(len(r.runs)), str(len(r.runs) - len(r.failing_runs)), str(expected), str(unexpected)), FAILED if unexpected else FINE),
+        (("chaos experiments", str(len(r.journals)), str(held), "-", str(len(r.journals) - held)), FAILED if held < len(r.journals) else FINE),
+        (("fuzz runs", str(len(r.fuzz)), str(fuzz_ok), "-", str(len(r.fuzz) - fuzz_ok)), FAILED if fuzz_ok < len(r.fuzz) else FINE),
+        (("faults injected", str(len(r.faults)), "-", "-", "-"), FINE),
+        (("chunks lost where none was expected", str(lost), "-", "-", "-"), FAILED if lost else FINE),
+    ]
+    return Table(("what", "count", "held", "failed as set up", "failed"), rows)
 
 
 def environment(r: Report) -> Table:
@@ -47,14 +84,15 @@ def environment(r: Report) -> Table:
 
 
 def runs(r: Report) -> Table:
-    header: tuple[str, ...] = ("run", "scenario", "backend", "mode", "scale", "workers", "params", "wall s", "params/s", "chunks", "lost", "dup", "dead")
-    header += ("checksum", "faults (recovery)")
+    header: tuple[str, ...] = ("run", "scenario", "backend", "mode", "scale", "workers", "µs/param", "wall s", "params/s", "chunks", "lost", "dup", "dead")
+    header += ("checksum", "faults (recovery)", "files")
     rows = [
-        ((x.run_id, x.scenario, x.backend, x.mode, x.scale, str(x.workers), f"{x.params:,}", f"{x.wall_s:.2f}", f"{x.params_per_s:,.0f}",
-          f"{x.completed} / {x.expected}", str(x.lost), str(x.duplicates), str(x.dead_lettered), x.checksum_text, x.fault_text), _state(x))
+        ((x.run_id, x.scenario, x.backend, x.mode, x.scale, str(x.workers), f"{x.cost_us:g}", f"{x.wall_s:.2f}", f"{x.params_per_s:,.0f}",
+          f"{x.completed} / {x.expected}", str(x.lost), str(x.duplicates), str(x.dead_lettered), x.checksum_text, x.fault_text,
+          " ".join(label for label, _ in x.files) or "-"), _state(x))
         for x in r.runs
     ]  # fmt: skip
-    return Table(header, rows, frozenset({0}))
+    return Table(header, rows, frozenset({0}), link_col=len(header) - 1, links=[x.files for x in r.runs])
 
 
 def faults(r: Report) -> Table:
@@ -68,11 +106,12 @@ def faults(r: Report) -> Table:
 
 def benchmarks(r: Report) -> Table:
     rows = [
-        ((str(b.get("name", "-")), str(b.get("backend")), f"{b.get('params', 0):,}", f"{b.get('chunk', 0):,}", str(b.get("workers")),
+        ((str(b.get("name", "-")), str(b.get("backend")), f"{b.get('params', 0):,}", f"{b.get('chunk', 0):,}", f"{b.get('cost_us', 0):g}",
+          str(b.get("workers")),
           f"{b.get('params_per_s', 0):,.0f}", f"{b.get('pool_params_per_s', 0):,.0f}", f"{b['ratio_to_pool']:.3f}"), FINE)
         for b in r.benchmarks
     ]  # fmt: skip
-    return Table(("benchmark", "backend", "params", "chunk", "workers", "TTG params/s", "Pool params/s", "ratio"), rows)
+    return Table(("benchmark", "backend", "params", "chunk", "µs/param", "workers", "TTG params/s", "Pool params/s", "ratio"), rows)
 
 
 def journals(r: Report) -> Table:
@@ -128,22 +167,34 @@ def _figures(r: Report, *named: tuple[str, str]) -> list[Block]:
     return [Block(text=caption, image=name) for name, caption in named if name in r.images]
 
 
+def _recovery_meanings(r: Report) -> Block:
+    kinds = sorted({f["kind"] for f in r.faults if f.get("recovered_s") is not None and f["kind"] in KINDS})
+    return Block(bullets=tuple(f"{k}: recovered {KINDS[k].recovery_means}." for k in kinds))
+
+
 def sections(r: Report) -> list[Section]:
     """Every section of the report, in order; a section with nothing to show is left out."""
     t = all_tables(r)
-    out = []
-    if r.failing_runs or r.failing_journals:
-        out.append(Section("Failures", (Block(table=t["failures"]),)))
+    out = [Section("Summary", (Block(table=t["summary"]),))]
+    if t["failures"].rows:
+        out.append(Section("Failures", (Block(text="Failures nobody set up, to look at first."), Block(table=t["failures"]))))
+    if t["expected_failures"].rows:
+        why = "Runs that failed as they were set up to, each with why; every value they did return matched the serial reference."
+        out.append(Section("Expected failures", (Block(text=why), Block(table=t["expected_failures"]))))
     ran = f"{len(r.runs)} sweep(s), {len(r.benchmarks)} benchmark(s), {len(r.journals)} chaos experiment(s)."
     if r.skipped:
         ran += f" Skipped {len(r.skipped)} file(s) that were not inputs: {', '.join(r.skipped[:5])}"
     out.append(Section("What ran, on what", (Block(table=t["environment"]), Block(text=ran))))
-    figures = _figures(r, ("timeline", "Progress over time"), ("throughput", "Throughput by backend and scale"))
-    out.append(Section("Runs", (Block(table=t["runs"]), *figures)))
+    out.append(Section("Runs", (Block(table=t["runs"]), *_figures(r, ("throughput", "Throughput of fault-free runs, by scale and cost per parameter")))))
     if r.faults:
-        out.append(Section("Faults and recovery", (Block(table=t["faults"]), *_figures(r, ("recovery", "Recovery time per fault kind")))))
+        panels = sorted(name for name in r.images if name.startswith("panels-"))
+        figures = _figures(r, *((name, f"Progress of each run with a fault on {name.removeprefix('panels-')}") for name in panels))
+        figures += _figures(r, ("recovery", "Recovery time by fault kind and backend"))
+        out.append(Section("Faults and recovery", (*figures, _recovery_meanings(r), Block(table=t["faults"]))))
     if r.benchmarks:
-        out.append(Section("Benchmark against multiprocessing.Pool", (Block(table=t["benchmarks"]), *_figures(r, ("benchmark", "Benchmark ratio")))))
+        what = "Each benchmark runs the same sweep through TTG and multiprocessing.Pool in the same test; the ratio is throughput TTG / Pool."
+        blocks = (Block(text=what), Block(table=t["benchmarks"]), *_figures(r, ("benchmark", "Ratio to Pool")))
+        out.append(Section("Benchmark against multiprocessing.Pool", blocks))
     if r.journals:
         out.append(Section("Chaos experiments", (Block(table=t["journals"]),)))
     if r.fuzz:
@@ -165,4 +216,5 @@ def _parity(r: Report, t: dict[str, Table]) -> Section:
 
 def all_tables(r: Report) -> dict[str, Table]:
     """Every table, by the name the templates and the .docx writer place it under."""
-    return {f.__name__: f(r) for f in (failures, environment, runs, faults, benchmarks, journals, fuzz, worker_kill, throughput)}
+    tables = (summary, failures, expected_failures, environment, runs, faults, benchmarks, journals, fuzz, worker_kill, throughput)
+    return {f.__name__: f(r) for f in tables}
