@@ -46,16 +46,16 @@ bench-compute-child: install
 
 # The milestone results report: small and medium sweeps on both backends (with their fault scenarios and the
 # benchmarks), the chaos experiments' journals and a short fuzz per backend, rendered into reports/milestone/.
-REPORT_RUNS := runs/report
-# make report writes a new dated directory under reports/out/ (never the committed one); make milestone refreshes
-# reports/milestone/. Both fail when a scenario, an experiment (exit statuses in runs/report/experiments.txt) or the
-# fuzz fails: nothing is hidden behind `|| true`.
+# make report writes a new dated directory under reports/out/ (never the committed one), its inputs under inputs/;
+# make milestone refreshes reports/milestone/. Both fail when a scenario, an experiment (exit statuses in
+# inputs/experiments.txt) or the fuzz fails: nothing is hidden behind `|| true`. BASELINE=DIR compares with an earlier
+# report's inputs (e.g. reports/milestone/inputs) and fails on a regression beyond 10 %.
 REPORT_OUT ?= reports/out/$(shell date -u +%Y%m%d-%H%M%S)
 report: install
-	PY=$(PY) REPORT_RUNS=$(REPORT_RUNS) scripts/report $(REPORT_OUT)
+	PY=$(PY) BASELINE=$(BASELINE) scripts/report $(REPORT_OUT)
 
 milestone: install
-	PY=$(PY) REPORT_RUNS=$(REPORT_RUNS) scripts/report reports/milestone
+	PY=$(PY) scripts/report reports/milestone
 
 # The soak: SOAK_RUNS fuzzed sweeps per backend with fresh seeds, every fault kind drawn (the hostile ones included:
 # junk-messages, forged-task, and kill-coordinator and terminate-coordinator, each followed by ttg run --resume).

@@ -50,7 +50,7 @@ def inputs(redis_broker: BrokerHandle, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="module")
 def report(inputs: tuple[Path, list[dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
-    written = make_report(inputs[0], out, ("md", "docx", "html"), "Session results")
+    _, written = make_report(inputs[0], out, ("md", "docx", "html"), "Session results")
     assert [p.name for p in written] == ["report.md", "report.docx", "report.html"]
     return out
 
@@ -233,3 +233,32 @@ def test_the_html_fits_the_window_in_a_real_browser_and_its_tables_sort(report: 
         timeout=120,
     )
     assert shot.stat().st_size > 10_000  # a page was drawn, not a blank one
+
+
+def _slowed(inputs: Path, into: Path, factor: float) -> Path:
+    """A copy of ``inputs`` whose fault-free runs are ``factor`` times as fast: a regression made to order."""
+    shutil.copytree(inputs, into, ignore=shutil.ignore_patterns("*.npy"))
+    for path in into.rglob("*.json"):
+        doc = json.loads(path.read_text())
+        if isinstance(doc, dict) and "verdict" in doc and not doc.get("faults") and doc.get("mode") == "queue":
+            doc["params_per_s"] *= factor
+            path.write_text(json.dumps(doc))
+    return into
+
+
+def test_a_report_against_its_baseline_shows_each_change_and_fails_on_a_regression(inputs: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
+    def ttg_report(current: Path, *more: str) -> tuple[int, str]:
+        out = tmp_path / f"out-{current.name}-{len(more)}"
+        argv = [sys.executable, "-m", "ttg", "report", str(current), "--baseline", str(inputs[0]), "--format", "md", "--out", str(out), *more]
+        ran = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        return ran.returncode, (out / "report.md").read_text()
+
+    status, same = ttg_report(inputs[0])
+    assert status == 0 and "## Compared with the baseline" in same and "REGRESSION" not in same
+    assert "| ratio to Pool |" in same and "| +0.0 % |" in same  # the same inputs: nothing moved
+    status, slower = ttg_report(_slowed(inputs[0], tmp_path / "slower", 0.5))
+    assert status == 1 and "regression(s) against the baseline" in slower
+    flagged = [line for line in slower.splitlines() if "REGRESSION" in line]
+    assert flagged and all("| throughput (params/s, median) |" in line and "| -50.0 % |" in line for line in flagged), flagged
+    status, tolerated = ttg_report(tmp_path / "slower", "--max-regression", "60")
+    assert status == 0 and "REGRESSION" not in tolerated

@@ -158,14 +158,33 @@ def run(as_json: bool, verbose: bool, run_id: str | None, resume: bool, in_clust
 @click.option("--format", "formats", default="md,docx,html", show_default=True, help="Comma-separated: md, docx, html.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/out"), show_default=True, help="Directory for report.* and img/.")
 @click.option("--title", default="TTG results", show_default=True, help="The report's title.")
-def report(inputs: Path, formats: str, out: Path, title: str) -> int:
-    """Render a results report from run records, benchmark JSON and chaos journals found under INPUTS."""
+@click.option(
+    "--baseline",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Inputs of an earlier report to compare with: per-metric changes, regressions flagged.",
+)
+@click.option(
+    "--max-regression",
+    type=click.FloatRange(0, 1000),
+    default=10.0,
+    show_default=True,
+    help="Percent a metric may move the wrong way before it is a regression (chunks lost: any).",
+)
+def report(inputs: Path, formats: str, out: Path, title: str, baseline: Path | None, max_regression: float) -> int:
+    """Render a results report from run records, benchmark JSON and chaos journals found under INPUTS.
+
+    Exit status 1 when the report's verdict is FAILED (a run, experiment or fuzz run failed unexpectedly, or a
+    regression against --baseline); the report is written either way."""
     from ttg.report.render import make_report
 
     logs.setup("text", logging.WARNING)
-    written = make_report(inputs, out, tuple(f.strip() for f in formats.split(",") if f.strip()), title)
+    chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
+    made, written = make_report(inputs, out, chosen, title, baseline=baseline, max_regression=max_regression / 100)
     for path in written:
         click.echo(str(path))
+    if made.unexpected_failures:
+        err.print(f"Verdict: {made.verdict}")
+        return 1
     return 0
 
 

@@ -110,6 +110,12 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     images: dict[str, str] = field(default_factory=dict)  # plot name -> file name under img/
     inputs_from_out: str = ""  # the inputs directory, relative to the report's: where the runs' files are linked
+    baseline: str = ""  # the directory compared against (ttg report --baseline), "" for none
+    comparison: list[Any] = field(default_factory=list)  # ttg.report.compare.Delta, one per metric and key
+
+    @property
+    def regressions(self) -> int:
+        return sum(1 for d in self.comparison if d.regression)
 
     @property
     def failing_runs(self) -> list[RunRow]:
@@ -126,12 +132,16 @@ class Report:
 
     @property
     def unexpected_failures(self) -> int:
-        return sum(1 for r in self.failing_runs if not r.expected_failure) + len(self.failing_journals) + len(self.failing_fuzz)
+        failed = sum(1 for r in self.failing_runs if not r.expected_failure) + len(self.failing_journals) + len(self.failing_fuzz)
+        return failed + self.regressions
 
     @property
     def verdict(self) -> str:
         if self.unexpected_failures:
-            return f"FAILED: {self.unexpected_failures} run(s) or experiment(s) failed"
+            failed = self.unexpected_failures - self.regressions
+            parts = [f"{failed} run(s) or experiment(s) failed"] if failed else []
+            parts += [f"{self.regressions} regression(s) against the baseline {self.baseline}"] if self.regressions else []
+            return "FAILED: " + "; ".join(parts)
         expected = sum(1 for r in self.failing_runs if r.expected_failure)
         note = f" ({expected} run(s) failed as they were set up to: static mode's loss, poisoned chunks dead-lettered)" if expected else ""
         fuzz = f", {len(self.fuzz)} fuzz run(s)" if self.fuzz else ""

@@ -10,6 +10,7 @@ import jinja2
 
 from ttg.report import docx as docx_writer
 from ttg.report import plots
+from ttg.report.compare import compare
 from ttg.report.inputs import ReportError, load
 from ttg.report.model import Report, build, probes, seconds
 from ttg.report.tables import sections
@@ -43,13 +44,19 @@ def html(report: Report, img_dir: Path) -> str:
     return _environment(True).get_template("report.html.j2").render(r=report, sections=sections(report), images=images)
 
 
-def make_report(inputs_dir: Path, out: Path, formats: tuple[str, ...], title: str) -> list[Path]:
-    """Read ``inputs_dir``, write ``report.<format>`` for each format (and ``img/``) into ``out``; returns the files."""
+def make_report(
+    inputs_dir: Path, out: Path, formats: tuple[str, ...], title: str, baseline: Path | None = None, max_regression: float = 0.10
+) -> tuple[Report, list[Path]]:
+    """Read ``inputs_dir`` (and ``baseline``'s inputs, to compare with), write ``report.<format>`` for each format (and
+    ``img/``) into ``out``; returns the report and the files."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ReportError(f"unknown report format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}, for example --format md,docx")
     report = build(load(inputs_dir), title)
     report.inputs_from_out = os.path.relpath(inputs_dir.resolve(), out.resolve())
+    if baseline is not None:
+        report.baseline = str(baseline)
+        report.comparison = compare(report, build(load(baseline), "baseline"), max_regression)
     try:
         out.mkdir(parents=True, exist_ok=True)
         img_dir = out / "img"
@@ -66,4 +73,4 @@ def make_report(inputs_dir: Path, out: Path, formats: tuple[str, ...], title: st
         else:
             docx_writer.write(report, img_dir, path)
         written.append(path)
-    return written
+    return report, written

@@ -79,6 +79,20 @@ def summary(r: Report) -> Table:
     return Table(("what", "count", "held", "failed as set up", "failed"), rows)
 
 
+def comparison(r: Report) -> Table:
+    """This report against its baseline, metric by metric (ttg report --baseline)."""
+
+    def number(x: float | None) -> str:
+        return "-" if x is None else f"{x:,.3f}" if abs(x) < 100 else f"{x:,.0f}"
+
+    rows = [
+        ((d.metric, d.key, number(d.baseline), number(d.current), "-" if d.change is None else f"{100 * d.change:+.1f} %",
+          "REGRESSION" if d.regression else ("only in one" if d.change is None and d.baseline != d.current else "")), FAILED if d.regression else FINE)
+        for d in r.comparison
+    ]  # fmt: skip
+    return Table(("metric", "of", "baseline", "this report", "change", "flag"), rows)
+
+
 def environment(r: Report) -> Table:
     return Table(("what", "version or value"), [((k, v), FINE) for k, v in r.environment.items()])
 
@@ -176,6 +190,9 @@ def sections(r: Report) -> list[Section]:
     """Every section of the report, in order; a section with nothing to show is left out."""
     t = all_tables(r)
     out = [Section("Summary", (Block(table=t["summary"]),))]
+    if r.baseline:
+        how = f"Against {r.baseline}: like with like only (same backend, scale and cost; same benchmark; same fault kind)."
+        out.append(Section("Compared with the baseline", (Block(text=how), Block(table=t["comparison"]))))
     if t["failures"].rows:
         out.append(Section("Failures", (Block(text="Failures nobody set up, to look at first."), Block(table=t["failures"]))))
     if t["expected_failures"].rows:
@@ -216,5 +233,5 @@ def _parity(r: Report, t: dict[str, Table]) -> Section:
 
 def all_tables(r: Report) -> dict[str, Table]:
     """Every table, by the name the templates and the .docx writer place it under."""
-    tables = (summary, failures, expected_failures, environment, runs, faults, benchmarks, journals, fuzz, worker_kill, throughput)
+    tables = (summary, comparison, failures, expected_failures, environment, runs, faults, benchmarks, journals, fuzz, worker_kill, throughput)
     return {f.__name__: f(r) for f in tables}
