@@ -22,7 +22,7 @@ from ttg.report.model import Report, RunRow, scale_name
 
 BACKEND_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7")  # Okabe-Ito: blue, orange, green, purple
 POOL_TARGET = 0.9  # the ratio the benchmarks aim for (README, "Benchmark")
-MOST_PANELS = 16  # per backend: beyond that a panel is too small to read
+MOST_PANELS = 24  # per backend: beyond that a panel is too small to read
 DPI = 110
 
 
