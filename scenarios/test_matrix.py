@@ -1,7 +1,7 @@
 """The scale × fault matrix on both backends: ``pytest scenarios -k "rabbitmq and large and kill"``.
 
 Every cell is one real sweep with one fault, sized so that the fault lands mid-sweep: each scale carries a per-parameter
-cost that makes a chunk last ~10-20 ms (small, medium) or a 10M sweep last seconds (large, no added cost), and the cell
+cost that makes a chunk last ~10-20 ms (small, medium) or leaves a 10M sweep at about a second of pure transport (large), and the cell
 asserts that the fault fired with chunks done and chunks still to do. The scales are ``--ttg-scales`` (default small,
 medium, large). ``make test`` runs the small and medium cells; the large (10M) ones carry the ``matrix`` mark
 (``make scenarios``; ``make report`` runs the 10M worker kills).
