@@ -98,10 +98,10 @@ def environment(r: Report) -> Table:
 
 
 def runs(r: Report) -> Table:
-    header: tuple[str, ...] = ("run", "scenario", "backend", "mode", "scale", "workers", "µs/param", "wall s", "params/s", "chunks", "lost", "dup", "dead")
+    header: tuple[str, ...] = ("run", "scenario", "backend", "mode", "params", "workers", "µs/param", "wall s", "params/s", "chunks", "lost", "dup", "dead")
     header += ("checksum", "faults (recovery)", "files")
     rows = [
-        ((x.run_id, x.scenario, x.backend, x.mode, x.scale, str(x.workers), f"{x.cost_us:g}", f"{x.wall_s:.2f}", f"{x.params_per_s:,.0f}",
+        ((x.run_id, x.scenario, x.backend, x.mode, f"{x.params:,}", str(x.workers), f"{x.cost_us:g}", f"{x.wall_s:.2f}", f"{x.params_per_s:,.0f}",
           f"{x.completed} / {x.expected}", str(x.lost), str(x.duplicates), str(x.dead_lettered), x.checksum_text, x.fault_text,
           " ".join(label for label, _ in x.files) or "-"), _state(x))
         for x in r.runs
