@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 
@@ -270,3 +271,16 @@ def test_a_coordinator_waits_for_a_broker_that_comes_up_late_within_broker_wait(
         proc.kill()
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_every_run_option_with_a_type_shows_it_in_help_and_takes_the_same_converter_as_its_variable() -> None:
+    from ttg.cli import cli
+
+    run = cli.commands["run"]
+    free_text = {"broker_url", "algorithm", "grid", "faults", "namespace", "image", "run_id"}  # text by nature, parsed after
+    untyped = [p.name for p in run.params if isinstance(p, click.Option) and not p.is_flag and p.type is click.STRING and p.name not in free_text]
+    assert untyped == [], f"options shown as TEXT in --help: {untyped}"
+    help_text = ttg("run", "--help").stdout
+    assert "--workers INTEGER 1..1,024" in help_text and "--backend [redis|rabbitmq]" in help_text and "--verify [full|off|sample:N]" in help_text
+    # the option and TTG_WORKERS are read by one converter: an underscore or a comma in a number is fine either way
+    assert ttg("run", "--workers", "1_025").stderr.count("workers must be in 1..1,024 (got 1,025)") == 1

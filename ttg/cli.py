@@ -27,6 +27,7 @@ from ttg.cli_chaos import chaos
 from ttg.cli_k8s import k8s
 from ttg.cli_runs import runs
 from ttg.cli_status import status
+from ttg.cli_types import Setting
 from ttg.config import RunConfig, check_run_id, load_run_config, passed_options, redact_url
 from ttg.errors import ConfigError, TTGError
 from ttg.faults import KNOWN_FAULTS
@@ -44,23 +45,36 @@ EXIT_INTERNAL = 4
 def _sweep_options(fn: Any) -> Any:
     for opt in reversed(
         [
-            click.option("--backend", help=f"Broker backend: {' or '.join(backends.NAMES)}. [env TTG_BACKEND; default {backends.DEFAULT}]"),
+            click.option("--backend", type=Setting("backend"), help=f"Broker backend. [env TTG_BACKEND; default {backends.DEFAULT}]"),
             click.option(
                 "--broker-url",
                 help="Use this broker instead of starting a private one (redis://HOST:PORT/DB or amqp://USER:PASS@HOST:PORT/VHOST). [env TTG_BROKER_URL]",
             ),
             click.option("--algorithm", help="'demo' or package.module:function. [env TTG_ALGORITHM; default demo]"),
-            click.option("--cost-us", help="Simulated CPU work per parameter, in microseconds. [env TTG_COST_US; default 0]"),
-            click.option("--max-deliveries", help="Deliveries before a chunk is dead-lettered. [env TTG_MAX_DELIVERIES; default 3]"),
+            click.option("--cost-us", type=Setting("cost_us"), help="Simulated CPU work per parameter, in microseconds. [env TTG_COST_US; default 0]"),
             click.option(
-                "--reclaim-after", "reclaim_after_s", help="Seconds within which a crashed worker's chunk is taken over. [env TTG_RECLAIM_AFTER_S; default 3]"
+                "--max-deliveries", type=Setting("max_deliveries"), help="Deliveries before a chunk is dead-lettered. [env TTG_MAX_DELIVERIES; default 3]"
             ),
-            click.option("--prefetch", help="Task messages (RabbitMQ, default 2) or chunks (Redis, default 64) a worker may hold ahead. [env TTG_PREFETCH]"),
+            click.option(
+                "--reclaim-after",
+                "reclaim_after_s",
+                type=Setting("reclaim_after_s"),
+                help="Seconds within which a crashed worker's chunk is taken over. [env TTG_RECLAIM_AFTER_S; default 3]",
+            ),
+            click.option(
+                "--prefetch",
+                type=Setting("prefetch"),
+                help="Task messages (RabbitMQ, default 2) or chunks (Redis, default 64) a worker may hold ahead. [env TTG_PREFETCH]",
+            ),
             click.option(
                 "--grid", multiple=True, help="Grid axis NAME=v1,v2,... or NAME=start:stop:count; repeatable; the product sets N. [env TTG_GRID, ';'-separated]"
             ),
-            click.option("--log-format", help="Worker log format: text or json. [env TTG_LOG_FORMAT; default text]"),
-            click.option("--log-level", help="Worker log level; per-chunk events (taken, finished) are debug. [env TTG_LOG_LEVEL; default info]"),
+            click.option("--log-format", type=Setting("log_format"), help="Worker log format. [env TTG_LOG_FORMAT; default text]"),
+            click.option(
+                "--log-level",
+                type=Setting("log_level"),
+                help="Worker log level; per-chunk events (taken, finished) are debug. [env TTG_LOG_LEVEL; default info]",
+            ),
         ]
     ):
         fn = opt(fn)
@@ -75,10 +89,10 @@ def cli() -> None:
 
 @cli.command()
 @_sweep_options
-@click.option("--params", help="Number of parameters N (indices 0..N-1). [env TTG_PARAMS; default 1,000,000]")
-@click.option("--chunk", help="Parameters per chunk. [env TTG_CHUNK; default 10,000]")
-@click.option("--workers", help="Worker processes. [env TTG_WORKERS; default 2]")
-@click.option("--mode", help="queue (default) or static (fixed ranges, no queue: shows what a crash loses). [env TTG_MODE]")
+@click.option("--params", type=Setting("params"), help="Number of parameters N (indices 0..N-1). [env TTG_PARAMS; default 1,000,000]")
+@click.option("--chunk", type=Setting("chunk"), help="Parameters per chunk. [env TTG_CHUNK; default 10,000]")
+@click.option("--workers", type=Setting("workers"), help="Worker processes. [env TTG_WORKERS; default 2]")
+@click.option("--mode", type=Setting("mode"), help="queue (default) or static (fixed ranges, no queue: shows what a crash loses). [env TTG_MODE]")
 @click.option(
     "--fault",
     "faults",
@@ -88,15 +102,22 @@ def cli() -> None:
         "(coordinator faults need --broker-url; then --resume). TARGET: one, N, P%, random, all or a worker id. Repeatable."
     ),
 )
-@click.option("--out", help="Directory for run directories. [env TTG_OUT; default runs]")
-@click.option("--verify", help="full, sample:N or off. [env TTG_VERIFY; default full]")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Directory for run directories. [env TTG_OUT; default runs]")
+@click.option("--verify", type=Setting("verify", "[full|off|sample:N]"), help="full, sample:N or off. [env TTG_VERIFY; default full]")
 @click.option("--persistence/--no-persistence", default=None, help="Private Redis with AOF (fsync always). [env TTG_PERSISTENCE]")
-@click.option("--timeout", "timeout_s", help="Give up collecting after this many seconds. [env TTG_TIMEOUT_S; default 3600]")
-@click.option("--seed", help="Seed of the verification sample. [env TTG_SEED; default 0]")
-@click.option("--runtime", help="local (worker processes) or kubernetes (a worker Job; the coordinator runs in the cluster). [env TTG_RUNTIME]")
+@click.option("--timeout", "timeout_s", type=Setting("timeout_s"), help="Give up collecting after this many seconds. [env TTG_TIMEOUT_S; default 3600]")
+@click.option("--seed", type=Setting("seed"), help="Seed of the verification sample. [env TTG_SEED; default 0]")
+@click.option(
+    "--runtime", type=Setting("runtime"), help="local (worker processes) or kubernetes (a worker Job; the coordinator runs in the cluster). [env TTG_RUNTIME]"
+)
 @click.option("--namespace", help="Kubernetes namespace of the run. [env TTG_NAMESPACE; default ttg]")
 @click.option("--image", help="Kubernetes: the TTG image (make image). [env TTG_IMAGE; default ttg-worker:<version>]")
-@click.option("--broker-wait", "broker_wait_s", help="Seconds to keep retrying a given broker unreachable at the start. [env TTG_BROKER_WAIT_S; default 0]")
+@click.option(
+    "--broker-wait",
+    "broker_wait_s",
+    type=Setting("broker_wait_s"),
+    help="Seconds to keep retrying a given broker unreachable at the start. [env TTG_BROKER_WAIT_S; default 0]",
+)
 @click.option("--in-cluster", is_flag=True, hidden=True, help="This process is the in-cluster coordinator of a Kubernetes run (the manifests pass it).")
 @click.option("--run-id", "run_id", default=None, help="The run's id (default: a new random one).")
 @click.option(
@@ -301,9 +322,9 @@ def worker(**options: Any) -> int:
 
 @cli.command()
 @_sweep_options
-@click.option("--params", help="Parameters per sweep. [default 10,000,000]")
-@click.option("--chunk", help="Parameters per chunk. [default 10,000]")
-@click.option("--workers", help="Workers (and Pool processes). [default 2]")
+@click.option("--params", type=Setting("params"), help="Parameters per sweep. [default 10,000,000]")
+@click.option("--chunk", type=Setting("chunk"), help="Parameters per chunk. [default 10,000]")
+@click.option("--workers", type=Setting("workers"), help="Workers (and Pool processes). [default 2]")
 @click.option("--repeat", type=click.IntRange(1, 50), default=3, show_default=True, help="Interleaved rounds of TTG and Pool.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
 def bench(repeat: int, as_json: bool, **options: Any) -> int:

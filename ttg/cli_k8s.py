@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ttg import backends
+from ttg.cli_types import Setting
 from ttg.errors import ConfigError
 
 err = Console(stderr=True)
@@ -24,13 +25,13 @@ def k8s() -> None:
 
 
 @k8s.command()
-@click.option("--backend", help=f"{' or '.join(backends.NAMES)}. [env TTG_BACKEND; default {backends.DEFAULT}]")
-@click.option("--mode", help="queue (a work-queue Job) or static (an Indexed Job). [env TTG_MODE; default queue]")
-@click.option("--workers", help="Worker pods. [env TTG_WORKERS; default 2]")
-@click.option("--params", help="Parameters N. [env TTG_PARAMS; default 1,000,000]")
-@click.option("--chunk", help="Parameters per chunk. [env TTG_CHUNK; default 10,000]")
+@click.option("--backend", type=Setting("backend"), help=f"{' or '.join(backends.NAMES)}. [env TTG_BACKEND; default {backends.DEFAULT}]")
+@click.option("--mode", type=Setting("mode"), help="queue (a work-queue Job) or static (an Indexed Job). [env TTG_MODE; default queue]")
+@click.option("--workers", type=Setting("workers"), help="Worker pods. [env TTG_WORKERS; default 2]")
+@click.option("--params", type=Setting("params"), help="Parameters N. [env TTG_PARAMS; default 1,000,000]")
+@click.option("--chunk", type=Setting("chunk"), help="Parameters per chunk. [env TTG_CHUNK; default 10,000]")
 @click.option("--algorithm", help="'demo' or package.module:function (importable in the image). [env TTG_ALGORITHM]")
-@click.option("--cost-us", help="Simulated work per parameter, µs. [env TTG_COST_US; default 0]")
+@click.option("--cost-us", type=Setting("cost_us"), help="Simulated work per parameter, µs. [env TTG_COST_US; default 0]")
 @click.option("--fault", "faults", multiple=True, help="Fault for the coordinator to inject: kill-pod@30%, terminate-worker@50%. Repeatable.")
 @click.option("--namespace", help="Namespace. [env TTG_NAMESPACE; default ttg]")
 @click.option("--image", help="The TTG image. [env TTG_IMAGE; default ttg-worker:<version>]")

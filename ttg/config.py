@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ttg import backends
@@ -93,34 +93,62 @@ class Verify:
 N = TypeVar("N", int, float)
 
 
-def _ranged(name: str, flag: str, lo: N, hi: N, parse: Callable[[Any], N], what: str, fmt: str) -> Callable[[Any], N]:
-    def conv(value: Any) -> N:
+@dataclass(frozen=True)
+class _Ranged(Generic[N]):
+    """A number within [lo, hi], read from an option or a TTG_* variable; ``metavar`` types it in ``--help``."""
+
+    name: str
+    flag: str
+    lo: N
+    hi: N
+    parse: Callable[[Any], N]
+    what: str
+    fmt: str
+
+    def __call__(self, value: Any) -> N:
         try:
-            x = parse(value)
+            x = self.parse(value)
         except ValueError:
-            raise ConfigError(f"{name} must be {what} (got {value!r}); pass {flag} or set TTG_{name.upper()}") from None
-        if not lo <= x <= hi:
-            raise ConfigError(f"{name} must be in {lo:{fmt}}..{hi:{fmt}} (got {x:{fmt}}); pass {flag} or set TTG_{name.upper()}")
+            raise ConfigError(f"{self.name} must be {self.what} (got {value!r}); pass {self.flag} or set TTG_{self.name.upper()}") from None
+        if not self.lo <= x <= self.hi:
+            fmt = self.fmt
+            raise ConfigError(f"{self.name} must be in {self.lo:{fmt}}..{self.hi:{fmt}} (got {x:{fmt}}); pass {self.flag} or set TTG_{self.name.upper()}")
         return x
 
-    return conv
+    @property
+    def metavar(self) -> str:
+        kind = "INTEGER" if self.fmt == "," else "FLOAT"
+        return f"{kind} {self.lo:{self.fmt}}..{self.hi:{self.fmt}}"
 
 
-def _int_in(name: str, flag: str, lo: int, hi: int) -> Callable[[Any], int]:
-    return _ranged(name, flag, lo, hi, lambda v: int(str(v).replace("_", "").replace(",", "")), "a whole number", ",")
+def _int_in(name: str, flag: str, lo: int, hi: int) -> _Ranged[int]:
+    return _Ranged(name, flag, lo, hi, lambda v: int(str(v).replace("_", "").replace(",", "")), "a whole number", ",")
 
 
-def _float_in(name: str, flag: str, lo: float, hi: float) -> Callable[[Any], float]:
-    return _ranged(name, flag, lo, hi, float, "a number", "g")
+def _float_in(name: str, flag: str, lo: float, hi: float) -> _Ranged[float]:
+    return _Ranged(name, flag, lo, hi, float, "a number", "g")
 
 
-def _choice(name: str, flag: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
-    def conv(value: Any) -> str:
-        if value not in choices:
-            raise ConfigError(f"{name} must be one of {', '.join(choices)} (got {value!r}); pass {flag} or set TTG_{name.upper()}")
+@dataclass(frozen=True)
+class _OneOf:
+    """One of ``choices``; ``metavar`` lists them in ``--help``."""
+
+    name: str
+    flag: str
+    choices: tuple[str, ...]
+
+    def __call__(self, value: Any) -> str:
+        if value not in self.choices:
+            raise ConfigError(f"{self.name} must be one of {', '.join(self.choices)} (got {value!r}); pass {self.flag} or set TTG_{self.name.upper()}")
         return str(value)
 
-    return conv
+    @property
+    def metavar(self) -> str:
+        return "[" + "|".join(self.choices) + "]"
+
+
+def _choice(name: str, flag: str, choices: tuple[str, ...]) -> _OneOf:
+    return _OneOf(name, flag, choices)
 
 
 def _bool(name: str) -> Callable[[Any], bool]:
@@ -247,6 +275,11 @@ _RUN_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "image": (str, ""),
     "broker_wait_s": (_float_in("broker_wait_s", "--broker-wait", 0.0, 86_400.0), 0.0),
 }
+
+
+def setting_converter(name: str) -> Callable[[Any], Any]:
+    """The converter of setting ``name`` (the CLI types its option with it, so option and TTG_* variable are read alike)."""
+    return {**_SWEEP_FIELDS, **_RUN_FIELDS}[name][0]
 
 
 def passed_options(**options: Any) -> dict[str, Any]:
