@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -105,3 +107,44 @@ def test_rate_and_eta_follow_progress_and_ignore_growth() -> None:
     counted.update(snap(50, completed=10), now=0.0)
     counted.update(snap(40, completed=20), now=2.0)
     assert counted.per_s == 5.0 and counted.eta_s(snap(0, completed=60)) == 0.0
+
+
+def test_watch_fits_80_columns_shows_percent_done_and_keeps_an_ended_run_with_its_verdict(redis_url: str, tmp_path: Any) -> None:
+    run_id = "watch" + uuid.uuid4().hex[:7]
+    env = {**os.environ, "COLUMNS": "80"}
+    watch = [sys.executable, "-m", "ttg", "status", "--broker-url", redis_url, "--run-id", run_id, "--watch", "--interval", "0.2", "--out", str(tmp_path)]
+    watcher = subprocess.Popen(watch, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        sweep = [sys.executable, "-m", "ttg", "run", "--broker-url", redis_url, "--run-id", run_id, "--params", "200000", "--chunk", "2000"]
+        ran = subprocess.run([*sweep, "--workers", "2", "--cost-us", "20", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        time.sleep(1.0)  # the watcher sees the run gone from the broker
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        _, screen = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0, screen[-2000:]
+    last = screen[screen.rindex("TTG runs on") :].splitlines()
+    assert all(len(line) <= 80 for line in last), "\n".join(line for line in last if len(line) > 80)
+    (row,) = [line for line in last if run_id in line]
+    assert " ok " in row and "100%" in row and "100/100" in row and "…" not in row, row  # kept, with the record's verdict
+
+
+def test_the_status_table_fits_80_columns_without_cutting_a_cell_at_100m_scale() -> None:
+    import io
+
+    from rich.console import Console
+
+    from ttg.cli_status import status_table
+
+    runs = [
+        RunStatus("a1b2c3d4e5f6", "chunks", 9_955_000, 1_280, 100, 3, 0, False, planned=10_000_000, completed=44_872),
+        RunStatus("ffeeddccbbaa", "messages", 31_250, 64, 4, 0, 5, False),
+        RunStatus("0123456789ab", "chunks", 0, 0, 0, 0, 0, True, planned=1000, completed=964),
+    ]
+    rate = Rate()
+    rate.per_s = 123_456.7
+    buf = io.StringIO()
+    Console(file=buf, width=80).print(status_table(runs, {"a1b2c3d4e5f6": rate}, "redis://h:6379/0", {"0123456789ab": "FAILED: lost 36, dead 0"}))
+    screen = buf.getvalue()
+    assert "…" not in screen and all(len(line) <= 80 for line in screen.splitlines()), screen
+    assert "44,872/10M" in screen and "9.96M" in screen and "0123456789ab: FAILED: lost 36, dead 0" in " ".join(screen.split()), screen

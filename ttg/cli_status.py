@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -23,10 +24,17 @@ err = Console(stderr=True)
 @click.option("--broker-url", help="The broker to inspect (redis://… or amqp://…). [env TTG_BROKER_URL]")
 @click.option("--run-id", help="Show only this run.")
 @click.option("--management-url", help="RabbitMQ management API (default: the broker's host, port 15672, same user). [env TTG_MANAGEMENT_URL]")
-@click.option("--watch", is_flag=True, help="Keep a live view with throughput and ETA until Ctrl-C.")
+@click.option("--watch", is_flag=True, help="Keep a live view with throughput and ETA until Ctrl-C; a run that ends stays on screen.")
 @click.option("--interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True, help="Seconds between refreshes with --watch.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Where ttg run writes run records (its --out): the verdict of a run that ended while watched is read there.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON on stdout.")
-def status(run_id: str | None, management_url: str | None, watch: bool, interval: float, as_json: bool, **options: Any) -> int:
+def status(run_id: str | None, management_url: str | None, watch: bool, interval: float, out: Path, as_json: bool, **options: Any) -> int:
     """Queue depth, in-flight, consumers and dead letters of the runs on a broker."""
     from dataclasses import asdict
 
@@ -49,41 +57,96 @@ def status(run_id: str | None, management_url: str | None, watch: bool, interval
             err.print(status_table(runs, {}, settings.broker_url))
         return 0
     rates: dict[str, Rate] = {}
+    gone: dict[str, Any] = {}  # runs seen, then removed from the broker: kept on screen with their verdict
+    last: list[Any] = []
     with Live(console=err, auto_refresh=False) as live:
         try:
             while True:
                 runs = read_status(settings.broker_url, run_id=run_id, management_url=management_url)
+                now = {r.run_id for r in runs}
+                for r in last:
+                    if r.run_id not in now:
+                        gone[r.run_id] = r
+                last = runs
                 for r in runs:
                     rates.setdefault(r.run_id, Rate()).update(r)
-                live.update(status_table(runs, rates, settings.broker_url), refresh=True)
+                    gone.pop(r.run_id, None)  # (resumed)
+                ended = {k: ended_verdict(out, k) for k in gone}
+                live.update(status_table([*runs, *gone.values()], rates, settings.broker_url, ended), refresh=True)
                 time.sleep(interval)
         except KeyboardInterrupt:
             return 0
 
 
-def status_table(runs: list[Any], rates: dict[str, Any], url: str) -> Table:
-    table = Table(title=f"TTG runs on {redact_url(url)}")
-    for col in ("run", "state", "unit", "planned", "completed", "queued", "in flight", "consumers", "dead-lettered", "rejected", "rate /s", "ETA"):
-        table.add_column(col, justify="left" if col in ("run", "state", "unit") else "right")
+def ended_verdict(out: Path, run_id: str) -> str:
+    """The verdict of a run no longer on the broker, from its record under ``out`` (the broker keeps none: a run is
+    removed once every chunk is accounted for)."""
+    try:
+        rec = json.loads((out / run_id / "record.json").read_text())
+    except (OSError, ValueError):
+        return f"removed; no record in {out}/"
+    v = rec.get("verdict", {})
+    return "ok" if v.get("ok") else f"FAILED: lost {v.get('lost', '?')}, dead {v.get('dead_lettered', '?')}"
+
+
+def _n(x: int) -> str:
+    """A count in at most six characters: 99,999 exactly, then 128K, 9.96M (80 columns hold ten columns)."""
+    if x < 100_000:
+        return f"{x:,}"
+    for div, unit in ((1_000_000_000, "G"), (1_000_000, "M"), (1_000, "K")):
+        if x >= div:
+            return f"{x / div:.3g}{unit}"
+    return str(x)
+
+
+def _done(r: Any) -> tuple[str, str]:
+    """% done and completed/planned (Redis counts chunks; RabbitMQ's broker counts neither: "-")."""
+    if r.planned and r.completed is not None:
+        return f"{100 * r.completed / r.planned:.0f}%", f"{_n(r.completed)}/{_n(r.planned)}"
+    return "-", "-" if r.completed is None else _n(r.completed)
+
+
+def status_table(runs: list[Any], rates: dict[str, Any], url: str, ended: dict[str, str] | None = None) -> Table:
+    """One row per run, laid out to fit 80 columns; ``ended``: verdicts of runs gone from the broker, by run id."""
+    ended = ended or {}
+    # No vertical rules and one space between columns: ten columns fit 80 without cutting a cell.
+    table = Table(
+        title=f"TTG runs on {redact_url(url)}", title_justify="left", caption_justify="left", box=None, padding=(0, 1, 0, 0), header_style="bold underline"
+    )
+    for col in ("run", "state", "done", "chunks", "queued", "flight", "wkrs", "dead", "rate/s", "ETA"):
+        table.add_column(col, justify="left" if col in ("run", "state") else "right", no_wrap=True)
+    notes = []
     if not runs:
-        table.caption = "no TTG runs on this broker"
+        notes.append("no TTG runs on this broker")
+    if any(r.unit != "chunks" for r in runs):
+        notes.append("RabbitMQ counts task messages (up to 32 chunks each) in queued and flight")
+    rejected = sum(r.rejected for r in runs)
+    if rejected:
+        notes.append(f"{rejected:,} message(s) rejected as not tasks of a run")
     for r in runs:
         rate = rates.get(r.run_id)
-        per_s = f"{rate.per_s:,.1f}" if rate is not None and rate.per_s is not None else "-"
+        per_s = _n(round(rate.per_s)) if rate is not None and rate.per_s is not None else "-"
         eta = rate.eta_s(r) if rate is not None else None
-        state = "[yellow]ended" if r.ended else ("[green]running" if r.consumers else "waiting")
+        if r.run_id in ended:
+            verdict = ended[r.run_id]
+            state = "[green]ok" if verdict == "ok" else "[red]FAILED" if verdict.startswith("FAILED") else "removed"
+            if verdict != "ok":
+                notes.append(f"{r.run_id}: {verdict}")
+            per_s, eta = "-", None
+        else:
+            state = "[yellow]ended" if r.ended else ("[green]running" if r.consumers else "waiting")
+        pct, chunks = _done(r)
         table.add_row(
             r.run_id,
             state,
-            r.unit,
-            "-" if r.planned is None else f"{r.planned:,}",
-            "-" if r.completed is None else f"{r.completed:,}",
-            f"{r.queued:,}",
-            f"{r.inflight:,}",
+            pct,
+            chunks,
+            _n(r.queued),
+            _n(r.inflight),
             str(r.consumers),
-            f"[red]{r.dead_lettered:,}" if r.dead_lettered else "0",
-            f"{r.rejected:,}",
+            f"[red]{_n(r.dead_lettered)}" if r.dead_lettered else "0",
             per_s,
-            "-" if eta is None else f"{eta:,.0f} s",
+            "-" if eta is None else f"{eta:,.0f}s",
         )
+    table.caption = "; ".join(notes) or None
     return table
