@@ -84,6 +84,12 @@ def test_the_docx_opens_and_its_tables_hold_the_numbers_with_the_failure_in_red(
     runs = next(t for t in document.tables if t.rows[0].cells[0].text == "run" and len(t.columns) == 16)
     shaded = {row.cells[0].text for row in runs.rows[1:] if "w:fill" in row._tr.xml}
     assert shaded == {r["run_id"] for r in inputs[1] if not r["verdict"]["ok"]}
+    # rendered through the committed docxtpl template: landscape for the wide tables, a contents field Word fills in
+    from docx.enum.section import WD_ORIENT
+
+    assert document.sections[0].orientation == WD_ORIENT.LANDSCAPE
+    assert not [p.text for p in document.paragraphs if "{%" in p.text or "{{" in p.text]  # every tag rendered
+    assert 'TOC \\o "1-2"' in document.element.xml and "w:updateFields" in document.settings.element.xml
 
 
 class _Page(HTMLParser):
