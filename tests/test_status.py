@@ -33,18 +33,25 @@ def test_status_shows_queued_inflight_consumers_and_dead_letters_of_a_run(backen
         first = worker.receive(2.0)
         assert first is not None
         worker.fail(first, "ValueError: boom", retry=False)
-        held = worker.receive(2.0)  # held, not completed: in flight
+        done = worker.receive(2.0)
+        assert done is not None
+        worker.complete(done, 1, b"result")  # (the chunk id is only recorded: no coordinator reads it here)
+        held = worker.receive(2.0)  # held, not completed: in flight (and the completion above has gone out)
         assert held is not None
-        want = {"queued": 8, "inflight": 1, "consumers": 1, "dead_lettered": 1, "rejected": 0, "ended": False}
+        # per worker: what it completed (Redis counts it; RabbitMQ's broker does not) and what it holds
+        one = [("w", 1 if backend == "redis" else None, 1)]
+        want = {"queued": 7, "inflight": 1, "consumers": 1, "dead_lettered": 1, "rejected": 0, "ended": False, "workers": one}
         got: dict[str, Any] = {}
         deadline = time.monotonic() + 20  # RabbitMQ's management API refreshes its counts about every 5 s
         while time.monotonic() < deadline:
             (run,) = read_status(broker_url, run_id=run_id, management_url=management_url(backend, request))
-            got = {k: getattr(run, k) for k in want}
+            got = {k: getattr(run, k) for k in want if k != "workers"}
+            got["workers"] = [(w.name, w.done, w.inflight) for w in run.workers]
             if got == want:
                 break
             time.sleep(0.2)
         assert got == want
+        assert all(w.idle_s is not None and w.idle_s < 30 for w in run.workers), run.workers
         assert run.unit == ("chunks" if backend == "redis" else "messages")
         coord.end_run()
         deadline = time.monotonic() + 20

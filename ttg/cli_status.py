@@ -106,6 +106,20 @@ def _done(r: Any) -> tuple[str, str]:
     return "-", "-" if r.completed is None else _n(r.completed)
 
 
+MOST_WORKER_ROWS = 16  # per run; the rest are summed in one row
+
+
+def _worker_rows(table: Table, workers: list[Any]) -> None:
+    """A row per worker under its run: chunks it completed, what it holds, and how long since the broker heard from it."""
+    shown, rest = workers[:MOST_WORKER_ROWS], workers[MOST_WORKER_ROWS:]
+    for w in shown:
+        seen = "left" if w.idle_s is None else f"idle {w.idle_s:.0f}s"
+        table.add_row(f" {w.name}", f"[dim]{seen}", "", "-" if w.done is None else _n(w.done), "", _n(w.inflight), "", "", "", "", style="dim")
+    if rest:
+        done = sum(w.done or 0 for w in rest)
+        table.add_row(f" +{len(rest)} more", "", "", _n(done), "", _n(sum(w.inflight for w in rest)), "", "", "", "", style="dim")
+
+
 def status_table(runs: list[Any], rates: dict[str, Any], url: str, ended: dict[str, str] | None = None) -> Table:
     """One row per run, laid out to fit 80 columns; ``ended``: verdicts of runs gone from the broker, by run id."""
     ended = ended or {}
@@ -148,5 +162,7 @@ def status_table(runs: list[Any], rates: dict[str, Any], url: str, ended: dict[s
             per_s,
             "-" if eta is None else f"{eta:,.0f}s",
         )
+        if r.run_id not in ended:
+            _worker_rows(table, r.workers)
     table.caption = "; ".join(notes) or None
     return table

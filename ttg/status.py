@@ -16,6 +16,16 @@ from ttg import backends
 
 
 @dataclass(frozen=True)
+class WorkerStatus:
+    """One worker of a run as the broker sees it."""
+
+    name: str
+    done: int | None  # chunks it completed first (Redis counts them; None where the broker does not)
+    inflight: int  # chunks (Redis) or task messages (RabbitMQ) it holds unacknowledged
+    idle_s: float | None  # since the broker last heard from it (None: not known, or it has left the run)
+
+
+@dataclass(frozen=True)
 class RunStatus:
     run_id: str
     unit: str  # "chunks" or "messages"
@@ -27,6 +37,7 @@ class RunStatus:
     ended: bool
     planned: int | None = None  # chunks in the plan, where the broker records it
     completed: int | None = None  # chunks completed, where the broker counts them
+    workers: list[WorkerStatus] = field(default_factory=list)  # by name
 
     @property
     def remaining(self) -> int:

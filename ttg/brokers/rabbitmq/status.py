@@ -13,12 +13,13 @@ import json
 import re
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from ttg.config import redact_url
 from ttg.errors import BrokerUnavailable, ConfigError
-from ttg.status import RunStatus
+from ttg.status import RunStatus, WorkerStatus
 
 _QUEUE = re.compile(r"^ttg\.(?P<run>[^.]+)\.(?P<kind>tasks|retry|results|dead|rejected|control)$")
 
@@ -39,10 +40,46 @@ def read(url: str, *, management_url: str | None = None) -> list[RunStatus]:
         m = _QUEUE.match(q.get("name", ""))
         if m:
             runs.setdefault(m["run"], {})[m["kind"]] = q
-    return [_one(run_id, by_kind) for run_id, by_kind in runs.items()]
+    workers = _workers(api, vhost, set(runs)) if runs else {}
+    return [_one(run_id, by_kind, workers.get(run_id, [])) for run_id, by_kind in runs.items()]
 
 
-def _one(run_id: str, q: dict[str, dict[str, Any]]) -> RunStatus:
+def _workers(api: str, vhost: str, run_ids: set[str]) -> dict[str, list[WorkerStatus]]:
+    """Each run's workers: its connections are named ttg-<run>-<worker> (client property connection_name); a worker's
+    unacknowledged task messages and idleness are its channels'. The broker does not count chunks done per worker."""
+    v = quote(vhost, safe="")
+    conns = _get(api, f"/api/vhosts/{v}/connections?columns=name,user_provided_name,client_properties")
+    chans = _get(api, f"/api/vhosts/{v}/channels?columns=connection_details,messages_unacknowledged,idle_since")
+    by_conn: dict[str, list[dict[str, Any]]] = {}
+    for ch in chans:
+        by_conn.setdefault((ch.get("connection_details") or {}).get("name", ""), []).append(ch)
+    now = datetime.now(UTC)
+    out: dict[str, list[WorkerStatus]] = {}
+    for c in conns:
+        named = c.get("user_provided_name") or (c.get("client_properties") or {}).get("connection_name") or ""
+        run = next((r for r in run_ids if named.startswith(f"ttg-{r}-")), None)
+        worker = named.removeprefix(f"ttg-{run}-")
+        if run is None or worker == "coordinator":
+            continue
+        mine = by_conn.get(c.get("name", ""), [])
+        idle = [_since(ch.get("idle_since"), now) for ch in mine]
+        idle_s = 0.0 if not mine or any(i == 0.0 for i in idle) else min((i for i in idle if i is not None), default=None)
+        held = sum(int(ch.get("messages_unacknowledged") or 0) for ch in mine)
+        out.setdefault(run, []).append(WorkerStatus(worker, None, held, idle_s))
+    return {run: sorted(ws, key=lambda w: w.name) for run, ws in out.items()}
+
+
+def _since(stamp: str | None, now: datetime) -> float | None:
+    """Seconds since a management API timestamp ("2026-12-04 14:50:00" in UTC); 0.0 for a busy channel (no stamp)."""
+    if not stamp:
+        return 0.0
+    try:
+        return max(0.0, (now - datetime.fromisoformat(stamp.replace(" ", "T")).replace(tzinfo=UTC)).total_seconds())
+    except ValueError:
+        return None
+
+
+def _one(run_id: str, q: dict[str, dict[str, Any]], workers: list[WorkerStatus]) -> RunStatus:
     def n(kind: str, field: str) -> int:
         return int(q.get(kind, {}).get(field) or 0)
 
@@ -55,6 +92,7 @@ def _one(run_id: str, q: dict[str, dict[str, Any]]) -> RunStatus:
         dead_lettered=n("dead", "messages_ready") + n("dead", "messages_unacknowledged"),
         rejected=n("rejected", "messages_ready") + n("rejected", "messages_unacknowledged"),
         ended=n("control", "messages_ready") > 0,
+        workers=workers,
     )
 
 

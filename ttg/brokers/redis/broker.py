@@ -125,7 +125,7 @@ class RedisStreamsBroker(CoordinatorSide, Broker):
     @translate
     def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> None:
         if delivery is None:  # static mode: nothing was queued, nothing to batch with
-            run_script(self.r, redis_lua.COMPLETE, self._keys, [GROUP, b"", chunk_id, result])
+            run_script(self.r, redis_lua.COMPLETE, self._keys, [GROUP, self.consumer, b"", chunk_id, result])
             return
         if delivery.token in self._done:
             return  # the caller is retrying after a broker error: this completion is already queued
@@ -234,7 +234,7 @@ class RedisStreamsBroker(CoordinatorSide, Broker):
         if not self._done:
             return []
         triples = [part for entry, (chunk_id, result) in self._done.items() for part in (entry, chunk_id, result)]
-        pipe.evalsha(redis_lua.sha(redis_lua.COMPLETE), len(self._keys), *self._keys, GROUP, *triples)
+        pipe.evalsha(redis_lua.sha(redis_lua.COMPLETE), len(self._keys), *self._keys, GROUP, self.consumer, *triples)
         return list(self._done)
 
     def _execute(self, pipe: Any, sent: list[bytes]) -> list[Any]:

@@ -35,14 +35,17 @@ local function dead(group, id, fields, reason, n)
 end
 """
 
-# ARGV: group, then (entry id or '' in static mode, chunk id, result payload) triples.
-# Records each chunk's first result once, counts the rest as duplicates, acks and deletes the tasks.
+# ARGV: group, consumer, then (entry id or '' in static mode, chunk id, result payload) triples.
+# Records each chunk's first result once, counts the rest as duplicates, acks and deletes the tasks. Each first result
+# is also counted for the consumer that sent it ('done:<consumer>' in the meta hash: ttg status's per-worker rows).
 COMPLETE = """
-for i = 2, #ARGV, 3 do
+local done = 0
+for i = 3, #ARGV, 3 do
   local entry, chunk = ARGV[i], ARGV[i + 1]
   if redis.call('SADD', KEYS[4], chunk) == 1 then
     redis.call('XADD', KEYS[2], '*', 'r', ARGV[i + 2])
     redis.call('HINCRBY', KEYS[6], 'completed', 1)
+    done = done + 1
   else
     redis.call('HINCRBY', KEYS[6], 'duplicates', 1)
   end
@@ -51,6 +54,7 @@ for i = 2, #ARGV, 3 do
     redis.call('XDEL', KEYS[1], entry)
   end
 end
+if done > 0 and ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[6], 'done:' .. ARGV[2], done) end
 return 1
 """
 

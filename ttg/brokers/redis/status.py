@@ -10,7 +10,7 @@ from ttg.brokers.redis.client import connect
 from ttg.brokers.redis.coordinator import GROUP
 from ttg.config import redact_url
 from ttg.errors import BrokerUnavailable
-from ttg.status import RunStatus
+from ttg.status import RunStatus, WorkerStatus
 
 # Commands that open a round trip (`ttg bench` counts them per chunk). Scripts are left out: a worker's completion
 # script always travels in one pipeline with its next XREADGROUP, and the coordinator's XTRIM with its XREAD; the rare
@@ -46,6 +46,7 @@ def _one(client: redis.Redis, meta_key: bytes) -> RunStatus | None:
     except redis.ResponseError:
         groups = []
     group = next((g for g in groups if g.get("name") == GROUP.encode()), {})
+    workers = _workers(client, run_id, meta) if group else []
     inflight = int(group.get("pending", 0))
     completed, dead = meta.get("completed", 0), meta.get("dead", 0)
     return RunStatus(
@@ -59,4 +60,25 @@ def _one(client: redis.Redis, meta_key: bytes) -> RunStatus | None:
         ended="ended" in meta,
         planned=meta.get("chunks"),
         completed=completed,
+        workers=workers,
     )
+
+
+def _workers(client: redis.Redis, run_id: str, meta: dict[str, int]) -> list[WorkerStatus]:
+    """The group's consumers (in flight, idle) with the chunks each completed first; a worker that left the group
+    (done, or removed) keeps its row with what it completed."""
+    try:
+        consumers = client.xinfo_consumers(f"ttg:{{{run_id}}}:tasks", GROUP)
+    except redis.ResponseError:
+        consumers = []
+    live = {c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"]): c for c in consumers}
+    done = {k.removeprefix("done:"): v for k, v in meta.items() if k.startswith("done:")}
+    return [
+        WorkerStatus(
+            name=name,
+            done=done.get(name, 0),
+            inflight=int(live[name]["pending"]) if name in live else 0,
+            idle_s=int(live[name]["idle"]) / 1000 if name in live else None,
+        )
+        for name in sorted(live.keys() | done.keys())
+    ]
