@@ -102,7 +102,8 @@ def cli() -> None:
         "(coordinator faults need --broker-url; then --resume). TARGET: one, N, P%, random, all or a worker id. Repeatable."
     ),
 )
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Directory for run directories. [env TTG_OUT; default runs]")
+# (typed PATH in --help, not checked by click: preflight's one-line error names what is wrong with it)
+@click.option("--out", type=click.Path(path_type=Path), help="Directory for run directories. [env TTG_OUT; default runs]")
 @click.option("--verify", type=Setting("verify", "[full|off|sample:N]"), help="full, sample:N or off. [env TTG_VERIFY; default full]")
 @click.option("--persistence/--no-persistence", default=None, help="Private Redis with AOF (fsync always). [env TTG_PERSISTENCE]")
 @click.option("--timeout", "timeout_s", type=Setting("timeout_s"), help="Give up collecting after this many seconds. [env TTG_TIMEOUT_S; default 3600]")
