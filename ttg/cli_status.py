@@ -57,22 +57,21 @@ def status(run_id: str | None, management_url: str | None, watch: bool, interval
             err.print(status_table(runs, {}, settings.broker_url))
         return 0
     rates: dict[str, Rate] = {}
-    gone: dict[str, Any] = {}  # runs seen, then removed from the broker: kept on screen with their verdict
-    last: list[Any] = []
+    seen: dict[str, Any] = {}  # every run's last snapshot: one no longer on the broker stays on screen with its verdict
+    verdicts: dict[str, str] = {}  # of runs gone whose record was found (read once)
     with Live(console=err, auto_refresh=False) as live:
         try:
             while True:
                 runs = read_status(settings.broker_url, run_id=run_id, management_url=management_url)
-                now = {r.run_id for r in runs}
-                for r in last:
-                    if r.run_id not in now:
-                        gone[r.run_id] = r
-                last = runs
                 for r in runs:
                     rates.setdefault(r.run_id, Rate()).update(r)
-                    gone.pop(r.run_id, None)  # (resumed)
-                ended = {k: ended_verdict(out, k) for k in gone}
-                live.update(status_table([*runs, *gone.values()], rates, settings.broker_url, ended), refresh=True)
+                    verdicts.pop(r.run_id, None)  # (resumed)
+                seen.update((r.run_id, r) for r in runs)
+                on_broker = {r.run_id for r in runs}
+                gone = [snapshot for k, snapshot in seen.items() if k not in on_broker]
+                ended = {r.run_id: verdicts.get(r.run_id) or ended_verdict(out, r.run_id) for r in gone}
+                verdicts.update((k, v) for k, v in ended.items() if not v.startswith("removed"))
+                live.update(status_table([*runs, *gone], rates, settings.broker_url, ended), refresh=True)
                 time.sleep(interval)
         except KeyboardInterrupt:
             return 0

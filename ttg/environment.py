@@ -14,7 +14,6 @@ from pathlib import Path
 from ttg import __version__, backends
 
 
-@functools.cache
 def commit() -> str:
     """The git commit TTG runs from ("" for an installed package); "+changes" when the checkout has uncommitted edits."""
     root = Path(__file__).resolve().parent.parent
@@ -33,6 +32,13 @@ def commit() -> str:
 def describe(backend: str, private_broker: bool) -> dict[str, str]:
     """This machine, for the record of a run on ``backend``: the server binary's version is the broker's own only when
     TTG started the broker here (a given URL may point anywhere)."""
+    return dict(_describe(backend, private_broker))  # a copy: the record's owner may change it
+
+
+# Once per process: a process that runs many sweeps (a fuzz, a test session) asks git and the broker binary once, not
+# at the end of every run.
+@functools.cache
+def _describe(backend: str, private_broker: bool) -> dict[str, str]:
     env = {
         "ttg": __version__,
         "commit": commit() or "-",

@@ -38,7 +38,7 @@ class Delta:
 def _throughput(r: Report) -> dict[str, float]:
     groups: dict[str, list[float]] = defaultdict(list)
     for x in r.runs:
-        if x.mode == "queue" and x.ok and not x.faults and x.params_per_s > 0:
+        if x.fault_free:
             groups[f"{x.backend}, {x.scale} params, {x.cost_us:g} µs/param"].append(x.params_per_s)
     return {k: statistics.median(v) for k, v in groups.items()}
 
@@ -48,44 +48,46 @@ def _pool_ratio(r: Report) -> dict[str, float]:
 
 
 def _recovery(r: Report) -> dict[str, float]:
-    groups: dict[str, list[float]] = defaultdict(list)
-    for f in r.faults:
-        if f.get("recovered_s") is not None:
-            groups[f"{f['backend']}, {f['kind']}"].append(float(f["recovered_s"]))
-    return {k: statistics.median(v) for k, v in groups.items()}
+    return {f"{backend}, {kind}": statistics.median(v) for (backend, kind), v in r.recoveries().items()}
 
 
 def _lost(r: Report) -> dict[str, float]:
     out: dict[str, float] = defaultdict(float)
     for x in r.runs:
-        out[x.backend] += 0 if x.expected_failure else x.lost
+        out[x.backend] += x.unexpected_lost
     return dict(out)
 
 
-# metric name, how to read it from a report, whether higher is better
-METRICS: tuple[tuple[str, Callable[[Report], dict[str, float]], bool], ...] = (
-    ("throughput (params/s, median)", _throughput, True),
-    ("ratio to Pool", _pool_ratio, True),
-    ("recovery (s, median)", _recovery, False),
-    ("chunks lost where none was expected", _lost, False),
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    read: Callable[[Report], dict[str, float]]
+    higher_is_better: bool
+    any_worse: bool = False  # every step the wrong way is a regression (a lost chunk), whatever the threshold
+    noise: float = 0.0  # a change smaller than this, in the metric's unit, is not a regression
+
+    def regressed(self, baseline: float, current: float, threshold: float) -> bool:
+        worse = baseline - current if self.higher_is_better else current - baseline
+        if self.any_worse:
+            return worse > 0
+        return worse > abs(baseline) * threshold and worse > self.noise
+
+
+METRICS = (
+    Metric("throughput (params/s, median)", _throughput, higher_is_better=True),
+    Metric("ratio to Pool", _pool_ratio, higher_is_better=True),
+    Metric("recovery (s, median)", _recovery, higher_is_better=False, noise=RECOVERY_NOISE_S),
+    Metric("chunks lost where none was expected", _lost, higher_is_better=False, any_worse=True),
 )
-
-
-def _regressed(metric: str, baseline: float, current: float, higher_is_better: bool, threshold: float) -> bool:
-    if metric.startswith("chunks lost"):
-        return current > baseline  # any new loss
-    if higher_is_better:
-        return current < baseline * (1 - threshold)
-    return current > baseline * (1 + threshold) and current - baseline > RECOVERY_NOISE_S
 
 
 def compare(current: Report, baseline: Report, threshold: float) -> list[Delta]:
     """Every metric of either report, with a regression flag beyond ``threshold`` (0.1: 10 %)."""
     out = []
-    for metric, read, higher_is_better in METRICS:
-        now, then = read(current), read(baseline)
+    for m in METRICS:
+        now, then = m.read(current), m.read(baseline)
         for key in sorted(now.keys() | then.keys()):
             a, b = then.get(key), now.get(key)
-            regression = a is not None and b is not None and _regressed(metric, a, b, higher_is_better, threshold)
-            out.append(Delta(metric, key, a, b, higher_is_better, regression))
+            regression = a is not None and b is not None and m.regressed(a, b, threshold)
+            out.append(Delta(m.name, key, a, b, m.higher_is_better, regression))
     return out

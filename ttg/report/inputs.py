@@ -65,10 +65,8 @@ def _journal(doc: dict[str, Any], source: str) -> dict[str, Any]:
 def _logs(directory: Path, record: Path) -> str:
     """The run's worker logs beside its record, relative to ``directory`` ("" when there are none): ``<run>/logs/``
     beside a run directory's ``record.json``, ``<name>.logs/`` beside a ``--ttg-results`` copy."""
-    for logs in (record.parent / "logs", record.with_suffix(".logs")) if record.name == "record.json" else (record.with_suffix(".logs"),):
-        if logs.is_dir():
-            return str(logs.relative_to(directory))
-    return ""
+    logs = record.parent / "logs" if record.name == "record.json" else record.with_suffix(".logs")
+    return str(logs.relative_to(directory)) if logs.is_dir() else ""
 
 
 def _run_ids(doc: Any) -> set[str]:
@@ -96,9 +94,7 @@ def load(directory: Path) -> Inputs:
             continue
         if isinstance(doc, dict) and "run_id" in doc and isinstance(doc.get("verdict"), dict):
             prior = runs.get(doc["run_id"], {})
-            logs = _logs(directory, path)
-            if prior.get("logs"):
-                logs = prior["logs"]
+            logs = prior.get("logs") or _logs(directory, path)
             runs[doc["run_id"]] = {**doc, **prior, "source": prior.get("source", source), "logs": logs}  # keep the scenario name if either has it
         elif isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):
             inputs.benchmarks += _benchmarks(doc, source)

@@ -6,12 +6,15 @@ import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ttg import __version__
 from ttg.faults import WORKER_CRASHES
 from ttg.report.inputs import Inputs
 from ttg.verdict import checksum_words
+
+if TYPE_CHECKING:
+    from ttg.report.compare import Delta  # compare reads reports: imported for the annotation only
 
 
 def scale_name(params: int) -> str:
@@ -57,6 +60,16 @@ class RunRow:
     faults: list[dict[str, Any]]
     timeline: list[list[float]]
     files: list[tuple[str, str]] = field(default_factory=list)  # (record / logs / journal, path under the inputs directory)
+
+    @property
+    def fault_free(self) -> bool:
+        """A queue-mode run without faults that held: the only runs whose speed the report compares."""
+        return self.mode == "queue" and self.ok and not self.faults and self.params_per_s > 0
+
+    @property
+    def unexpected_lost(self) -> int:
+        """Chunks lost where none was expected (static mode's loss under a worker kill is expected)."""
+        return 0 if self.expected_failure else self.lost
 
     @property
     def fine(self) -> bool:
@@ -111,11 +124,19 @@ class Report:
     images: dict[str, str] = field(default_factory=dict)  # plot name -> file name under img/
     inputs_from_out: str = ""  # the inputs directory, relative to the report's: where the runs' files are linked
     baseline: str = ""  # the directory compared against (ttg report --baseline), "" for none
-    comparison: list[Any] = field(default_factory=list)  # ttg.report.compare.Delta, one per metric and key
+    comparison: list[Delta] = field(default_factory=list)  # one per metric and key
 
     @property
     def regressions(self) -> int:
         return sum(1 for d in self.comparison if d.regression)
+
+    def recoveries(self) -> dict[tuple[str, str], list[float]]:
+        """Recovery times of the faults that recovered, by (backend, fault kind)."""
+        out: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for f in self.faults:
+            if f.get("recovered_s") is not None:
+                out[(f["backend"], f["kind"])].append(float(f["recovered_s"]))
+        return dict(out)
 
     @property
     def failing_runs(self) -> list[RunRow]:
@@ -189,7 +210,7 @@ def _parity(rows: list[RunRow]) -> dict[str, Any]:
     for mode, rs in sorted(by_mode.items()):
         lost = sum(r.lost for r in rs)
         modes[mode] = {"runs": len(rs), "lost": lost, "ok": sum(r.ok for r in rs), "lost_share": lost / max(1, sum(r.expected for r in rs))}
-    clean = [r for r in rows if r.mode == "queue" and not r.faults and r.ok]
+    clean = [r for r in rows if r.fault_free]
     speed: dict[str, dict[str, float]] = defaultdict(dict)
     for (scale, backend), rs in _group(clean, lambda r: (r.scale, r.backend)).items():
         speed[scale][backend] = statistics.median(r.params_per_s for r in rs)

@@ -105,10 +105,7 @@ def panels(runs: list[RunRow], path: Path, backend: str) -> bool:
 
 def recovery(report: Report, path: Path) -> bool:
     """Recovery time by fault kind, split by backend: every fault a dot, the median a bar, n under each group."""
-    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for f in report.faults:
-        if f.get("recovered_s") is not None:
-            groups[(f["kind"], f["backend"])].append(float(f["recovered_s"]))
+    groups = {(kind, backend): values for (backend, kind), values in report.recoveries().items()}
     if not groups:
         return False
     plt = _pyplot()
@@ -143,7 +140,7 @@ def throughput(report: Report, path: Path) -> bool:
     """Fault-free queue runs: parameters/s per backend, one group per (scale, cost per parameter), never across them."""
     groups: dict[tuple[int, float], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in report.runs:
-        if r.mode == "queue" and r.ok and not r.faults and r.params_per_s > 0:
+        if r.fault_free:
             groups[(r.params, r.cost_us)][r.backend].append(r.params_per_s)
     if not groups:
         return False

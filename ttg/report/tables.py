@@ -66,9 +66,9 @@ def summary(r: Report) -> Table:
     """The verdict in counts: what ran, what held, what failed on purpose, what failed."""
     expected = sum(1 for x in r.failing_runs if x.expected_failure)
     unexpected = len(r.failing_runs) - expected
-    held = sum(1 for j in r.journals if j not in r.failing_journals)
+    held = len(r.journals) - len(r.failing_journals)
     fuzz_ok = sum(1 for f in r.fuzz if f.get("ok"))
-    lost = sum(x.lost for x in r.runs if not x.expected_failure)
+    lost = sum(x.unexpected_lost for x in r.runs)
     rows = [
         (("sweeps", str(len(r.runs)), str(len(r.runs) - len(r.failing_runs)), str(expected), str(unexpected)), FAILED if unexpected else FINE),
         (("chaos experiments", str(len(r.journals)), str(held), "-", str(len(r.journals) - held)), FAILED if held < len(r.journals) else FINE),

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ttg.record import RunRecord
+from ttg.report.model import scale_name
 
 
 @dataclass
@@ -19,13 +20,6 @@ class Row:
     scenario: str
     record: RunRecord
     test_passed: bool | None = None  # None until the test's call phase has reported
-
-
-def _size(n: int) -> str:
-    for unit, div in (("M", 1_000_000), ("K", 1_000)):
-        if n >= div and n % (div // 10) == 0:
-            return f"{n / div:g}{unit}"
-    return f"{n:,}"
 
 
 def _test_name(nodeid: str) -> Text:
@@ -77,7 +71,7 @@ def table(rows: list[Row], width: int = 160) -> str:
         t.add_row(
             _test_name(row.scenario),
             r.backend,
-            f"{_size(r.params)}/{_size(r.chunk_size)}",
+            f"{scale_name(r.params)}/{scale_name(r.chunk_size)}",
             ", ".join(f.kind for f in r.faults) or "none",
             str(v.lost),
             str(v.duplicates),
@@ -119,7 +113,7 @@ def pool_table(rows: list[PoolRatio], width: int = 160) -> str:
     for col in ("benchmark", "backend", "params/chunk", "cost/param", "TTG s", "Pool s", "TTG/Pool"):
         t.add_column(col, justify="left" if col in ("benchmark", "backend") else "right", overflow="fold")
     for r in rows:
-        size, cost = f"{_size(r.params)}/{_size(r.chunk)}", f"{r.cost_us:g} µs"
+        size, cost = f"{scale_name(r.params)}/{scale_name(r.chunk)}", f"{r.cost_us:g} µs"
         t.add_row(_test_name(r.benchmark), r.backend, size, cost, f"{r.ttg_s:.3f}", f"{r.pool_s:.3f}", f"{r.ratio:.2f}")
     t.caption = "TTG/Pool is throughput: above 1.00 TTG is faster. Speed is recorded, never asserted: a shared host is noisy."
     buf = io.StringIO()

@@ -58,13 +58,13 @@ def _workers(api: str, vhost: str, run_ids: set[str]) -> dict[str, list[WorkerSt
     for c in conns:
         named = c.get("user_provided_name") or (c.get("client_properties") or {}).get("connection_name") or ""
         run = next((r for r in run_ids if named.startswith(f"ttg-{r}-")), None)
-        worker = named.removeprefix(f"ttg-{run}-")
-        if run is None or worker == "coordinator":
+        if run is None or named == f"ttg-{run}-coordinator":
             continue
         mine = by_conn.get(c.get("name", ""), [])
-        idle = [_since(ch.get("idle_since"), now) for ch in mine]
-        idle_s = 0.0 if not mine or any(i == 0.0 for i in idle) else min((i for i in idle if i is not None), default=None)
+        # the least idle channel: 0 when any is busy; a connection with no channel yet has just connected
+        idle_s = min((i for ch in mine if (i := _since(ch.get("idle_since"), now)) is not None), default=None if mine else 0.0)
         held = sum(int(ch.get("messages_unacknowledged") or 0) for ch in mine)
+        worker = named.removeprefix(f"ttg-{run}-")
         out.setdefault(run, []).append(WorkerStatus(worker, None, held, idle_s))
     return {run: sorted(ws, key=lambda w: w.name) for run, ws in out.items()}
 
