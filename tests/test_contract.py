@@ -264,3 +264,13 @@ def test_a_chunk_that_fails_once_is_retried_and_the_sweep_completes(run_sweep: A
     assert v.ok and v.dead_lettered == 0 and v.lost == 0 and v.duplicates == 0, explain(rec)
     logs = " ".join(p.read_text() for p in (Path(rec.run_dir) / "logs").glob("*.log"))
     assert "transient: the database blinked" in logs
+
+
+def test_a_killed_workers_chunks_go_to_the_live_workers_once_its_exit_is_seen_not_after_the_reclaim_bound(run_sweep: Any) -> None:
+    # A 600 s reclaim bound: a Redis run could only recover through the coordinator seeing the exit (RabbitMQ requeues
+    # on the connection's close), and would otherwise run into its 120 s timeout with chunks outstanding.
+    rec = run_sweep(params=80_000, chunk=2_000, workers=2, cost_us=50, reclaim_after_s=600.0, timeout_s=120, faults=["kill-worker@30%"])
+    v = rec.verdict
+    assert v.ok and v.lost == 0 and v.duplicates == 0, explain(rec)
+    (fault,) = rec.faults
+    assert rec.worker_exit_codes[fault.target] == -9 and fault.recovered_s is not None, explain(rec)

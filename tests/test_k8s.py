@@ -227,6 +227,10 @@ def _pod(name: str, phase: str, exit_code: int | None = None, reason: str = "Err
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ttg", "labels": labels}, "spec": {"containers": []}, "status": status}
 
 
+def _after(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
 def eventually(check: Any, timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -252,6 +256,11 @@ def test_the_runtime_reads_exit_codes_from_container_statuses_and_kills_through_
     # As the container statuses report them, never assumed from the fault sent: 137 is a SIGKILL, 143 a drain on SIGTERM.
     assert runtime.exit_codes() == {"w-a": None, "w-b": None, "w-c": 0, "w-d": 137, "w-e": 143}
     assert runtime.describe_failure("w-b") == "two | three | four"
+    # The coordinator hands an exited pod's chunks on by this key: a pod's worker is `ttg worker --worker-id $(POD_NAME)`,
+    # whose consumer is "<pod>.<pid>", and a key matches the consumers named "<key>.<anything>".
+    assert runtime.consumer_key("w-d") == "w-d"
+    worker_args = next(d for d in documents(settings(run_id="r1")) if d["kind"] == "Job" and "worker" in d["metadata"]["name"])
+    assert "$(POD_NAME)" in _after(worker_args["spec"]["template"]["spec"]["containers"][0]["args"], "--worker-id")
     runtime.kill("w-a", signal.SIGKILL)
     assert execs == [("w-a", kill_argv())] and kill_argv() == ["sh", "-c", f'kill -s KILL "$(cat {WORKER_PID_FILE})"']
     assert not any(m == "DELETE" and path.endswith("/w-a") for m, path, _ in api.requests)  # a DELETE would SIGTERM first

@@ -141,3 +141,53 @@ def test_with_aof_a_killed_and_restarted_broker_keeps_every_task_and_result(tmp_
         coord.delete_run()
         coord.close()
         w.close()
+
+
+def test_an_exited_workers_chunks_are_adopted_by_the_next_fetch_not_after_the_reclaim_bound(redis_url: str, run_id: str) -> None:
+    # A 600 s reclaim bound: only the coordinator's release of the exited worker can move its chunk in this test.
+    def make(name: str | None, max_deliveries: int = 3) -> Broker:
+        return open_broker(redis_url, run_id, consumer=name, max_deliveries=max_deliveries, reclaim_after_s=600.0)
+
+    coord = make(None)
+    coord.declare(4)
+    publish_plan(coord, ChunkPlan(40, 10))
+    a, ab, b = make("pod-a.7"), make("pod-ab.8"), make("pod-b.9")
+    try:
+        held, other = a.receive(1.0), ab.receive(1.0)
+        assert held is not None and other is not None
+        a._stop.set()  # a "dies": no heartbeat, never completes, never closes
+        assert coord.release_exited("pod-a.70") == 0, "a key matches a consumer's exact name, or a prefix up to its '.'"
+        assert coord.release_exited("pod-a") == 1, "pod-a.7 held one chunk; pod-ab.8 is another worker"
+        assert coord.stats().inflight == 2, "the exited worker's chunk is pending still, with the orphans"
+        got = [d for d in (b.receive(1.0), b.receive(1.0)) if d is not None]
+        assert [d.token for d in got][:1] == [held.token], "the next fetch adopts the orphan before new tasks"
+        assert got[0].deliveries == 2
+        assert coord.stats().consumers == 2, "the released consumer left the group; the orphans' holder is no worker"
+        assert coord.release_exited("pod-ab") == 1  # its chunk goes the same way; b adopts it within one fetch
+        again = b.receive(1.0)
+        assert again is not None and again.token == other.token and again.deliveries == 2
+    finally:
+        for x in (a, ab, b):
+            x.close()
+        coord.delete_run()
+        coord.close()
+
+
+def test_an_orphan_past_its_max_deliveries_is_dead_lettered_when_adopted(redis_url: str, run_id: str) -> None:
+    coord = open_broker(redis_url, run_id, max_deliveries=1, reclaim_after_s=600.0)
+    coord.declare(1)
+    publish_plan(coord, ChunkPlan(10, 10))
+    a = open_broker(redis_url, run_id, consumer="w0.1", max_deliveries=1, reclaim_after_s=600.0)
+    b = open_broker(redis_url, run_id, consumer="w1.2", max_deliveries=1, reclaim_after_s=600.0)
+    try:
+        assert a.receive(1.0) is not None
+        a._stop.set()
+        assert coord.release_exited("w0.1") == 1
+        assert b.receive(0.5) is None
+        (dead,) = coord.dead_letters()
+        assert dead.chunk_id == 0 and "exited" in dead.reason and coord.stats().inflight == 0
+    finally:
+        a.close()
+        b.close()
+        coord.delete_run()
+        coord.close()

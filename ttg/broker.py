@@ -133,6 +133,18 @@ class Broker(ABC):
     def stats(self) -> BrokerStats:
         """Counters for this run."""
 
+    def release_exited(self, worker_key: str) -> int:
+        """Hand what an exited worker held to the live workers now; returns how many task messages that was.
+
+        The coordinator calls it as soon as its runtime sees a worker's process exit (a local child's exit status, a
+        pod's terminated container), so a crashed worker's chunks are redelivered at once instead of after the
+        reclaim bound, which stays for a worker that is alive but cut off. ``worker_key`` is
+        :meth:`ttg.runtimes.Runtime.consumer_key`: the worker's consumer name, or the prefix its names start with
+        (``KEY.``). Only for workers that have exited: a live one would lose its chunks to a duplicate computation.
+        The base does nothing: a broker that redelivers when the connection closes (RabbitMQ) needs no help.
+        """
+        return 0
+
     @abstractmethod
     def end_run(self) -> None:
         """Tell this run's workers the sweep is over, complete or not: :meth:`drained` turns True for them.

@@ -7,6 +7,7 @@ the :class:`Tracker`'s, fed with each result the ledger accepted as its chunk's 
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -21,11 +22,12 @@ from ttg.ledger import Ledger
 from ttg.messages import ResultMessage
 from ttg.nemesis import BrokerServer, FaultProxy, FaultSchedule
 from ttg.retry import patiently
-from ttg.runtimes import Runtime
+from ttg.runtimes import Runtime, describe_exit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 BROKER_WAIT_S = 60.0  # how long the coordinator rides out an unreachable broker
+EXITS_EVERY_S = 0.05  # how often the coordinator looks for workers that exited (a waitpid each, or the pod watch's cache)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Collector:
         self.cfg, self.broker, self.runtime, self.ledger, self.on_progress = cfg, broker, runtime, ledger, on_progress
         self.cancel = cancel or threading.Event()
         self._workers_gone_at: float | None = None
+        self._released: set[str] = set()  # workers whose exit was seen and whose chunks were handed on
         self.t0 = time.monotonic()
         self.tracker = Tracker(self.t0)
         rng = random.Random(cfg.seed)  # seeded: a random fault target replays with the run's --seed
@@ -107,7 +110,7 @@ class Collector:
         """Collect until every planned chunk id is completed or dead (never on a count of messages), or give up."""
         chunks = self.ledger.plan.chunks
         dead_seen = 0
-        next_stats = 0.0
+        next_stats = next_exits = 0.0
         next_flush = time.monotonic() + 2.0
         while True:
             raws = self._patiently(lambda: self.broker.read_results(max_count=512, timeout_s=self.faults.wait_s(0.1)))
@@ -118,6 +121,9 @@ class Collector:
             now = time.monotonic()
             self._progress(now)
             self.faults.poll(self.ledger.completed, self.tracker.redelivered_at)
+            if now >= next_exits:
+                self._release_exited()
+                next_exits = now + EXITS_EVERY_S
             if now >= next_stats:  # a dead letter ends a chunk too; ask the broker a few times a second
                 dead_seen = self._note_dead_letters(dead_seen)
                 next_stats = now + 0.25
@@ -143,6 +149,19 @@ class Collector:
             log.error("run timed out after %.0fs with %d chunk(s) outstanding", self.cfg.timeout_s, outstanding)
             return True
         return False
+
+    def _release_exited(self) -> None:
+        """Hand the chunks of each worker whose process has exited to the live workers, once per worker.
+
+        A worker that exited holds nothing it can still complete, so this never makes a duplicate; the broker's
+        reclaim bound stays for a worker that is alive but cut off."""
+        for worker_id, rc in self.runtime.exit_codes().items():
+            if rc is None or worker_id in self._released:
+                continue
+            self._released.add(worker_id)
+            n = self._patiently(functools.partial(self.broker.release_exited, self.runtime.consumer_key(worker_id)))
+            if n:
+                log.info("worker %s exited (%s) holding %d task message(s): handed to the live workers", worker_id, describe_exit(rc), n)
 
     def _note_dead_letters(self, seen: int) -> int:
         """Re-read the dead letters when the broker's count of them changed; returns the count read."""

@@ -64,6 +64,12 @@ class Runtime(ABC):
         """Exit status per worker, as the runtime reports it (None while running): a local process killed by signal N
         reads -N, as in subprocess; a container, 128 + N, as its runtime reports it. Never assumed from the fault sent."""
 
+    def consumer_key(self, worker_id: str) -> str:
+        """What names this worker's broker consumers: ``ttg worker`` calls its consumer ``<worker id>.<pid>``, and a
+        key matches a consumer of that exact name or one that starts with ``<key>.``. A pod's name is unique, so the
+        worker id will do; a runtime that reuses worker ids for new processes must add the pid."""
+        return worker_id
+
     @abstractmethod
     def describe_failure(self, worker_id: str) -> str:
         """A short excerpt of a worker's log, for error messages."""

@@ -59,6 +59,10 @@ class LocalRuntime(Runtime):
             if sig == signal.SIGKILL:
                 proc.wait()
 
+    def consumer_key(self, worker_id: str) -> str:
+        # Exact: a resumed run's w0 is a new process while its predecessor's w0 may still serve the run.
+        return f"{worker_id}.{self.procs[worker_id].pid}"
+
     def exit_codes(self) -> dict[str, int | None]:
         return {w: p.poll() for w, p in self.procs.items()}
 

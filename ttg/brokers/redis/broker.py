@@ -1,8 +1,11 @@
 """Redis Streams backend.
 
 Tasks live in a stream read through one consumer group; a worker's result and
-its XACK go through one Lua script, so they happen together. A crashed worker's
-pending entries are taken over with XAUTOCLAIM once idle for
+its XACK go through one Lua script, so they happen together. When the
+coordinator's runtime sees a worker exit, it hands that worker's pending entries
+to the orphans' consumer (:meth:`release_exited`), and every fetch of a live
+worker adopts orphans first, in the same round trip. A worker that is alive but
+cut off or hung keeps its entries until they are taken over with XAUTOCLAIM once idle for
 ``0.6 * reclaim_after_s``; workers look for such entries every
 ``0.3 * reclaim_after_s``, so a takeover happens within ``reclaim_after_s``. A
 live worker refreshes the idle time of the entries it holds every
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 BATCH_TARGET_S = 0.02
 MAX_BATCH = 64
 FLUSH_AFTER_S = 0.01  # a completed chunk's result reaches the broker within this, batch or not
+ADOPT_EVERY_S = 0.1  # an idle worker looks at the orphans this often; a busy one at every fetch
 _MAX_PENDING_BYTES = 1 << 20  # smaller flushes keep Redis responsive to the coordinator (one 3 MB script stalls it ~20 ms)
 
 
@@ -191,8 +195,8 @@ class RedisStreamsBroker(CoordinatorSide, Broker):
         with self._held_lock:
             held = list(self._held)
         if held:
-            # Chunks fetched but not started go back at once instead of after the reclaim bound.
-            run_script(self.r, redis_lua.RELEASE, [self.k_tasks], [GROUP, self.consumer, *held, self.min_idle_ms * 10])
+            # Chunks fetched but not finished go to the orphans, which the next worker to fetch adopts.
+            run_script(self.r, redis_lua.RELEASE, [self.k_tasks], [GROUP, self.consumer, *held])
         elif not self.r.xpending_range(self.k_tasks, GROUP, "-", "+", 1, consumername=self.consumer):
             # Only a consumer that owns nothing may go: deleting one drops its pending entries.
             self.r.xgroup_delconsumer(self.k_tasks, GROUP, self.consumer)
@@ -207,15 +211,26 @@ class RedisStreamsBroker(CoordinatorSide, Broker):
         return Delivery(body=fields.get(b"m", b""), deliveries=deliveries, token=entry_id)
 
     def _fetch(self, block_ms: int) -> None:
-        """Send pending completions and read up to a batch of new tasks, in one round trip."""
+        """Send pending completions, adopt orphans and read up to a batch of new tasks, in one round trip; then, only
+        when that found nothing and ``block_ms`` allows, wait for new tasks (at most ``ADOPT_EVERY_S``, so an idle
+        worker looks at the orphans again soon)."""
         pipe = self.r.pipeline(transaction=False)
-        sent = self._queue_completions(pipe)
-        if block_ms:
-            pipe.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=self._batch, block=block_ms)
-        else:
-            pipe.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=self._batch)
-        reply = self._execute(pipe, sent)[-1]
+        completions = self._queue_completions(pipe)
+        pipe.evalsha(redis_lua.sha(redis_lua.ADOPT), len(self._keys), *self._keys, *self._adopt_args())
+        pipe.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=self._batch)
+        adopted, reply = self._execute(pipe, completions)[-2:]
+        if isinstance(adopted, redis.exceptions.NoScriptError):  # the server restarted and lost its scripts
+            adopted = run_script(self.r, redis_lua.ADOPT, self._keys, self._adopt_args())
+        for entry_id, flat, n in adopted or []:
+            log.info("chunk adopted", extra={"event": "reclaimed", "entry": entry_id.decode(), "deliveries": n})
+            self._buffer.append(self._take(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), int(n)))
         self._buffer.extend(self._take(entry_id, fields, 1) for entry_id, fields in stream_entries(reply))
+        if not self._buffer and block_ms:
+            reply = self.r.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=self._batch, block=min(block_ms, int(ADOPT_EVERY_S * 1000)))
+            self._buffer.extend(self._take(entry_id, fields, 1) for entry_id, fields in stream_entries(reply))
+
+    def _adopt_args(self) -> list[Any]:
+        return [GROUP, self.consumer, self.max_deliveries, self._batch]
 
     def _reclaim_batch(self) -> str:
         """Take over idle tasks of dead peers; returns "ended" when the run is over."""
@@ -230,24 +245,31 @@ class RedisStreamsBroker(CoordinatorSide, Broker):
             self._next_reclaim = time.monotonic()  # a dead peer may have held more: look again at once
         return "running"
 
+    def _completion_args(self) -> list[Any]:
+        return [GROUP, self.consumer, *(part for entry, (chunk_id, result) in self._done.items() for part in (entry, chunk_id, result))]
+
     def _queue_completions(self, pipe: Any) -> list[bytes]:
+        """Queue the held completions as the pipeline's first command; returns their entries."""
         if not self._done:
             return []
-        triples = [part for entry, (chunk_id, result) in self._done.items() for part in (entry, chunk_id, result)]
-        pipe.evalsha(redis_lua.sha(redis_lua.COMPLETE), len(self._keys), *self._keys, GROUP, self.consumer, *triples)
+        pipe.evalsha(redis_lua.sha(redis_lua.COMPLETE), len(self._keys), *self._keys, *self._completion_args())
         return list(self._done)
 
-    def _execute(self, pipe: Any, sent: list[bytes]) -> list[Any]:
-        try:
-            replies: list[Any] = pipe.execute()
-        except redis.exceptions.NoScriptError:
-            # The server restarted and lost its scripts. Completions are idempotent, so the retry
-            # repeats them; a task a lost XREADGROUP handed us stays pending until reclaimed.
-            self.r.script_load(redis_lua.COMPLETE)
-            raise redis.ConnectionError("script cache lost (broker restarted); retrying") from None
+    def _execute(self, pipe: Any, completions: list[bytes]) -> list[Any]:
+        """Run the pipeline; every reply comes back, a script the server does not know as its NoScriptError.
+
+        A restarted server has lost its scripts. Its other replies still count (a lost XREADGROUP reply would leave
+        tasks pending under this consumer until the reclaim bound), and the completions are sent again at once:
+        they are idempotent, and a COMPLETE that met NOSCRIPT did not run."""
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        if completions and isinstance(replies[0], redis.exceptions.NoScriptError):
+            replies[0] = run_script(self.r, redis_lua.COMPLETE, self._keys, self._completion_args())
+        for reply in replies:
+            if isinstance(reply, Exception) and not isinstance(reply, redis.exceptions.NoScriptError):
+                raise reply
         self._done.clear()
         with self._held_lock:
-            self._held.difference_update(sent)
+            self._held.difference_update(completions)
         return replies
 
     def _flush(self) -> None:

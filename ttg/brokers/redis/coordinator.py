@@ -166,6 +166,8 @@ class CoordinatorSide:
             groups = []
         group = next((g for g in groups if g.get("name") == GROUP.encode()), {})
         inflight, consumers = int(group.get("pending", 0)), int(group.get("consumers", 0))
+        if consumers and self.r.xpending_range(self.k_tasks, GROUP, "-", "+", 1, consumername=redis_lua.ORPHANS):
+            consumers -= 1  # the orphans' holder is no worker
         completed, dead, published = meta.get("completed", 0), meta.get("dead", 0), meta.get("published", 0)
         return BrokerStats(
             published=published,
@@ -177,6 +179,10 @@ class CoordinatorSide:
             rejected=meta.get("rejected", 0),
             duplicates=meta.get("duplicates", 0),
         )
+
+    @translate
+    def release_exited(self, worker_key: str) -> int:
+        return int(run_script(self.r, redis_lua.ORPHAN, [self.k_tasks], [GROUP, worker_key]))
 
     @translate
     def end_run(self) -> None:

@@ -13,6 +13,10 @@ The lease scripts take one key: the run's owner key.
 import functools
 import hashlib
 
+# The consumer that holds the tasks of workers that exited (or gave them back) until a live worker adopts them. Worker
+# consumers are named "<worker id>.<pid>": no worker can be called this.
+ORPHANS = "~orphans"
+
 # Dead-letter one task entry: record it with its body, ack it, delete it, count it. An entry whose chunk field is
 # not a number names no chunk: it goes to the rejected stream. Dead letters are not de-duplicated by chunk id here:
 # the field is only a claim, and a junk entry naming chunk N must not silence chunk N's real dead letter. The
@@ -117,15 +121,81 @@ end
 return n
 """
 
-# ARGV: group, consumer, entry ids..., idle ms. Gives held entries back for immediate reclaim.
-RELEASE = """
-local idle = ARGV[#ARGV]
-for i = 3, #ARGV - 1 do
+# ARGV: group, consumer, entry ids... Gives held entries back: they go to the orphans, for the next worker that fetches.
+RELEASE = (
+    """
+for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
-  if p[1] then redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', idle, 'JUSTID') end
+  if p[1] then redis.call('XCLAIM', KEYS[1], ARGV[1], '"""
+    + ORPHANS
+    + """', 0, ARGV[i], 'JUSTID') end
 end
 return 1
 """
+)
+
+# ARGV: group, a worker's key. The coordinator's fast path when its runtime saw that worker's process exit: every
+# consumer named KEY or KEY.<anything> (a local worker's key is its exact consumer name, a pod's its name) hands its
+# pending entries to the orphans (JUSTID: their delivery counts stay as they are) and leaves the group. Returns how
+# many entries it held.
+ORPHAN = (
+    """
+local key, n = ARGV[2], 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local name = ''
+  for i = 1, #c, 2 do if c[i] == 'name' then name = c[i + 1] end end
+  if name == key or string.sub(name, 1, #key + 1) == key .. '.' then
+    while true do
+      local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1000, name)
+      if #p == 0 then break end
+      local ids = {}
+      for _, e in ipairs(p) do ids[#ids + 1] = e[1] end
+      n = n + #ids
+      ids[#ids + 1] = 'JUSTID'
+      redis.call('XCLAIM', KEYS[1], ARGV[1], '"""
+    + ORPHANS
+    + """', 0, unpack(ids))
+    end
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+  end
+end
+return n
+"""
+)
+
+
+# ARGV: group, consumer, max deliveries, how many to take. A worker's look at the orphans, in every fetch's round trip:
+# takes up to that many (each delivery counted), dead-letters those past max deliveries, and returns {id, fields,
+# deliveries} for the rest; the orphans' consumer leaves the group once it holds nothing.
+ADOPT = (
+    _DEAD
+    + """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[4], '"""
+    + ORPHANS
+    + """')
+if #p == 0 then return {} end
+local out = {}
+for _, e in ipairs(p) do
+  local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, e[1])
+  if got[1] then
+    local n = e[4] + 1
+    if n > tonumber(ARGV[3]) then
+      dead(ARGV[1], e[1], got[1][2], 'delivered ' .. e[4] .. ' times without completing (max ' .. ARGV[3] .. '): the workers holding it exited', n)
+    else
+      out[#out + 1] = {e[1], got[1][2], n}
+    end
+  end
+end
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, '"""
+    + ORPHANS
+    + """') == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], '"""
+    + ORPHANS
+    + """')
+end
+return out
+"""
+)
 
 
 # ARGV: group, entry id, reason. A message that is not a task of the run's plan: out of the queue, into the
@@ -181,4 +251,4 @@ def sha(source: str) -> str:
     return hashlib.sha1(source.encode()).hexdigest()
 
 
-ALL = (COMPLETE, RECLAIM, FAIL, HEARTBEAT, RELEASE, REJECT)
+ALL = (COMPLETE, RECLAIM, FAIL, HEARTBEAT, RELEASE, REJECT, ADOPT)
