@@ -8,23 +8,31 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from pytest_kind import KindCluster  # the kind_cluster fixture's type (pytest-kind)
+
+if TYPE_CHECKING:  # pytest-kind is imported by the kind_cluster fixture only: collection works without it
+    from pytest_kind import KindCluster
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments" / "kubernetes"
 
 
 @pytest.fixture
-def on_kind(kind_cluster: KindCluster, kind_image: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., dict[str, Any]]]:
-    """``on_kind(backend, *args)``: a ``ttg run --runtime kubernetes`` on the Kind cluster; returns its record; removes the run after."""
+def on_kind(
+    kind_cluster: KindCluster, kind_image: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., dict[str, Any]]]:
+    """``on_kind(backend, *args)``: a ``ttg run --runtime kubernetes`` on the Kind cluster; returns its record; removes the run after.
+
+    With ``--ttg-results DIR`` each record is also written there, for the report (as ``run_sweep`` does)."""
+    results = request.config.getoption("ttg_results", None)
     monkeypatch.setenv("KUBECONFIG", str(kind_cluster.kubeconfig_path))
     runs: list[str] = []
 
@@ -35,6 +43,10 @@ def on_kind(kind_cluster: KindCluster, kind_image: str, monkeypatch: pytest.Monk
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
         assert proc.stdout, proc.stderr
         record: dict[str, Any] = json.loads(proc.stdout)
+        if results:
+            Path(results).mkdir(parents=True, exist_ok=True)
+            doc = {**record, "scenario": request.node.nodeid}
+            (Path(results) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', request.node.name)}--{run_id}.json").write_text(json.dumps(doc, indent=1))
         return record
 
     yield run

@@ -40,6 +40,7 @@ class StandInAPI:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, namespace, name) -> object
         self.requests: list[tuple[str, str, dict[str, list[str]]]] = []  # (method, path, query)
+        self.responses: list[tuple[str, str, int]] = []  # (method, path, status code), as the client received them
         self.logs: dict[str, str] = {}  # pod name -> log text
         self.version = 0  # the store's resourceVersion: one step per change
         self.events: list[tuple[int, str, str, dict[str, Any]]] = []  # (version, plural, ADDED|MODIFIED|DELETED, object)
@@ -91,6 +92,10 @@ class StandInAPI:
         obj["metadata"]["resourceVersion"] = str(self.version)
         self.events.append((self.version, plural, kind, copy.deepcopy(obj)))
         self._changed.notify_all()
+
+    def kinds(self) -> set[str]:
+        """The plurals of the objects stored now."""
+        return {p for (p, _, _) in self.objects}
 
     def names(self, plural: str) -> list[str]:
         return sorted(name for (p, _, name) in self.objects if p == plural)
@@ -196,6 +201,7 @@ class StandInAPI:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 code, payload = api.handle(method, parts.path, parse_qs(parts.query), body)
+                api.responses.append((method, parts.path, code))
                 data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")

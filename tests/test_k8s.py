@@ -8,6 +8,7 @@ import dataclasses
 import json
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,14 +21,14 @@ from ttg.config import load_run_config
 from ttg.errors import ConfigError, FaultNotInjected, RuntimeStartError
 from ttg.k8s.cluster import Cluster, ClusterError
 from ttg.k8s.launch import JobFollower, load_record, record_from_log
-from ttg.k8s.manifests import ManifestSettings, documents, render
+from ttg.k8s.manifests import IMAGE, ManifestSettings, documents, render
 from ttg.k8s.records import record_text, save_record
 from ttg.k8s.runtime import WORKER_PID_FILE, KubernetesRuntime, kill_argv
 from ttg.record import RunRecord
 from ttg.verdict import Verdict
 
 COMBOS = [(b, m) for b in ("redis", "rabbitmq") for m in ("queue", "static")]
-SCHEMA_VERSIONS = ("1.30", "1.33")
+SCHEMA_VERSIONS = ("1.30", "1.31", "1.32", "1.33")
 
 
 def settings(backend: str = "redis", mode: str = "queue", workers: int = 6, run_id: str = "r1", **given: Any) -> ManifestSettings:
@@ -218,6 +219,31 @@ def test_teardown_falls_back_to_one_delete_per_object_where_a_collection_cannot_
     assert api.names("services") == [] and cluster.resources() == []
 
 
+def test_teardown_without_any_collection_delete_meets_a_404_for_every_object_and_leaves_nothing(api: StandInAPI) -> None:
+    # Every DELETE is per object here, and every object is gone just before its own DELETE arrives (the garbage
+    # collector took it): each one is a 404 that reaches the client, and each must read as "already gone".
+    cluster = Cluster(api.client(), "ttg")
+    cluster.apply(documents(settings(run_id="r1")))
+    for i in range(3):
+        api.put("pods", _pod(f"w-{i}", "Running"))
+    original = api.handle
+
+    def no_collections(method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+        if method == "DELETE" and "labelSelector" in query:
+            api.requests.append((method, path, query))
+            return 405, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "MethodNotAllowed", "code": 405}
+        return original(method, path, query, body)
+
+    api.handle = no_collections  # type: ignore[method-assign]
+    for kind in api.kinds():
+        api.on_delete[kind] = lambda standin, name, kind=kind: standin.remove(kind, "ttg", name)
+    deleted = cluster.down("r1")
+    codes = [code for method, path, code in api.responses if method == "DELETE" and code != 405]
+    assert cluster.resources() == [] and api.names("pods") == []
+    assert codes and set(codes) == {404} and len(codes) >= len(deleted) >= 12, "every per-object DELETE met a 404"
+    assert cluster.down("r1") == []
+
+
 def _pod(name: str, phase: str, exit_code: int | None = None, reason: str = "Error") -> dict[str, Any]:
     labels = {"app.kubernetes.io/name": "ttg", "app.kubernetes.io/component": "worker", "ttg.dev/run-id": "r1", "app.kubernetes.io/managed-by": "ttg"}
     status: dict[str, Any] = {"phase": phase}
@@ -319,7 +345,7 @@ def needed_permissions() -> set[tuple[str, str, str]]:
     import ttg.k8s.runtime
 
     def permission(call: str, verb: str | None = None) -> set[tuple[str, str, str]]:
-        if call.startswith("connect_get_namespaced_pod_exec"):  # a websocket GET, authorised as create (and get, 1.31+)
+        if call.startswith("connect_get_namespaced_pod_exec"):  # a websocket GET: authorised as get, and also as create on newer servers (see ttg/k8s/rbac.py)
             return {("", "pods/exec", "create"), ("", "pods/exec", "get")}
         prefix, _, kind = call.partition("_namespaced_")
         return {("batch" if kind == "job" else "", _PLURALS[kind], verb or _VERBS[prefix])}
@@ -469,3 +495,18 @@ def test_a_gitops_render_is_reproducible_with_the_password_from_the_environment(
     assert fresh[0] != fresh[1]  # without it: a new generated password each time, and the render says so
     bad = CliRunner().invoke(cli, args, env={"TTG_BROKER_PASSWORD": "short"})
     assert bad.exit_code != 0 and "at least 16 characters" in str(bad.exception)
+
+
+def test_the_image_runs_ttg_under_tini_as_pid_1_and_no_manifest_replaces_that_entrypoint() -> None:
+    # kill-pod SIGKILLs the worker's pid through exec. Were the worker PID 1, the kernel would drop that signal (PID 1
+    # of a namespace gets only the signals it handles, and SIGKILL from inside its own namespace not at all): the
+    # fault would silently do nothing. A `command:` in a manifest would replace the image's ENTRYPOINT, tini included.
+    dockerfile = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
+    entrypoints = [line.split(None, 1)[1] for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT")]
+    entry = json.loads(entrypoints[-1])
+    assert Path(entry[0]).name == "tini" and entry[1:] == ["--", "ttg"], entry
+    for mode in ("queue", "static"):
+        for doc in documents(settings(run_id="r1", mode=mode)):
+            for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                if container["image"] == IMAGE:
+                    assert "command" not in container, (doc["metadata"]["name"], container["name"])

@@ -218,36 +218,63 @@ def test_a_disruption_condition_is_ignored_whatever_the_exit_code() -> None:
             assert next_step(j, EndedPod(container_name(j), code, (("DisruptionTarget", "True"),))) == REPLACED_FREE
 
 
-# -- the partition's forced reconnect, against real brokers -----------------------------------------------------------
-def test_the_partitions_forced_reconnect_cuts_every_established_client_and_the_run_still_loses_nothing(
+def test_the_partition_stalls_the_sweep_only_once_its_forced_reconnect_meets_the_deny_and_the_heal_restores_it(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """The command the Kubernetes partition runs in the broker pod (CLIENT KILL TYPE normal; rabbitmqctl
-    close_all_connections) closes the coordinator's and every worker's established connection mid-sweep; each
-    reconnects (on Kubernetes the reconnect is what meets the deny policy) and the run ends with nothing lost."""
+    """The Kubernetes partition, step by step, on real brokers. Every client goes through a proxy that, like a
+    NetworkPolicy implementation, evaluates its deny on new connections only. The deny alone stalls nothing; the
+    command the partition runs in the broker pod (CLIENT KILL TYPE normal; rabbitmqctl close_all_connections) closes
+    every established client; each reconnect is then held by the deny (the refused reconnects are the evidence), the
+    sweep stalls, and once the deny is lifted it completes with nothing lost."""
     import threading
 
     from ttg import backends
+    from ttg.nemesis.proxy import FaultProxy
     from ttg.run import execute
 
     server = request.getfixturevalue(f"{backend}_server")
+    proxy = FaultProxy("127.0.0.1", int(server.url.rsplit(":", 1)[1].split("/")[0]))
     cfg = load_run_config(
-        {"backend": backend, "broker_url": server.url, "params": 200_000, "chunk": 2_000, "workers": 2, "cost_us": 20, "out": tmp_path}, env={}
+        {"backend": backend, "broker_url": proxy.url_for(server.url), "params": 200_000, "chunk": 2_000, "workers": 2, "cost_us": 50, "out": tmp_path},
+        env={},
     )
     said: list[str] = []
-    cut = threading.Event()
+    seen: list[tuple[float, int]] = []  # (monotonic time, chunks done) at each progress report
+    marks: dict[str, tuple[float, int]] = {}
+    started = threading.Event()
+
+    def partition(at_chunks: int) -> None:
+        marks["before"] = (time.monotonic(), at_chunks)
+        proxy.deny_new()
+        time.sleep(0.5)
+        marks["deny"] = (time.monotonic(), seen[-1][1])  # the deny alone: established connections still flow
+        said.append(server.cut_clients())
+        marks["cut"] = (time.monotonic(), seen[-1][1])
+        time.sleep(3.0)
+        marks["heal"] = (time.monotonic(), seen[-1][1])
+        proxy.admit_new()
 
     def on_progress(p: Any) -> None:
-        if not cut.is_set() and p.chunks_done >= p.chunks_total * 0.3:
-            cut.set()
-            said.append(server.cut_clients())  # mid-sweep, with every client connected
+        seen.append((time.monotonic(), p.chunks_done))
+        if not started.is_set() and p.chunks_done >= p.chunks_total * 0.2:
+            started.set()
+            threading.Thread(target=partition, args=(p.chunks_done,), daemon=True).start()
 
-    record = execute(cfg, on_progress=on_progress)
+    try:
+        record = execute(cfg, on_progress=on_progress)
+    finally:
+        proxy.close()
     v = record.verdict
-    assert said, "the sweep ended before the cut"
-    closed = int(said[0]) if backend == "redis" else int(said[0].rsplit("Closed ", 1)[1].split()[0])
-    assert closed >= 3, said  # the coordinator's connection(s) and both workers'
+    assert said and "heal" in marks, f"the sweep ended before the partition was healed ({seen[-1]})"
+    at_before, at_deny = marks["before"][1], marks["deny"][1]
+    cut_t, at_cut = marks["cut"]
+    heal_t = marks["heal"][0]
+    assert at_deny > at_before, f"the deny alone must stall nothing: {at_before} -> {at_deny} chunks in its first 0.5 s"
+    stalled = [n for t, n in seen if cut_t + 0.5 < t < heal_t]
+    assert not stalled or max(stalled) <= at_cut + 2, (at_cut, stalled)  # at most what was already on its way
+    assert proxy.denied >= 3, f"{proxy.denied} reconnects met the deny; the coordinator's and both workers' expected"
     assert v.ok and v.lost == 0 and v.dead_lettered == 0 and v.chunks_completed == 100, v
+    assert seen[-1][1] == 100 and max(t for t, _ in seen) > heal_t  # the heal restored progress
     # The broker pod runs the same command (the server's cut_clients and the spec share the backend's CUT_CLIENTS).
     words = importlib.import_module(f"ttg.brokers.{backend}").CUT_CLIENTS
     assert " ".join(words) in " ".join(backends.backend(backend).k8s_cut_clients)

@@ -2,7 +2,9 @@
 
 Modes: ``pass`` forwards; ``blackhole`` stops forwarding in both directions and
 holds new connections, so peers see a silent network (timeouts, missed
-heartbeats) rather than an error; ``reset`` closes every connection at once.
+heartbeats) rather than an error; ``reset`` closes every connection at once;
+``deny_new`` holds new connections only and lets established ones flow, as a
+NetworkPolicy does (implementations evaluate policy on new connections).
 ``latency_s`` delays every forwarded piece. The local runtime puts it in front
 of a private broker when a run asks for partition or latency faults; the
 coordinator keeps its direct connection, as in a partition of the workers.
@@ -31,6 +33,9 @@ class FaultProxy:
         self.latency_s = 0.0
         self._open = threading.Event()  # set = forwarding; clear = blackholed
         self._open.set()
+        self._admit = threading.Event()  # set = new connections go through; clear = held, as a deny policy drops them
+        self._admit.set()
+        self.denied = 0  # connection attempts held by deny_new: the reconnects a policy refused
         self._stop = threading.Event()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -66,6 +71,13 @@ class FaultProxy:
             if not self._holes:
                 self._open.set()
 
+    def deny_new(self) -> None:
+        """Hold every new connection until :meth:`admit_new`; established connections keep flowing."""
+        self._admit.clear()
+
+    def admit_new(self) -> None:
+        self._admit.set()
+
     def add_latency(self, latency_s: float) -> None:
         with self._lock:
             self._latencies.append(latency_s)
@@ -92,10 +104,12 @@ class FaultProxy:
             self._latencies.clear()
             self.latency_s = 0.0
             self._open.set()
+            self._admit.set()
 
     def close(self) -> None:
         self._stop.set()
         self._open.set()
+        self._admit.set()
         with contextlib.suppress(OSError):
             self._listener.close()
         self.reset()
@@ -125,6 +139,10 @@ class FaultProxy:
             self.held_now -= 1
 
     def _serve(self, client: socket.socket) -> None:
+        if not self._admit.is_set():
+            with self._lock:
+                self.denied += 1
+            self._admit.wait()
         self._hold_while_blackholed()  # a blackholed network connects nowhere: a connection attempt held is traffic held
         try:
             upstream = socket.create_connection(self.upstream, timeout=5)
