@@ -48,6 +48,16 @@ def test_a_sweep_completes_and_matches_the_reference(run_sweep: Any) -> None:
     on_disk = json.loads((Path(rec.run_dir) / "record.json").read_text())
     assert on_disk["run_id"] == rec.run_id and on_disk["timeline"][-1][1] == 29
     assert set(rec.worker_exit_codes.values()) == {0}
+    # Every first result carried its worker's finishing time: the lag to its recording is measured for each.
+    lag = rec.recording_lag_s
+    assert lag["n"] == 29 and 0 <= lag["p50"] <= lag["p99"] <= lag["max"] and rec.coordinator_cpu_s > 0, lag
+
+
+def test_the_sleep_algorithm_runs_a_sweep_with_many_workers_and_verifies_against_the_demo(run_sweep: Any) -> None:
+    rec = run_sweep(params=4_000, chunk=100, workers=8, algorithm="sleep", cost_us=50)
+    v = rec.verdict
+    assert v.ok and v.lost == 0 and v.checksum_ok and v.chunks_completed == 40, explain(rec)
+    assert rec.algorithm == "sleep" and len(rec.worker_exit_codes) == 8
 
 
 def test_sigkill_of_a_worker_mid_chunk_loses_nothing_and_recovers_within_the_reclaim_bound(run_sweep: Any) -> None:

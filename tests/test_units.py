@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import msgpack
 import numpy as np
 import pytest
@@ -48,6 +51,20 @@ def test_messages_round_trip() -> None:
     res = ResultMessage("r1", 3, 30, 40, "w0", 2, np.arange(10, dtype="<f8").tobytes(), 0.5)
     back = decode_result(res.encode())
     assert back == res and back.array().tolist() == list(range(10))
+    assert back.finished_at is None and b"\xa1f" not in res.encode()  # an older worker's result carries no time
+    timed = dataclasses.replace(res, finished_at=1_800_000_000.25)
+    assert decode_result(timed.encode()).finished_at == 1_800_000_000.25
+    with pytest.raises(MessageError, match="field 'f' must be int/float"):
+        decode_result(msgpack.packb({**msgpack.unpackb(res.encode()), "f": "soon"}))
+
+
+def test_the_sleep_algorithm_gives_the_demo_values_and_sleeps_its_cost_instead_of_spinning() -> None:
+    sleep = algorithms.load("sleep")
+    cpu0, t0 = time.process_time(), time.monotonic()
+    out = algorithms.evaluate(sleep, 0, 1000, cost_us=200)  # 0.2 s of cost for 1,000 parameters
+    slept, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    assert np.array_equal(out, algorithms.demo(np.arange(1000)))
+    assert slept >= 0.2 and cpu < 0.1, (slept, cpu)  # asleep, not burning: a simulated remote machine costs no CPU here
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """Algorithms: the function a sweep evaluates, on a numpy array of parameter indices.
 
 An algorithm takes a 1-D int64 array of parameter indices and returns a float64
-array of the same length. ``demo`` is built in; anything else is loaded from
+array of the same length. ``demo`` is built in, and ``sleep``: the demo's values, with ``--cost-us`` spent asleep
+instead of spinning the CPU, so that a hundred workers on two cores load the broker and the coordinator as a hundred
+machines would (``bench/scale``). Anything else is loaded from
 ``package.module:function``. A scalar function ``f(p) -> float`` is wrapped with
 :func:`vectorize`::
 
@@ -46,6 +48,17 @@ def demo_reference(params: np.ndarray) -> np.ndarray:
     return whole.astype(np.float64) + frac
 
 
+def sleep(params: np.ndarray) -> np.ndarray:
+    """The demo's values; :func:`evaluate` sleeps its cost instead of burning it (no CPU: a simulated remote machine)."""
+    return demo(params)
+
+
+sleep.ttg_sleeps = True  # type: ignore[attr-defined]
+
+# Built in, by name: both give the demo's values, which the verdict's closed form checks.
+BUILT_IN: dict[str, Algorithm] = {"demo": demo, "sleep": sleep}
+
+
 def vectorize(scalar: Callable[[int], float]) -> Algorithm:
     """Wrap a per-parameter Python function into an algorithm over an index array."""
 
@@ -87,12 +100,12 @@ _SYSTEM_MODULES = frozenset(
 
 
 def load(spec: str) -> Algorithm:
-    """Resolve ``demo`` or ``package.module:function`` to a callable."""
-    if spec == "demo":
-        return demo
+    """Resolve ``demo``, ``sleep`` or ``package.module:function`` to a callable."""
+    if spec in BUILT_IN:
+        return BUILT_IN[spec]
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise AlgorithmNotFound(f"algorithm must be 'demo' or 'package.module:function' (got {spec!r}); pass --algorithm")
+        raise AlgorithmNotFound(f"algorithm must be {' or '.join(repr(b) for b in BUILT_IN)} or 'package.module:function' (got {spec!r}); pass --algorithm")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -113,7 +126,10 @@ def evaluate(fn: Algorithm, start: int, stop: int, cost_us: float = 0.0, sweep: 
     """Run ``fn`` over parameters [start, stop) and check what it returned."""
     params = np.arange(start, stop, dtype=np.int64)
     out = call(fn, params, sweep)
-    burn(cost_us, stop - start)
+    if getattr(fn, "ttg_sleeps", False):
+        time.sleep(cost_us * (stop - start) / 1e6)
+    else:
+        burn(cost_us, stop - start)
     return checked(out, params)
 
 

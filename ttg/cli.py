@@ -50,7 +50,11 @@ def _sweep_options(fn: Any) -> Any:
                 "--broker-url",
                 help="Use this broker instead of starting a private one (redis://HOST:PORT/DB or amqp://USER:PASS@HOST:PORT/VHOST). [env TTG_BROKER_URL]",
             ),
-            click.option("--algorithm", help="'demo' or package.module:function. [env TTG_ALGORITHM; default demo]"),
+            click.option(
+                "--algorithm",
+                help="'demo', 'sleep' (the demo's values, --cost-us slept, not spun: many workers on few cores) or package.module:function. "
+                "[env TTG_ALGORITHM; default demo]",
+            ),
             click.option("--cost-us", type=Setting("cost_us"), help="Simulated CPU work per parameter, in microseconds. [env TTG_COST_US; default 0]"),
             click.option(
                 "--max-deliveries", type=Setting("max_deliveries"), help="Deliveries before a chunk is dead-lettered. [env TTG_MAX_DELIVERIES; default 3]"

@@ -16,9 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
+
 from ttg.broker import Broker
 from ttg.config import RunConfig
 from ttg.ledger import Ledger
+from ttg.memory import MemoryPeaks
 from ttg.messages import ResultMessage
 from ttg.nemesis import BrokerServer, FaultProxy, FaultSchedule
 from ttg.retry import patiently
@@ -50,14 +53,26 @@ class Tracker:
         self.redelivered_at: list[float] = []  # monotonic times of first results that needed more than one delivery
         self.last_result: dict[str, float] = {}  # worker id -> monotonic time of its latest first result
         self.results_by_worker: dict[str, float] = {}  # worker id -> first results received from it
+        # Seconds from a worker having a chunk's values to the coordinator recording them (the hosts' clocks).
+        self.lags: list[float] = []
 
     def note(self, msg: ResultMessage) -> None:
         """One result the ledger recorded as its chunk's first."""
         now = time.monotonic()
+        if msg.finished_at is not None:
+            self.lags.append(time.time() - msg.finished_at)
         self.last_result[msg.worker_id] = now
         self.results_by_worker[msg.worker_id] = self.results_by_worker.get(msg.worker_id, 0) + 1
         if msg.deliveries > 1:
             self.redelivered_at.append(now)
+
+    def lag_summary(self) -> dict[str, float]:
+        """p50, p99 and max recording lag in seconds, and how many results had one; {} when none did."""
+        if not self.lags:
+            return {}
+        lags = np.asarray(self.lags)
+        p50, p99 = np.percentile(lags, [50, 99])
+        return {"p50": round(float(p50), 4), "p99": round(float(p99), 4), "max": round(float(lags.max()), 4), "n": len(lags)}
 
     def tick(self, now: float, done: int, chunks: int) -> None:
         elapsed = now - self.t0
@@ -85,6 +100,8 @@ class Collector:
         self.cancel = cancel or threading.Event()
         self._workers_gone_at: float | None = None
         self._released: set[str] = set()  # workers whose exit was seen and whose chunks were handed on
+        self.cpu_s = 0.0  # the coordinator process's CPU time (every thread) while it collected
+        self.memory = MemoryPeaks()  # sampled as it collects, and by the record once the run is judged
         self.t0 = time.monotonic()
         self.tracker = Tracker(self.t0)
         rng = random.Random(cfg.seed)  # seeded: a random fault target replays with the run's --seed
@@ -108,9 +125,16 @@ class Collector:
 
     def run(self) -> None:
         """Collect until every planned chunk id is completed or dead (never on a count of messages), or give up."""
+        cpu0 = time.process_time()
+        try:
+            self._collect()
+        finally:
+            self.cpu_s = time.process_time() - cpu0
+
+    def _collect(self) -> None:
         chunks = self.ledger.plan.chunks
         dead_seen = 0
-        next_stats = next_exits = 0.0
+        next_stats = next_exits = next_memory = 0.0
         next_flush = time.monotonic() + 2.0
         while True:
             raws = self._patiently(lambda: self.broker.read_results(max_count=512, timeout_s=self.faults.wait_s(0.1)))
@@ -127,6 +151,9 @@ class Collector:
             if now >= next_stats:  # a dead letter ends a chunk too; ask the broker a few times a second
                 dead_seen = self._note_dead_letters(dead_seen)
                 next_stats = now + 0.25
+            if now >= next_memory:
+                self.memory.sample()
+                next_memory = now + 0.5
             if now >= next_flush:  # a successor coordinator (--resume) finds on disk what this one recorded
                 self.ledger.flush()
                 next_flush = now + 2.0

@@ -41,6 +41,9 @@ class ResultMessage:
     deliveries: int
     values: bytes | memoryview  # float64 little-endian, one per parameter in [start, stop) (a worker's is a view of its reply slot)
     compute_s: float
+    # When the worker had the values (Unix time, its host's clock): the coordinator's recording lag is measured from it.
+    # Optional on the wire (a result without it is still a result), so a worker of an older version still counts.
+    finished_at: float | None = None
 
     def array(self) -> np.ndarray:
         return np.frombuffer(self.values, dtype=_F64)
@@ -58,6 +61,7 @@ class ResultMessage:
                 "d": self.deliveries,
                 "x": self.values,
                 "t": self.compute_s,
+                **({} if self.finished_at is None else {"f": self.finished_at}),
             }
         )
 
@@ -108,6 +112,7 @@ def decode_result(raw: bytes) -> ResultMessage:
         _field(obj, "d", int, "result"),
         _field(obj, "x", bytes, "result"),
         float(_field(obj, "t", (int, float), "result")),
+        None if obj.get("f") is None else float(_field(obj, "f", (int, float), "result")),
     )
     if len(msg.values) != (msg.stop - msg.start) * _F64.itemsize:
         raise MessageError(f"result for chunk {msg.chunk_id} holds {len(msg.values) // 8} values for {msg.stop - msg.start} parameters")

@@ -94,6 +94,10 @@ class RunRecord:
     worker_exit_codes: dict[str, int | None] = field(default_factory=dict)
     broker_stats: dict[str, int] = field(default_factory=dict)
     coordinator_peak_rss_mb: float = 0.0
+    # Peak resident memory of the coordinator, anonymous (its heap: flat in N) and file-backed (mapped results pages)
+    coordinator_memory_mb: dict[str, float] = field(default_factory=dict)
+    coordinator_cpu_s: float = 0.0  # CPU time of the coordinator process (all its threads) while it collected results
+    recording_lag_s: dict[str, float] = field(default_factory=dict)  # p50/p99/max from a worker's values to their recording
     resumed_at_chunks: int | None = None  # --resume: chunks a previous coordinator had recorded (None: not resumed)
     environment: dict[str, str] = field(default_factory=dict)  # the machine that ran it (ttg.environment.describe)
     record_version: int = RECORD_VERSION
@@ -113,6 +117,7 @@ class RunRecord:
     def from_run(cls, run: Run, verdict: Verdict) -> RunRecord:
         """The record of ``run``, once :meth:`~ttg.run.Run.finish` has judged it as ``verdict``."""
         cfg, collector = run.cfg, run._collector()
+        collector.memory.sample()  # after verification, which reads the results back
         wall_s, startup_s = run.wall_s, run.given.startup_s
         return cls(
             run_id=run.run_id,
@@ -145,6 +150,9 @@ class RunRecord:
             worker_exit_codes=run.runtime.exit_codes(),
             broker_stats=asdict(run.stats) if run.stats is not None else {},
             coordinator_peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+            coordinator_cpu_s=round(collector.cpu_s, 3),
+            coordinator_memory_mb=collector.memory.to_dict(),
+            recording_lag_s=collector.tracker.lag_summary(),
             resumed_at_chunks=run.resumed_at,
         )
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ttg import backends
+from ttg import algorithms, backends
 from ttg.argv import worker_argv
 from ttg.broker import Broker, BrokerStats, open_broker
 from ttg.collector import Collector, ProgressFn
@@ -115,7 +115,7 @@ def check_algorithm(algorithm: str, grid: tuple[str, ...] = ()) -> None:
     """AlgorithmNotFound (a usage error) unless ``algorithm`` loads. A user's module is imported in a compute child, as
     the workers do, never here: its import-time code (slow, crashing, or holding the GIL) is no business of the
     process that holds the run's lease and broker connection."""
-    if algorithm == "demo":
+    if algorithm in algorithms.BUILT_IN:
         return
     probe = ComputeProcess(algorithm, 0.0, grid)
     try:

@@ -253,7 +253,15 @@ class Worker:
             return
         ctx = {"chunk_id": task.chunk_id, "deliveries": delivery.deliveries}
         result = ResultMessage(
-            task.run_id, task.chunk_id, task.start, task.stop, self.spec.worker_id, delivery.deliveries, values.data.cast("B"), time.perf_counter() - t0
+            task.run_id,
+            task.chunk_id,
+            task.start,
+            task.stop,
+            self.spec.worker_id,
+            delivery.deliveries,
+            values.data.cast("B"),
+            time.perf_counter() - t0,
+            time.time(),
         )
         self._patiently(functools.partial(self.broker.complete, delivery, task.chunk_id, result.encode()))
         self.chunks_done += 1
