@@ -51,6 +51,8 @@ def test_a_sweep_completes_and_matches_the_reference(run_sweep: Any) -> None:
     # Every first result carried its worker's finishing time: the lag to its recording is measured for each.
     lag = rec.recording_lag_s
     assert lag["n"] == 29 and 0 <= lag["p50"] <= lag["p99"] <= lag["max"] and rec.coordinator_cpu_s > 0, lag
+    memory = rec.coordinator_memory_mb  # the mapped results and ledger are file-backed; the heap is anonymous
+    assert memory["anonymous_peak_mb"] > 0 and memory["file_peak_mb"] > 0, memory
 
 
 def test_the_sleep_algorithm_runs_a_sweep_with_many_workers_and_verifies_against_the_demo(run_sweep: Any) -> None:
