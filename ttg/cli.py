@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ttg import __version__, backends, logs
+from ttg.cli_broker import broker
 from ttg.cli_chaos import chaos
 from ttg.cli_k8s import k8s
 from ttg.cli_runs import runs
@@ -358,6 +359,7 @@ def bench(repeat: int, as_json: bool, **options: Any) -> int:
     return 0
 
 
+cli.add_command(broker)
 cli.add_command(chaos)
 cli.add_command(k8s)
 cli.add_command(runs)

@@ -57,8 +57,14 @@ class PrivateRabbitMQ(PrivateServer):
     followed by :meth:`restart` on the same directory loses nothing.
     """
 
-    def __init__(self, *, data_dir: Path | None = None, binary: str | None = None, start_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, *, data_dir: Path | None = None, binary: str | None = None, start_timeout_s: float = 60.0, management: bool = True, detached: bool = False
+    ) -> None:
         self.binary = binary
+        # The management plugin is only for ttg status (and tests of it); a node without it boots faster.
+        self.management = management
+        # Detached: outlives this process (ttg broker up); otherwise it dies with it (parent-death signal).
+        self.detached = detached
         self.port, self.dist_port, self.management_port = (port_for.select_random() for _ in range(3))
         self.node = f"ttg{uuid.uuid4().hex[:8]}@localhost"
         self._own_dir = data_dir is None
@@ -71,7 +77,9 @@ class PrivateRabbitMQ(PrivateServer):
 
     @classmethod
     def for_run(cls, *, persistence: bool) -> PrivateRabbitMQ:
-        return cls()  # durable queues and persistent messages: it keeps what it confirmed, persistence or not
+        # Durable queues and persistent messages: it keeps what it confirmed, persistence or not. Nobody can reach a run's
+        # own node with ttg status (its password is the run's), so it goes without the management plugin.
+        return cls(management=False)
 
     @classmethod
     def version(cls) -> str:
@@ -105,7 +113,7 @@ class PrivateRabbitMQ(PrivateServer):
             "default_permissions.configure = .*\ndefault_permissions.read = .*\ndefault_permissions.write = .*\n",
         )
         (d / "rabbitmq-env.conf").write_text("")
-        (d / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        (d / "enabled_plugins").write_text("[rabbitmq_management].\n" if self.management else "[].\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_")) and k != "NOTIFY_SOCKET"}
         env.update(
             RUNNING_UNDER_SYSTEMD="true",  # the start script execs erl: the parent-death signal reaches the VM itself
@@ -136,7 +144,12 @@ class PrivateRabbitMQ(PrivateServer):
         env = self._environment()
         self.process = on_spawner_thread(
             lambda: subprocess.Popen(
-                dies_with_us([path]), env=env, cwd=self.data_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+                [path] if self.detached else dies_with_us([path]),
+                env=env,
+                cwd=self.data_dir,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
         )
         self._wait_ready()

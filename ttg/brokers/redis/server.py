@@ -36,9 +36,20 @@ class PrivateRedis(PrivateServer):
     """
 
     def __init__(
-        self, *, port: int | None = None, data_dir: Path | None = None, appendonly: bool = False, binary: str = "redis-server", start_timeout_s: float = 15.0
+        self,
+        *,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        appendonly: bool = False,
+        binary: str = "redis-server",
+        start_timeout_s: float = 15.0,
+        detached: bool = False,
     ) -> None:
         self.binary = binary
+        # Detached: outlives this process (ttg broker up): no parent-death signal, and not started through mirakuru,
+        # which kills what it started when the interpreter exits.
+        self.detached = detached
+        self._detached: subprocess.Popen[bytes] | None = None
         self.port = port or port_for.select_random()
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="ttg-redis-"))
@@ -66,7 +77,7 @@ class PrivateRedis(PrivateServer):
 
     @property
     def pid(self) -> int | None:
-        proc = self._exec.process if self._exec is not None else None
+        proc = self._detached or (self._exec.process if self._exec is not None else None)
         return proc.pid if proc is not None and proc.poll() is None else None
 
     def _config_file(self) -> str:
@@ -95,13 +106,22 @@ class PrivateRedis(PrivateServer):
         ]
         if self.appendonly:
             cmd += ["--appendonly", "yes", "--appendfsync", "always"]
-        return dies_with_us(cmd)
+        return cmd if self.detached else dies_with_us(cmd)
 
     def start(self) -> PrivateRedis:
         if shutil.which(self.binary) is None:
             raise ServerStartError(f"{self.binary} not found on PATH; {INSTALL_HINT}")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
+        if self.detached:
+            self._detached = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                self._wait_loaded()
+            except ServerStartError:
+                self._detached.kill()
+                raise
+            self.startup_s = time.monotonic() - t0
+            return self
         self._exec = TCPExecutor(
             self._command(), host="127.0.0.1", port=self.port, timeout=self.start_timeout_s, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
