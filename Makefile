@@ -30,6 +30,7 @@ test: install lint
 
 scenarios: install
 	$(PY) -m pytest scenarios
+	$(PY) -m pytest tests -m matrix
 
 lint: install
 	$(VENV)/bin/ruff check ttg tests fixtures scenarios conftest.py

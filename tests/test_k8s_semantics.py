@@ -250,7 +250,7 @@ def test_the_partition_stalls_the_sweep_only_once_its_forced_reconnect_meets_the
         marks["deny"] = (time.monotonic(), seen[-1][1])  # the deny alone: established connections still flow
         said.append(server.cut_clients())
         marks["cut"] = (time.monotonic(), seen[-1][1])
-        time.sleep(3.0)
+        time.sleep(1.5)
         marks["heal"] = (time.monotonic(), seen[-1][1])
         proxy.admit_new()
 

@@ -64,7 +64,7 @@ class BackendSpec:
                 f"the {self.name} backend needs the {self.driver} package, which is not installed: pip install 'ttg[{self.name}]' (or 'ttg[all]')"
             ) from None
 
-    def private_server(self, *, persistence: bool) -> PrivateServer:
-        """A private broker of this backend for one run (not started)."""
-        server: PrivateServer = self.load("server").for_run(persistence=persistence)
+    def private_server(self, *, persistence: bool, status: bool = False) -> PrivateServer:
+        """A private broker of this backend for one run (not started); ``status``: readable by ``ttg status``."""
+        server: PrivateServer = self.load("server").for_run(persistence=persistence, status=status)
         return server

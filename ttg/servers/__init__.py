@@ -54,8 +54,9 @@ class PrivateServer(ABC):
 
     @classmethod
     @abstractmethod
-    def for_run(cls, *, persistence: bool) -> Self:
-        """A server for one run; ``persistence``: whatever it confirmed survives a SIGKILL and restart."""
+    def for_run(cls, *, persistence: bool, status: bool = False) -> Self:
+        """A server for one run; ``persistence``: whatever it confirmed survives a SIGKILL and restart; ``status``:
+        ``ttg status`` can read it (RabbitMQ's management plugin, which a node boots faster without)."""
 
     @classmethod
     @abstractmethod

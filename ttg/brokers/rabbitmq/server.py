@@ -76,10 +76,10 @@ class PrivateRabbitMQ(PrivateServer):
         self.password = secrets.token_hex(16)  # hex: nothing to escape in a URL or the config file
 
     @classmethod
-    def for_run(cls, *, persistence: bool) -> PrivateRabbitMQ:
+    def for_run(cls, *, persistence: bool, status: bool = False) -> PrivateRabbitMQ:
         # Durable queues and persistent messages: it keeps what it confirmed, persistence or not. Nobody can reach a run's
-        # own node with ttg status (its password is the run's), so it goes without the management plugin.
-        return cls(management=False)
+        # own node with ttg status (its password is the run's), so by default it goes without the management plugin.
+        return cls(management=status)
 
     @classmethod
     def version(cls) -> str:

@@ -60,7 +60,7 @@ class PrivateRedis(PrivateServer):
         self.password = secrets.token_urlsafe(24)
 
     @classmethod
-    def for_run(cls, *, persistence: bool) -> PrivateRedis:
+    def for_run(cls, *, persistence: bool, status: bool = False) -> PrivateRedis:
         return cls(appendonly=persistence)  # without AOF a restarted redis-server comes back empty
 
     @classmethod
