@@ -233,12 +233,24 @@ def test_the_partition_stalls_the_sweep_only_once_its_forced_reconnect_meets_the
     from ttg.run import execute
 
     server = request.getfixturevalue(f"{backend}_server")
+    run_id = f"part{uuid.uuid4().hex[:8]}"
     proxy = FaultProxy("127.0.0.1", int(server.url.rsplit(":", 1)[1].split("/")[0]))
     cfg = load_run_config(
-        {"backend": backend, "broker_url": proxy.url_for(server.url), "params": 200_000, "chunk": 2_000, "workers": 2, "cost_us": 50, "out": tmp_path},
+        {
+            "backend": backend,
+            "broker_url": proxy.url_for(server.url),
+            "params": 200_000,
+            "chunk": 2_000,
+            "workers": 2,
+            "cost_us": 50,
+            "out": tmp_path,
+        },
         env={},
     )
     said: list[str] = []
+    # The broker's own counts, read past the proxy: the coordinator, cut off too, reports no progress while denied.
+    direct = open_broker(server.url, run_id)
+    counts: dict[str, tuple[int, int, int]] = {}
     seen: list[tuple[float, int]] = []  # (monotonic time, chunks done) at each progress report
     marks: dict[str, tuple[float, int]] = {}
     started = threading.Event()
@@ -250,7 +262,12 @@ def test_the_partition_stalls_the_sweep_only_once_its_forced_reconnect_meets_the
         marks["deny"] = (time.monotonic(), seen[-1][1])  # the deny alone: established connections still flow
         said.append(server.cut_clients())
         marks["cut"] = (time.monotonic(), seen[-1][1])
+        time.sleep(0.5)  # what was on its way when the connections closed lands
+        stats = direct.stats()
+        counts["held"] = (stats.completed, stats.queued, stats.inflight)
         time.sleep(1.5)
+        stats = direct.stats()
+        counts["heal"] = (stats.completed, stats.queued, stats.inflight)
         marks["heal"] = (time.monotonic(), seen[-1][1])
         proxy.admit_new()
 
@@ -261,9 +278,10 @@ def test_the_partition_stalls_the_sweep_only_once_its_forced_reconnect_meets_the
             threading.Thread(target=partition, args=(p.chunks_done,), daemon=True).start()
 
     try:
-        record = execute(cfg, on_progress=on_progress)
+        record = execute(cfg, on_progress=on_progress, run_id=run_id)
     finally:
         proxy.close()
+        direct.close()
     v = record.verdict
     assert said and "heal" in marks, f"the sweep ended before the partition was healed ({seen[-1]})"
     at_before, at_deny = marks["before"][1], marks["deny"][1]
@@ -272,7 +290,8 @@ def test_the_partition_stalls_the_sweep_only_once_its_forced_reconnect_meets_the
     assert at_deny > at_before, f"the deny alone must stall nothing: {at_before} -> {at_deny} chunks in its first 0.5 s"
     stalled = [n for t, n in seen if cut_t + 0.5 < t < heal_t]
     assert not stalled or max(stalled) <= at_cut + 2, (at_cut, stalled)  # at most what was already on its way
-    assert proxy.denied >= 3, f"{proxy.denied} reconnects met the deny; the coordinator's and both workers' expected"
+    assert counts["held"] == counts["heal"], f"the broker saw the sweep move while every client was denied: {counts}"
+    assert proxy.denied >= 3, f"{proxy.denied} connection attempts met the deny; the coordinator and both workers reconnect"
     assert v.ok and v.lost == 0 and v.dead_lettered == 0 and v.chunks_completed == 100, v
     assert seen[-1][1] == 100 and max(t for t, _ in seen) > heal_t  # the heal restored progress
     # The broker pod runs the same command (the server's cut_clients and the spec share the backend's CUT_CLIENTS).

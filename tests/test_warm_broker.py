@@ -35,6 +35,8 @@ def test_a_warm_broker_outlives_its_command_serves_runs_and_goes_with_down(backe
         again = ttg("broker", "up", "--backend", backend, state=state)
         assert again.stdout.strip() == url and "already up" in again.stderr
         assert ttg("broker", "url", "--backend", backend, state=state).stdout.strip() == url
+        no_api = ttg("broker", "url", "--backend", backend, "--management", state=state, check=False)  # Redis: none; RabbitMQ: off
+        assert no_api.returncode == 3 and "no management API" in no_api.stderr
         for _ in range(2):  # runs share it, each with its own run-scoped keys or queues
             run = ttg(
                 "run", "--backend", backend, "--broker-url", url, "--params", "20000", "--chunk", "1000", "--out", str(tmp_path / "runs"), "--json", state=state

@@ -62,7 +62,8 @@ def down(backend: str) -> int:
 
 @broker.command()
 @_BACKEND
-def url(backend: str) -> int:
+@click.option("--management", is_flag=True, help="The management API's URL instead (RabbitMQ): for ttg status --management-url.")
+def url(backend: str, management: bool) -> int:
     """Print the URL of this backend's warm broker; exit 3 when none is up."""
     from ttg.errors import ServerStartError
     from ttg.servers.warm import WarmBroker
@@ -70,5 +71,10 @@ def url(backend: str) -> int:
     warm = WarmBroker.load(backend)
     if warm is None:
         raise ServerStartError(f"no warm {backend} broker is up; start one with: ttg broker up --backend {backend}")
+    if management:
+        if warm.management_url is None:
+            raise ServerStartError(f"the warm {backend} broker has no management API (started with --no-management, or {backend} has none)")
+        click.echo(warm.management_url)
+        return 0
     click.echo(warm.url)
     return 0

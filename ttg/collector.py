@@ -12,6 +12,7 @@ import logging
 import random
 import threading
 import time
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -55,7 +56,7 @@ class Tracker:
         self.last_result: dict[str, float] = {}  # worker id -> monotonic time of its latest first result
         self.results_by_worker: dict[str, float] = {}  # worker id -> first results received from it
         # Seconds from a worker having a chunk's values to the coordinator recording them (the hosts' clocks).
-        self.lags: list[float] = []
+        self.lags = array("d")  # 8 bytes a chunk, not a Python float object
 
     def note(self, msg: ResultMessage) -> None:
         """One result the ledger recorded as its chunk's first."""

@@ -7,6 +7,7 @@ what came; the worker dead-letters such a message and carries on.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,8 @@ def decode_result(raw: bytes) -> ResultMessage:
         float(_field(obj, "t", (int, float), "result")),
         None if obj.get("f") is None else float(_field(obj, "f", (int, float), "result")),
     )
+    if msg.finished_at is not None and not math.isfinite(msg.finished_at):
+        raise MessageError(f"result for chunk {msg.chunk_id} has a finishing time that is not a number ({msg.finished_at!r})")
     if len(msg.values) != (msg.stop - msg.start) * _F64.itemsize:
         raise MessageError(f"result for chunk {msg.chunk_id} holds {len(msg.values) // 8} values for {msg.stop - msg.start} parameters")
     return msg

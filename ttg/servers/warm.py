@@ -9,12 +9,15 @@ the data directory. Runs on it use run-scoped keys and queues, as on any shared 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import inspect
 import json
 import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +45,8 @@ class WarmBroker:
     startup_s: float
     started_at: float
     management: bool
+    created: float = 0.0  # the process's start time (psutil): a reused pid is another process
+    management_url: str | None = None  # RabbitMQ's management API, for ttg status --management-url
 
     @staticmethod
     def path(backend: str) -> Path:
@@ -61,6 +66,8 @@ class WarmBroker:
         # The pid alone could be reused by another process: it must still run from the broker's data directory.
         try:
             proc = psutil.Process(self.pid)
+            if self.created and abs(proc.create_time() - self.created) > 1.0:
+                return False
             return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and self.data_dir in " ".join([*proc.cmdline(), proc.cwd()])
         except psutil.Error:
             return False
@@ -73,22 +80,39 @@ class WarmBroker:
     def stop(self, grace_s: float = 20.0) -> None:
         """SIGTERM the broker's process group, SIGKILL what is left after ``grace_s``; remove its data and state."""
         if self.alive():
-            pgid = os.getpgid(self.pid)
-            os.killpg(pgid, signal.SIGCONT)  # a paused broker cannot stop
-            os.killpg(pgid, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while self.alive() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if self.alive():
-                os.killpg(pgid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may exit meanwhile: gone is what was asked
+                # Its own session (started so): the group is the broker's and its helpers', never the caller's.
+                if os.getpgid(self.pid) != self.pid:
+                    raise ServerStartError(f"process {self.pid} does not lead its own process group; not stopping it (remove {self.path(self.backend)})")
+                os.killpg(self.pid, signal.SIGCONT)  # a paused broker cannot stop
+                os.killpg(self.pid, signal.SIGTERM)
+                deadline = time.monotonic() + grace_s
+                while self.alive() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if self.alive():
+                    os.killpg(self.pid, signal.SIGKILL)
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.path(self.backend).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(backend: str) -> Iterator[None]:
+    """One ``up`` or ``down`` of a backend at a time: two at once would both start a broker, and one be orphaned."""
+    state_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(state_dir() / f"broker-{backend}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def up(backend: str, *, management: bool = True) -> tuple[WarmBroker, bool]:
     """The backend's warm broker, started if none is running; returns it and whether it was started now."""
     spec = backends.backend(backend)
     spec.require_driver()
+    with _locked(backend):
+        return _up(spec, backend, management)
+
+
+def _up(spec: backends.BackendSpec, backend: str, management: bool) -> tuple[WarmBroker, bool]:
     running = WarmBroker.load(backend)
     if running is not None:
         return running, False
@@ -105,13 +129,20 @@ def up(backend: str, *, management: bool = True) -> tuple[WarmBroker, bool]:
     server.start()
     if server.pid is None:
         raise ServerStartError(f"the warm {backend} broker exited right after starting; see {data_dir}")
-    warm = WarmBroker(backend, server.url, server.pid, str(data_dir), round(server.startup_s or 0.0, 3), time.time(), management)
+    created = psutil.Process(server.pid).create_time()
+    api = getattr(server, "management_url", None) if management else None
+    warm = WarmBroker(backend, server.url, server.pid, str(data_dir), round(server.startup_s or 0.0, 3), time.time(), management, created, api)
     warm.save()
     return warm, True
 
 
 def down(backend: str) -> bool:
     """Stop the backend's warm broker; False when none was running (its leftovers are removed all the same)."""
+    with _locked(backend):
+        return _down(backend)
+
+
+def _down(backend: str) -> bool:
     running = WarmBroker.load(backend)
     if running is None:
         WarmBroker.path(backend).unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """``ttg status`` for RabbitMQ, through the management HTTP API.
 
 AMQP itself can neither list queues nor count unacknowledged messages, so the
-management plugin is needed (private brokers started by TTG have it on, bound to
+management plugin is needed (the test session's private brokers and `ttg broker up` have it on, bound to
 127.0.0.1). Counts are task *messages*, and the management API refreshes them
 about every 5 seconds, so a snapshot may be that old.
 """

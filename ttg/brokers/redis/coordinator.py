@@ -166,8 +166,8 @@ class CoordinatorSide:
             groups = []
         group = next((g for g in groups if g.get("name") == GROUP.encode()), {})
         inflight, consumers = int(group.get("pending", 0)), int(group.get("consumers", 0))
-        if consumers and self.r.xpending_range(self.k_tasks, GROUP, "-", "+", 1, consumername=redis_lua.ORPHANS):
-            consumers -= 1  # the orphans' holder is no worker
+        if consumers and any(c["name"] == redis_lua.ORPHANS.encode() for c in self.r.xinfo_consumers(self.k_tasks, GROUP)):
+            consumers -= 1  # the orphans' holder is no worker (it may stay in the group empty after a reclaim)
         completed, dead, published = meta.get("completed", 0), meta.get("dead", 0), meta.get("published", 0)
         return BrokerStats(
             published=published,
