@@ -117,7 +117,6 @@ class RunRecord:
     def from_run(cls, run: Run, verdict: Verdict) -> RunRecord:
         """The record of ``run``, once :meth:`~ttg.run.Run.finish` has judged it as ``verdict``."""
         cfg, collector = run.cfg, run._collector()
-        collector.memory.sample()  # after verification, which reads the results back
         wall_s, startup_s = run.wall_s, run.given.startup_s
         return cls(
             run_id=run.run_id,

@@ -341,6 +341,7 @@ class Run:
             rejected=broker.rejections(),
         )
         collector.faults.finish(verdict.dead_letter_ids)
+        collector.memory.sample()  # after verification, which reads the results back
         self.complete = ledger.accounted >= self.plan.chunks
         return verdict
 

@@ -95,6 +95,10 @@ class WarmBroker:
         self.path(self.backend).unlink(missing_ok=True)
 
 
+def _data_dir(backend: str) -> Path:
+    return state_dir() / f"broker-{backend}-data"
+
+
 @contextlib.contextmanager
 def _locked(backend: str) -> Iterator[None]:
     """One ``up`` or ``down`` of a backend at a time: two at once would both start a broker, and one be orphaned."""
@@ -116,7 +120,7 @@ def _up(spec: backends.BackendSpec, backend: str, management: bool) -> tuple[War
     running = WarmBroker.load(backend)
     if running is not None:
         return running, False
-    data_dir = state_dir() / f"broker-{backend}-data"
+    data_dir = _data_dir(backend)
     shutil.rmtree(data_dir, ignore_errors=True)  # a broker that died left its data: a warm broker starts empty
     data_dir.mkdir(parents=True, mode=0o700)
     cls = spec.load("server")
@@ -146,7 +150,7 @@ def _down(backend: str) -> bool:
     running = WarmBroker.load(backend)
     if running is None:
         WarmBroker.path(backend).unlink(missing_ok=True)
-        shutil.rmtree(state_dir() / f"broker-{backend}-data", ignore_errors=True)
+        shutil.rmtree(_data_dir(backend), ignore_errors=True)
         return False
     running.stop()
     return True

@@ -224,10 +224,13 @@ class RedisStreamsBroker(CoordinatorSide, Broker):
         for entry_id, flat, n in adopted or []:
             log.info("chunk adopted", extra={"event": "reclaimed", "entry": entry_id.decode(), "deliveries": n})
             self._buffer.append(self._take(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), int(n)))
-        self._buffer.extend(self._take(entry_id, fields, 1) for entry_id, fields in stream_entries(reply))
+        self._take_new(reply)
         if not self._buffer and block_ms:
-            reply = self.r.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=self._batch, block=min(block_ms, int(ADOPT_EVERY_S * 1000)))
-            self._buffer.extend(self._take(entry_id, fields, 1) for entry_id, fields in stream_entries(reply))
+            self._take_new(self.r.xreadgroup(GROUP, self.consumer, {self.k_tasks: ">"}, count=self._batch, block=min(block_ms, int(ADOPT_EVERY_S * 1000))))
+
+    def _take_new(self, reply: Any) -> None:
+        """Buffer the new tasks an XREADGROUP reply handed this worker (first deliveries)."""
+        self._buffer.extend(self._take(entry_id, fields, 1) for entry_id, fields in stream_entries(reply))
 
     def _adopt_args(self) -> list[Any]:
         return [GROUP, self.consumer, self.max_deliveries, self._batch]
