@@ -38,7 +38,12 @@ FAULTS = {
 WORKER_EXIT = {"kill-worker": -9, "terminate-worker": 143}
 # A private RabbitMQ node takes seconds to start, and kill-broker starts it twice: make test runs RabbitMQ's
 # pause-broker at medium only, and its kill-broker through tests/test_contract.py's broker kill; make scenarios runs all.
-LEFT_TO_MAKE_SCENARIOS = {("rabbitmq", "small", "kill-broker"), ("rabbitmq", "small", "pause-broker"), ("rabbitmq", "medium", "kill-broker")}
+LEFT_TO_MAKE_SCENARIOS = {
+    ("rabbitmq", "small", "kill-broker"),
+    ("rabbitmq", "small", "pause-broker"),
+    ("rabbitmq", "medium", "kill-broker"),
+    ("rabbitmq", "medium", "pause-broker"),
+}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -26,6 +26,27 @@ from ttg.run import execute
 TESTS_DIR = Path(__file__).parent
 BACKENDS = backends.NAMES
 
+# Cases that run with `make scenarios` only (the matrix mark), so that `make test` stays well inside CI's budget. Each
+# has a sibling in make test that takes the same path: the other backend, the other signal or coordinator fault, or a
+# cheaper size; none is the only test of anything.
+LEFT_TO_MAKE_SCENARIOS = {
+    "tests/test_contract.py::test_a_broker_killed_and_restarted_on_its_data_mid_sweep_loses_nothing[rabbitmq]",  # 23 s
+    "tests/test_contract.py::test_an_algorithm_that_holds_the_gil_does_not_starve_the_heartbeat[rabbitmq]",
+    "tests/test_resume.py::test_a_coordinator_fault_ends_ttg_run_and_resume_finishes_the_run[rabbitmq-kill-coordinator]",
+    "tests/test_resume.py::test_a_coordinator_fault_ends_ttg_run_and_resume_finishes_the_run[redis-terminate-coordinator]",
+    "tests/test_hostile.py::test_an_interrupted_run_stays_resumable_and_resume_loses_nothing[redis-SIGTERM]",
+    "tests/test_hostile.py::test_an_interrupted_run_stays_resumable_and_resume_loses_nothing[rabbitmq-SIGINT]",
+    "tests/test_status.py::test_status_shows_queued_inflight_consumers_and_dead_letters_of_a_run[rabbitmq]",
+    "tests/test_k8s_semantics.py::test_the_partition_stalls_the_sweep_only_once_its_forced_reconnect_meets_the_deny_and_the_heal_restores_it[rabbitmq]",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by mark
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid in LEFT_TO_MAKE_SCENARIOS:
+            item.add_marker(pytest.mark.matrix)
+
 
 @pytest.fixture(scope="session")
 def redis_server(redis_broker: PrivateRedis) -> PrivateRedis:

@@ -33,6 +33,7 @@ class WorkerArgs:
     coordinator_pid: int | None = None
     successor_wait_s: float = 30.0
     pid_file: str | None = None  # where the worker writes its pid (Kubernetes: the kill-pod fault's target)
+    staging: str | None = None  # the run's staging directory (claim check), when the worker shares the coordinator's disk
 
     @property
     def plan(self) -> ChunkPlan:
@@ -64,6 +65,7 @@ def worker_argv(
     successor_wait_s: float = 30.0,
     broker_wait_s: float | None = None,
     pid_file: str | None = None,
+    staging: str | None = None,
 ) -> list[str]:
     """The arguments of ``ttg worker`` (after the command name) for one worker of the run ``cfg`` describes.
 
@@ -78,6 +80,7 @@ def worker_argv(
         args += ["--coordinator-pid", str(coordinator_pid), "--successor-wait", repr(successor_wait_s)]
     args += ["--broker-wait", repr(broker_wait_s)] if broker_wait_s is not None else []
     args += ["--pid-file", pid_file] if pid_file is not None else []
+    args += ["--staging", staging] if staging is not None else []
     return args
 
 
@@ -89,6 +92,7 @@ def coordinator_argv(cfg: RunConfig, run_id: str, *, resume: bool = False) -> li
     args += ["--timeout", repr(cfg.timeout_s), "--seed", str(cfg.seed), "--runtime", cfg.runtime, "--namespace", cfg.namespace]
     args += ["--image", cfg.image] if cfg.image else []
     args += ["--broker-wait", repr(cfg.broker_wait_s)] if cfg.broker_wait_s else []
+    args += ["--results-via", cfg.results_via] if cfg.results_via != "auto" else []
     return args + [part for f in cfg.faults for part in ("--fault", str(f))]
 
 
@@ -99,7 +103,7 @@ def decode_worker(params: Mapping[str, Any], env: Mapping[str, str] | None = Non
     worker_id, static, params_n, chunk = given.pop("worker_id"), given.pop("static"), given.pop("params"), given.pop("chunk")
     poison, broker_wait = given.pop("poison_chunks"), given.pop("broker_wait")
     coordinator_pid, successor_wait = given.pop("coordinator_pid"), given.pop("successor_wait")
-    pid_file = given.pop("pid_file", None)
+    pid_file, staging = given.pop("pid_file", None), given.pop("staging", None)
     sweep = load_sweep_settings(passed_options(**given), env)
     if params_n is None or chunk is None:
         raise ConfigError("ttg worker checks every task against the run's plan: pass --params N --chunk K, as given to ttg run")
@@ -114,7 +118,7 @@ def decode_worker(params: Mapping[str, Any], env: Mapping[str, str] | None = Non
         poisoned = frozenset(int(c) for c in poison.split(",") if c.strip())
     except ValueError:
         raise ConfigError(f"--poison-chunks must be comma-separated chunk ids, for example 3,17 (got {poison!r})") from None
-    return WorkerArgs(run_id, sweep, params_n, chunk, worker_id, block, poisoned, broker_wait, coordinator_pid, successor_wait, pid_file)
+    return WorkerArgs(run_id, sweep, params_n, chunk, worker_id, block, poisoned, broker_wait, coordinator_pid, successor_wait, pid_file, staging)
 
 
 def parse_worker_argv(argv: Sequence[str], env: Mapping[str, str] | None = None) -> WorkerArgs:

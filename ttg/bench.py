@@ -97,6 +97,7 @@ def run_bench(cfg: RunConfig, *, repeat: int = 3, on_round: Callable[[str], None
         "chunk": cfg.chunk,
         "workers": cfg.workers,
         "cost_us": cfg.sweep.cost_us,
+        "results_via": "file" if cfg.claim_check else "broker",
         "repeat": repeat,
         "ttg_s": t_ttg,
         "pool_s": t_pool,

@@ -124,6 +124,14 @@ def cli() -> None:
     type=Setting("broker_wait_s"),
     help="Seconds to keep retrying a given broker unreachable at the start. [env TTG_BROKER_WAIT_S; default 0]",
 )
+@click.option(
+    "--results-via",
+    type=Setting("results_via"),
+    help=(
+        "How result values reach the coordinator: file (a staging file beside the run, receipts through the broker), broker, "
+        "or auto (file for local workers, broker for pods). [env TTG_RESULTS_VIA]"
+    ),
+)
 @click.option("--in-cluster", is_flag=True, hidden=True, help="This process is the in-cluster coordinator of a Kubernetes run (the manifests pass it).")
 @click.option("--run-id", "run_id", default=None, help="The run's id (default: a new random one).")
 @click.option(
@@ -278,6 +286,12 @@ def summary_table(record: RunRecord) -> Table:
 @click.option("--coordinator-pid", type=int, default=None, help="Exit once this process (the local coordinator, this worker's parent) is gone.")
 @click.option("--pid-file", default=None, metavar="PATH", help="Write this process's pid to PATH (on Kubernetes the kill-pod fault signals it).")
 @click.option(
+    "--staging",
+    default=None,
+    metavar="DIR",
+    help="The run's staging directory, on a disk shared with the coordinator: values go there, receipts through the broker.",
+)
+@click.option(
     "--successor-wait", type=click.FloatRange(0), default=30.0, show_default=True, help="With --coordinator-pid: seconds to wait for a successor, then exit."
 )
 def worker(**options: Any) -> int:
@@ -287,6 +301,7 @@ def worker(**options: Any) -> int:
     gives back what it prefetched); 3 when the broker stayed unreachable; 2 for a usage error."""
     from ttg.argv import decode_worker
     from ttg.broker import open_broker
+    from ttg.claimcheck import Staging
     from ttg.worker import Worker, WorkerSpec
 
     args = decode_worker(options)
@@ -317,6 +332,7 @@ def worker(**options: Any) -> int:
         poisoned=args.poisoned,
         coordinator_pid=args.coordinator_pid,
         successor_wait_s=args.successor_wait_s,
+        staging=None if args.staging is None else Staging.open(Path(args.staging)),
     )
     w = Worker(broker, spec)
     if args.pid_file:
@@ -331,6 +347,7 @@ def worker(**options: Any) -> int:
 @click.option("--params", type=Setting("params"), help="Parameters per sweep. [default 10,000,000]")
 @click.option("--chunk", type=Setting("chunk"), help="Parameters per chunk. [default 10,000]")
 @click.option("--workers", type=Setting("workers"), help="Workers (and Pool processes). [default 2]")
+@click.option("--results-via", type=Setting("results_via"), help="auto, file or broker, as for ttg run. [default auto]")
 @click.option("--repeat", type=click.IntRange(1, 50), default=3, show_default=True, help="Interleaved rounds of TTG and Pool.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
 def bench(repeat: int, as_json: bool, **options: Any) -> int:
@@ -342,7 +359,8 @@ def bench(repeat: int, as_json: bool, **options: Any) -> int:
     cfg = load_run_config({**given, "verify": "off", "out": given.get("out")})
     logs.setup("text", logging.WARNING)
     result = run_bench(cfg, repeat=repeat, on_round=lambda line: err.print(line))
-    table = Table(title=f"ttg bench: {cfg.params:,} params, chunk {cfg.chunk:,}, {cfg.workers} workers, cost {cfg.sweep.cost_us:g} µs, {cfg.sweep.backend}")
+    title = f"ttg bench: {cfg.params:,} params, chunk {cfg.chunk:,}, {cfg.workers} workers, cost {cfg.sweep.cost_us:g} µs, {cfg.sweep.backend}"
+    table = Table(title=f"{title}, values via {result['results_via']}")
     for col in ("", "median s", "params/s", "ratio"):
         table.add_column(col)
     table.add_row("multiprocessing.Pool", f"{result['pool_s']:.3f}", f"{result['pool_params_per_s']:,.0f}", "1.00")

@@ -23,7 +23,7 @@ from ttg.broker import Broker
 from ttg.config import RunConfig
 from ttg.ledger import Ledger
 from ttg.memory import MemoryPeaks
-from ttg.messages import ResultMessage
+from ttg.messages import Outcome
 from ttg.nemesis import BrokerServer, FaultProxy, FaultSchedule
 from ttg.retry import patiently
 from ttg.runtimes import Runtime, describe_exit
@@ -58,7 +58,7 @@ class Tracker:
         # Seconds from a worker having a chunk's values to the coordinator recording them (the hosts' clocks).
         self.lags = array("d")  # 8 bytes a chunk, not a Python float object
 
-    def note(self, msg: ResultMessage) -> None:
+    def note(self, msg: Outcome) -> None:
         """One result the ledger recorded as its chunk's first."""
         now = time.monotonic()
         if msg.finished_at is not None:

@@ -23,6 +23,9 @@ from ttg.sweep import SweepSpec, parse_axis
 BACKENDS = backends.NAMES
 MODES = ("queue", "static")
 RUNTIMES = ("local", "kubernetes")
+# How result values reach the coordinator: through the broker, or in a staging file on a shared disk with a receipt
+# through the broker (ttg.claimcheck); auto: the file for local workers, the broker for pods.
+RESULTS_VIA = ("auto", "broker", "file")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -244,6 +247,12 @@ class RunConfig:
     namespace: str = "ttg"  # Kubernetes namespace of the run's objects
     image: str = ""  # Kubernetes: the worker and coordinator image ("" = ttg-worker:<version>)
     broker_wait_s: float = 0.0  # how long the coordinator keeps retrying a given broker it cannot reach at the start
+    results_via: str = "auto"  # RESULTS_VIA
+
+    @property
+    def claim_check(self) -> bool:
+        """Whether the workers put result values in the run's staging directory and send receipts (ttg.claimcheck)."""
+        return self.results_via == "file" or (self.results_via == "auto" and self.runtime == "local")
 
 
 # name -> (converter, default); the name is also the TTG_<NAME> environment variable.
@@ -274,6 +283,7 @@ _RUN_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "namespace": (str, "ttg"),
     "image": (str, ""),
     "broker_wait_s": (_float_in("broker_wait_s", "--broker-wait", 0.0, 86_400.0), 0.0),
+    "results_via": (_choice("results_via", "--results-via", RESULTS_VIA), "auto"),
 }
 
 
@@ -330,6 +340,8 @@ def load_run_config(given: Mapping[str, Any] | None = None, env: Mapping[str, st
         if backend_for_url(cfg.sweep.broker_url) != cfg.sweep.backend:
             want = f"{backends.backend(cfg.sweep.backend).schemes[0]}://"
             raise ConfigError(f"--broker-url scheme {scheme}:// does not match --backend {cfg.sweep.backend}; use a {want} URL or change --backend")
+    if cfg.results_via == "file" and cfg.runtime != "local":
+        raise ConfigError("--results-via file needs workers on the coordinator's disk (--runtime local); pods send values through the broker: drop it")
     for f in cfg.faults:
         check_fault(cfg, f)
     if sum(f.kind in COORDINATOR_FAULTS for f in cfg.faults) > 1:

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ttg.broker import DeadLetter
+from ttg.claimcheck import Reader
 from ttg.errors import ConfigError, MessageError
-from ttg.messages import ResultMessage, decode_planned_task, decode_result
+from ttg.messages import Outcome, ReceiptMessage, decode_outcome, decode_planned_task
 from ttg.plan import ChunkPlan
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,16 @@ class ResumeError(ConfigError):
 
 class Ledger:
     """``path``: ``results.npy``, with the chunks seen so far in ``seen.npy`` next to it, both memory-mapped, so a
-    successor coordinator (``resume=True``) continues from what this one recorded, even if it was killed."""
+    successor coordinator (``resume=True``) continues from what this one recorded, even if it was killed.
 
-    def __init__(self, plan: ChunkPlan, run_id: str, path: Path | None = None, resume: bool = False) -> None:
+    ``claims``: the reader of the run's staging directory, when its workers send receipts for values they put there
+    (:mod:`ttg.claimcheck`); without it a receipt is rejected."""
+
+    def __init__(self, plan: ChunkPlan, run_id: str, path: Path | None = None, resume: bool = False, claims: Reader | None = None) -> None:
         self.plan = plan
         self.run_id = run_id
         self.path = path
+        self.claims = claims
         self.values: np.ndarray
         self.seen: np.ndarray
         if path is not None and resume:
@@ -62,27 +67,34 @@ class Ledger:
         self.dead_rejected = 0  # dead letters whose task is not one of the plan (junk, forged, another run)
         self.duplicates = 0
         self.rejected = 0
+        self.rejected_reasons: list[str] = []  # the first few, for the verdict
 
     @staticmethod
     def exists(path: Path) -> bool:
         """Whether ``path`` (``results.npy``) and its ``seen.npy`` hold a ledger a coordinator left."""
         return path.exists() and path.with_name("seen.npy").exists()
 
-    def add(self, raw: bytes) -> ResultMessage | None:
-        """Record one encoded result; returns it when it was the chunk's first, None otherwise."""
+    def add(self, raw: bytes) -> Outcome | None:
+        """Record one encoded result (or receipt); returns it when it was the chunk's first, None otherwise."""
         try:
-            msg = decode_result(raw)
+            msg = decode_outcome(raw)
             self._check(msg)
+            if self.seen[msg.chunk_id]:  # before a receipt's values are read: a duplicate costs no I/O
+                self.duplicates += 1
+                log.info("duplicate result dropped", extra={"chunk_id": msg.chunk_id, "worker_id": msg.worker_id})
+                return None
+            if isinstance(msg, ReceiptMessage):
+                if self.claims is None:
+                    raise MessageError(f"a receipt for chunk {msg.chunk_id}, but this run takes result values through the broker")
+                self.claims.read_into(msg, self.values[msg.start : msg.stop])
+            else:
+                self.values[msg.start : msg.stop] = msg.array()
         except MessageError as e:
             self.rejected += 1
+            if len(self.rejected_reasons) < 20:
+                self.rejected_reasons.append(f"result rejected: {e}")
             log.warning("result rejected: %s", e)
             return None
-        if self.seen[msg.chunk_id]:
-            self.duplicates += 1
-            log.info("duplicate result dropped", extra={"chunk_id": msg.chunk_id, "worker_id": msg.worker_id})
-            return None
-        values = msg.array()
-        self.values[msg.start : msg.stop] = values
         self.seen[msg.chunk_id] = True
         self.completed += 1
         if self.dead[msg.chunk_id]:  # a dead letter came first (a copy of the task); the result wins
@@ -122,7 +134,7 @@ class Ledger:
             self.dead_reasons[task.chunk_id] = letter.reason
         self.dead_open = len(self.dead_reasons)
 
-    def _check(self, msg: ResultMessage) -> None:
+    def _check(self, msg: Outcome) -> None:
         if msg.run_id != self.run_id:
             raise MessageError(f"result belongs to run {msg.run_id!r}, not {self.run_id!r}")
         if not 0 <= msg.chunk_id < self.plan.chunks:

@@ -67,12 +67,55 @@ class ResultMessage:
         )
 
 
+@dataclass(frozen=True)
+class ReceiptMessage:
+    """A claim check for a chunk's values: where its worker put them in the run's staging directory, not the values.
+
+    ``crc`` is the values' CRC-32 and ``mac`` an HMAC of the receipt under the run's key (see :mod:`ttg.claimcheck`):
+    a receipt forged on the broker, without that key, vouches for nothing.
+    """
+
+    run_id: str
+    chunk_id: int
+    start: int
+    stop: int
+    worker_id: str
+    deliveries: int
+    offset: int  # byte offset of the values in the worker's staging file
+    crc: int
+    mac: bytes
+    compute_s: float
+    finished_at: float | None = None
+
+    def encode(self) -> bytes:
+        return _pack(
+            {
+                "v": VERSION,
+                "k": "receipt",
+                "run": self.run_id,
+                "c": self.chunk_id,
+                "a": self.start,
+                "b": self.stop,
+                "w": self.worker_id,
+                "d": self.deliveries,
+                "o": self.offset,
+                "s": self.crc,
+                "m": self.mac,
+                "t": self.compute_s,
+                **({} if self.finished_at is None else {"f": self.finished_at}),
+            }
+        )
+
+
+Outcome = ResultMessage | ReceiptMessage  # what a worker sends for a computed chunk: the values, or a claim check for them
+
+
 def _pack(obj: dict[str, Any]) -> bytes:
     packed: bytes = msgpack.packb(obj, use_bin_type=True)
     return packed
 
 
-def _unpack(raw: bytes, kind: str) -> dict[str, Any]:
+def _unpack(raw: bytes, kind: str, also: tuple[str, ...] = ()) -> dict[str, Any]:
     try:
         obj = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated types for garbage input
@@ -81,8 +124,8 @@ def _unpack(raw: bytes, kind: str) -> dict[str, Any]:
         raise MessageError(f"{kind} message must be a map (got {type(obj).__name__})")
     if obj.get("v") != VERSION:
         raise MessageError(f"{kind} message has schema version {obj.get('v')!r}; this worker understands version {VERSION}")
-    if obj.get("k") != kind:
-        raise MessageError(f"expected a {kind} message (got kind {obj.get('k')!r})")
+    if obj.get("k") != kind and obj.get("k") not in also:
+        raise MessageError(f"expected a {' or '.join((kind, *also))} message (got kind {obj.get('k')!r})")
     return obj
 
 
@@ -103,7 +146,20 @@ def decode_task(raw: bytes) -> TaskMessage:
 
 
 def decode_result(raw: bytes) -> ResultMessage:
-    obj = _unpack(raw, "result")
+    result = decode_outcome(raw)
+    if not isinstance(result, ResultMessage):
+        raise MessageError(f"expected a result message with values, got a receipt for chunk {result.chunk_id}")
+    return result
+
+
+def decode_outcome(raw: bytes) -> Outcome:
+    """A result with its values, or a receipt for values in the run's staging directory; MessageError otherwise."""
+    obj = _unpack(raw, "result", also=("receipt",))
+    finished_at = None if obj.get("f") is None else float(_field(obj, "f", (int, float), "result"))
+    if finished_at is not None and not math.isfinite(finished_at):
+        raise MessageError(f"result for chunk {obj.get('c')!r:.20} has a finishing time that is not a number ({finished_at!r})")
+    if obj["k"] == "receipt":
+        return _receipt(obj, finished_at)
     msg = ResultMessage(
         _field(obj, "run", str, "result"),
         _field(obj, "c", int, "result"),
@@ -113,12 +169,34 @@ def decode_result(raw: bytes) -> ResultMessage:
         _field(obj, "d", int, "result"),
         _field(obj, "x", bytes, "result"),
         float(_field(obj, "t", (int, float), "result")),
-        None if obj.get("f") is None else float(_field(obj, "f", (int, float), "result")),
+        finished_at,
     )
-    if msg.finished_at is not None and not math.isfinite(msg.finished_at):
-        raise MessageError(f"result for chunk {msg.chunk_id} has a finishing time that is not a number ({msg.finished_at!r})")
     if len(msg.values) != (msg.stop - msg.start) * _F64.itemsize:
         raise MessageError(f"result for chunk {msg.chunk_id} holds {len(msg.values) // 8} values for {msg.stop - msg.start} parameters")
+    return msg
+
+
+MAC_BYTES = 16
+
+
+def _receipt(obj: dict[str, Any], finished_at: float | None) -> ReceiptMessage:
+    kind = "receipt"
+    msg = ReceiptMessage(
+        _field(obj, "run", str, kind),
+        _field(obj, "c", int, kind),
+        _field(obj, "a", int, kind),
+        _field(obj, "b", int, kind),
+        _field(obj, "w", str, kind),
+        _field(obj, "d", int, kind),
+        _field(obj, "o", int, kind),
+        _field(obj, "s", int, kind),
+        _field(obj, "m", bytes, kind),
+        float(_field(obj, "t", (int, float), kind)),
+        finished_at,
+    )
+    if msg.offset < 0 or not 0 <= msg.crc < 1 << 32 or len(msg.mac) != MAC_BYTES or msg.stop <= msg.start:
+        what = f"offset {msg.offset}, crc {msg.crc}, {len(msg.mac)}-byte mac, [{msg.start}, {msg.stop})"
+        raise MessageError(f"receipt for chunk {msg.chunk_id} is malformed ({what})")
     return msg
 
 

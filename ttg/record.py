@@ -98,6 +98,7 @@ class RunRecord:
     coordinator_memory_mb: dict[str, float] = field(default_factory=dict)
     coordinator_cpu_s: float = 0.0  # CPU time of the coordinator process (all its threads) while it collected results
     recording_lag_s: dict[str, float] = field(default_factory=dict)  # p50/p99/max from a worker's values to their recording
+    results_via: str = "broker"  # "file": values in the run's staging directory, receipts through the broker (claim check)
     resumed_at_chunks: int | None = None  # --resume: chunks a previous coordinator had recorded (None: not resumed)
     environment: dict[str, str] = field(default_factory=dict)  # the machine that ran it (ttg.environment.describe)
     record_version: int = RECORD_VERSION
@@ -152,6 +153,7 @@ class RunRecord:
             coordinator_cpu_s=round(collector.cpu_s, 3),
             coordinator_memory_mb=collector.memory.to_dict(),
             recording_lag_s=collector.tracker.lag_summary(),
+            results_via="broker" if run.staging is None else "file",
             resumed_at_chunks=run.resumed_at,
         )
 

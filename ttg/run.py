@@ -15,6 +15,7 @@ import errno
 import functools
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 from ttg import algorithms, backends
 from ttg.argv import worker_argv
 from ttg.broker import Broker, BrokerStats, open_broker
+from ttg.claimcheck import Reader, Staging
 from ttg.collector import Collector, ProgressFn
 from ttg.compute import ComputeCrashed, ComputeProcess
 from ttg.config import RunConfig, check_run_id, worker_ids
@@ -77,18 +79,26 @@ def private_or_given_broker(cfg: RunConfig) -> Iterator[BrokerAccess]:
 
 
 def worker_launches(
-    cfg: RunConfig, urls: Mapping[str, str] | str, run_id: str, *, coordinator_pid: int | None = None, successor_wait_s: float = 30.0
+    cfg: RunConfig,
+    urls: Mapping[str, str] | str,
+    run_id: str,
+    *,
+    coordinator_pid: int | None = None,
+    successor_wait_s: float = 30.0,
+    staging: Path | None = None,
 ) -> list[WorkerLaunch]:
     """The ``ttg worker`` arguments of each worker: every setting travels explicitly, the broker URL in the environment.
 
     ``urls``: the broker URL, or one per worker id (each worker's own fault proxy). The URL may hold a
     password, so it goes in ``TTG_BROKER_URL``, never in the arguments, which any local user can read.
     ``coordinator_pid``: workers exit once that process (their parent) is gone, after waiting
-    ``successor_wait_s`` for a successor coordinator (0: at once, as when the broker died with it)."""
+    ``successor_wait_s`` for a successor coordinator (0: at once, as when the broker died with it). ``staging``: the run's
+    staging directory, when the workers put values there and send receipts (:mod:`ttg.claimcheck`)."""
     launches = []
+    where = None if staging is None else str(staging)
     for i, wid in enumerate(worker_ids(cfg.workers)):
         static = f"{i}/{cfg.workers}" if cfg.mode == "static" else None
-        args = worker_argv(cfg, run_id, wid, static=static, coordinator_pid=coordinator_pid, successor_wait_s=successor_wait_s)
+        args = worker_argv(cfg, run_id, wid, static=static, coordinator_pid=coordinator_pid, successor_wait_s=successor_wait_s, staging=where)
         url = urls if isinstance(urls, str) else urls[wid]
         launches.append(WorkerLaunch(wid, tuple(args), {"TTG_BROKER_URL": url}))
     return launches
@@ -238,6 +248,7 @@ class Run:
         self.started_at, self.t_start = datetime.now(UTC), time.monotonic() if t_start is None else t_start
         self.proxies: dict[str, FaultProxy] = {}
         self.ledger: Ledger | None = None
+        self.staging: Staging | None = None  # the claim check's directory, when the workers share this disk
         self.collector: Collector | None = None
         self.had_state = self.complete = False
         self.startup_s = self.wall_s = 0.0
@@ -267,8 +278,11 @@ class Run:
             lambda: _claim_run(self.broker, owner, self.cfg, self.run_dir, resume=self.resume, on_disk=self.on_disk), wait_s=self.cfg.broker_wait_s
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Local workers put values beside the run and send receipts: RabbitMQ no longer carries 80 MB per 10M values.
+        self.staging = Staging.create(self.run_dir) if self.cfg.claim_check and self.runtime.name == "local" else None
         # The ledger exists before the run does on the broker, so broker state always has a ledger to resume.
-        self.ledger = Ledger(self.plan, self.run_id, self.run_dir / "results.npy", resume=self.resuming)
+        claims = None if self.staging is None else Reader(self.staging)
+        self.ledger = Ledger(self.plan, self.run_id, self.run_dir / "results.npy", resume=self.resuming, claims=claims)
         self.broker.declare(self.plan.chunks)
         if self.resuming:
             self.resumed_at = self.ledger.completed
@@ -287,7 +301,8 @@ class Run:
         # wait a while for a successor (ttg run --resume) before giving their chunks back.
         local_pid = os.getpid() if self.runtime.name == "local" else None
         wait_s = 0.0 if self.given.server else ORPHAN_WAIT_S
-        self.runtime.start(worker_launches(cfg, urls, self.run_id, coordinator_pid=local_pid, successor_wait_s=wait_s))
+        staging = None if self.staging is None else self.staging.directory
+        self.runtime.start(worker_launches(cfg, urls, self.run_id, coordinator_pid=local_pid, successor_wait_s=wait_s, staging=staging))
         # A coordinator replaced after every chunk was recorded (killed while judging) has nobody to wait for: the
         # workers saw the end and left, and on Kubernetes their Job, complete, starts no more.
         finished = self.resuming and self._ledger().accounted >= self.plan.chunks
@@ -355,6 +370,10 @@ class Run:
             p.close()
         if self.ledger is not None:
             self.ledger.flush()
+            if self.ledger.claims is not None:
+                self.ledger.claims.close()
+        if self.complete and self.staging is not None:  # every value is in results.npy; an incomplete run keeps them to resume
+            shutil.rmtree(self.staging.directory, ignore_errors=True)
         try:
             if self.complete:
                 self.broker.delete_run()

@@ -218,5 +218,5 @@ def judge(
         dead_letter_reasons=[ledger.dead_reasons[c] for c in dead_ids[:20]],
         unverifiable_chunk_ids=unverifiable,
         ignored_dead_letters=ledger.dead_noise,
-        rejected_reasons=[r.reason for r in rejected][:20],
+        rejected_reasons=([r.reason for r in rejected] + ledger.rejected_reasons)[:20],
     )

@@ -27,6 +27,7 @@ from types import FrameType
 from typing import NamedTuple, TypeVar
 
 from ttg.broker import Broker, Delivery
+from ttg.claimcheck import Staging, Writer
 from ttg.compute import MAX_BATCH, ComputeProcess
 from ttg.errors import AlgorithmError, BrokerUnavailable, MessageError
 from ttg.messages import ResultMessage, TaskMessage, decode_planned_task
@@ -54,6 +55,7 @@ class WorkerSpec:
     poisoned: frozenset[int] = frozenset()  # the poison-chunk fault: these chunks fail on every delivery
     coordinator_pid: int | None = None  # the local coordinator that started this worker (its parent); None: none to watch
     successor_wait_s: float = 30.0  # once it is gone: how long to wait for a successor before exiting (0: at once)
+    staging: Staging | None = None  # the coordinator's staging directory, shared: values go there, receipts to the broker
 
 
 class _Started(NamedTuple):
@@ -79,6 +81,7 @@ class Worker:
         # Its values come back in shared-memory slots of a chunk's size: only the result message copies them.
         self.compute = ComputeProcess(spec.algorithm, spec.cost_us, spec.grid, slot_values=spec.plan.chunk_size)
         self.compute.start()  # an algorithm that cannot be loaded is a usage error, before the broker is reached
+        self.claims = None if spec.staging is None else Writer(spec.staging, spec.run_id, spec.worker_id)
         self.stopping = threading.Event()
         self.signalled: int | None = None  # the signal that asked this worker to stop, if one did
         self.ended = False  # it saw the coordinator's end marker (the run may be deleted from the broker right after)
@@ -133,6 +136,8 @@ class Worker:
         finally:
             self.broker.close()
             self.compute.close()
+            if self.claims is not None:
+                self.claims.close()
         # Stopped before the end by no signal: the coordinator that started it is gone and no successor came.
         code = EXIT_OK if done else 128 + self.signalled if self.signalled is not None else EXIT_BROKER_LOST
         log.info("worker exited", extra={"event": "exited", "chunks_done": self.chunks_done, "exit_code": code})
@@ -211,8 +216,8 @@ class Worker:
                 return False
             chunk = plan.chunk(chunk_id)
             values = self.compute.evaluate(chunk.start, chunk.stop)
-            result = ResultMessage(self.spec.run_id, chunk.id, chunk.start, chunk.stop, self.spec.worker_id, 1, values.data.cast("B"), 0.0)
-            self._patiently(functools.partial(self.broker.complete, None, chunk.id, result.encode()))
+            result = self._outcome(TaskMessage(self.spec.run_id, chunk.id, chunk.start, chunk.stop), 1, values.data.cast("B"), 0.0)
+            self._patiently(functools.partial(self.broker.complete, None, chunk.id, result))
             self.chunks_done += 1
         return True
 
@@ -252,21 +257,22 @@ class Worker:
             self._failed(delivery, task, e)
             return
         ctx = {"chunk_id": task.chunk_id, "deliveries": delivery.deliveries}
-        result = ResultMessage(
-            task.run_id,
-            task.chunk_id,
-            task.start,
-            task.stop,
-            self.spec.worker_id,
-            delivery.deliveries,
-            values.data.cast("B"),
-            time.perf_counter() - t0,
-            time.time(),
-        )
-        self._patiently(functools.partial(self.broker.complete, delivery, task.chunk_id, result.encode()))
+        result = self._outcome(task, delivery.deliveries, values.data.cast("B"), time.perf_counter() - t0)
+        self._patiently(functools.partial(self.broker.complete, delivery, task.chunk_id, result))
         self.chunks_done += 1
         # Per-chunk events at debug: a 10M sweep in chunks of 10 would otherwise write 2M lines.
         log.debug("chunk finished", extra={"event": "finished", **ctx})
+
+    def _outcome(self, task: TaskMessage, deliveries: int, values: memoryview, compute_s: float) -> bytes:
+        """The encoded message that completes ``task``: a receipt for values put in the staging directory, or, without
+        one (or when it cannot take them: a full disk), the values themselves."""
+        if self.claims is not None:
+            try:
+                return self.claims.receipt(task.chunk_id, task.start, task.stop, deliveries, values, compute_s, time.time()).encode()
+            except OSError as e:
+                log.warning("staging file refused chunk %d (%s); sending its values through the broker", task.chunk_id, e)
+        result = ResultMessage(task.run_id, task.chunk_id, task.start, task.stop, self.spec.worker_id, deliveries, values, compute_s, time.time())
+        return result.encode()
 
     def _patiently(self, op: Callable[[], T]) -> T:
         """``op``, retried while the broker is unreachable: for ``broker_wait_s``, or for as long as the coordinator that
