@@ -267,3 +267,28 @@ def test_a_report_against_its_baseline_shows_each_change_and_fails_on_a_regressi
     assert flagged and all("| throughput (params/s, median) |" in line and "| -50.0 % |" in line for line in flagged), flagged
     status, tolerated = ttg_report(tmp_path / "slower", "--max-regression", "60")
     assert status == 0 and "REGRESSION" not in tolerated
+
+
+def test_the_scale_benchmark_gets_its_section_table_and_figure_in_every_format(tmp_path: Path) -> None:
+    """From the committed bench/scale measurement (reports/benchmarks/scale.json), the only input here."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    doc = json.loads((ROOT / "reports/benchmarks/scale.json").read_text())
+    shutil.copy(ROOT / "reports/benchmarks/scale.json", inputs / "scale.json")
+    _, written = make_report(inputs, tmp_path / "out", ("md", "docx", "html"), "Scale")
+    md = written[0].read_text()
+    section = md.split("## Scale: many workers, one broker", 1)[1].split("\n## ", 1)[0]
+    fleets = [r for r in doc["rows"] if r["kind"] == "ttg"]
+    assert fleets and section.count("| ok |") == len(fleets), section
+    for r in fleets:
+        assert f"| {r['backend']} | {r['workers']} | {r['chunk_ms']:g} ms | {r['offered_chunks_per_s']:,.0f} | {r['chunks_per_s']:,.0f} |" in section
+    raw = {r["backend"]: r["chunks_per_s"] for r in doc["rows"] if r["kind"] == "ceiling"}
+    top = {r["backend"]: r["chunks_per_s"] for r in doc["rows"] if r["kind"] == "ttg-ceiling"}
+    for backend in raw:
+        assert f"| {raw[backend]:,.0f} | {top[backend]:,.0f} | {top[backend] / raw[backend]:.2f} |" in section
+    assert "(img/scale.png)" in section and (tmp_path / "out" / "img" / "scale.png").stat().st_size > 1000
+    document = docx.Document(str(written[1]))
+    cells = {c.text for t in document.tables for row in t.rows for c in row.cells}
+    assert {"raw chunks/s", "lag p50 / p99 s"} <= cells and len(document.inline_shapes) == 1
+    html = written[2].read_text()
+    assert "Scale: many workers, one broker" in html and html.count("data:image/png;base64,") == 1  # the HTML carries its figure

@@ -26,7 +26,6 @@ send their values inline, as before (``--results-via broker``).
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hmac
 import os
@@ -87,7 +86,10 @@ class Staging:
 
     def mac(self, r: ReceiptMessage) -> bytes:
         """The HMAC of what a receipt vouches for: whose values, of which chunk, where, with which CRC."""
-        signed = f"{r.run_id}\0{r.chunk_id}\0{r.start}\0{r.stop}\0{r.worker_id}\0{r.offset}\0{r.crc}".encode()
+        return self.sign(r.run_id, r.chunk_id, r.start, r.stop, r.worker_id, r.offset, r.crc)
+
+    def sign(self, run_id: str, chunk_id: int, start: int, stop: int, worker_id: str, offset: int, crc: int) -> bytes:
+        signed = f"{run_id}\0{chunk_id}\0{start}\0{stop}\0{worker_id}\0{offset}\0{crc}".encode()
         return hmac.digest(self.key, signed, "sha256")[:MAC_BYTES]
 
 
@@ -110,8 +112,9 @@ class Writer:
         end = os.lseek(self.fd, 0, os.SEEK_CUR)  # this process's own file position: past what it just appended
         if written != n:  # a short append (no space): never name values that are not all there
             raise OSError(errno.ENOSPC, f"staging file took {written} of {n} bytes")
-        r = ReceiptMessage(self.run_id, chunk_id, start, stop, self.worker_id, deliveries, end - n, zlib.crc32(values), b"", compute_s, finished_at)
-        return dataclasses.replace(r, mac=self.staging.mac(r))
+        offset, crc = end - n, zlib.crc32(values)
+        mac = self.staging.sign(self.run_id, chunk_id, start, stop, self.worker_id, offset, crc)
+        return ReceiptMessage(self.run_id, chunk_id, start, stop, self.worker_id, deliveries, offset, crc, mac, compute_s, finished_at)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -59,6 +59,8 @@ class Ledger:
         else:
             self.values = np.full(plan.params, np.nan, dtype="<f8")
             self.seen = np.zeros(plan.chunks, dtype=bool)
+        # Plain views for the per-result writes: slicing an np.memmap makes a memmap object each time (a per-chunk cost).
+        self._values = self.values.view(np.ndarray)
         self.completed = int(self.seen.sum())
         self.dead = np.zeros(plan.chunks, dtype=bool)  # dead-lettered and never completed
         self.dead_open = 0  # == dead.sum(), kept as a counter
@@ -86,9 +88,9 @@ class Ledger:
             if isinstance(msg, ReceiptMessage):
                 if self.claims is None:
                     raise MessageError(f"a receipt for chunk {msg.chunk_id}, but this run takes result values through the broker")
-                self.claims.read_into(msg, self.values[msg.start : msg.stop])
+                self.claims.read_into(msg, self._values[msg.start : msg.stop])
             else:
-                self.values[msg.start : msg.stop] = msg.array()
+                self._values[msg.start : msg.stop] = msg.array()
         except MessageError as e:
             self.rejected += 1
             if len(self.rejected_reasons) < 20:

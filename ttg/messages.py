@@ -131,6 +131,8 @@ def _unpack(raw: bytes, kind: str, also: tuple[str, ...] = ()) -> dict[str, Any]
 
 def _field(obj: dict[str, Any], key: str, typ: type | tuple[type, ...], kind: str) -> Any:
     value = obj.get(key)
+    if type(value) is typ:  # the common case, decided at once (a coordinator decodes a message per chunk)
+        return value
     if not isinstance(value, typ) or isinstance(value, bool):
         want = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
         raise MessageError(f"{kind} message field {key!r} must be {want} (got {value!r:.40})")

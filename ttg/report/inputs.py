@@ -21,11 +21,12 @@ class Inputs:
     benchmarks: list[dict[str, Any]] = field(default_factory=list)
     journals: list[dict[str, Any]] = field(default_factory=list)
     fuzz: list[dict[str, Any]] = field(default_factory=list)  # rows of `ttg chaos fuzz` tables
+    scale: list[dict[str, Any]] = field(default_factory=list)  # rows of bench/scale (many workers, one broker)
     skipped: list[str] = field(default_factory=list)  # files that were not JSON or not one of the three kinds
 
     @property
     def empty(self) -> bool:
-        return not (self.runs or self.benchmarks or self.journals or self.fuzz)
+        return not (self.runs or self.benchmarks or self.journals or self.fuzz or self.scale)
 
 
 def _benchmarks(doc: dict[str, Any], source: str) -> list[dict[str, Any]]:
@@ -36,6 +37,16 @@ def _benchmarks(doc: dict[str, Any], source: str) -> list[dict[str, Any]]:
             continue  # not one of TTG's side-by-side benchmarks
         out.append({"name": b.get("name", ""), "source": source, **info})
     return out
+
+
+SCALE_KINDS = ("ceiling", "ttg-ceiling", "ttg")
+
+
+def _is_scale(doc: Any) -> bool:
+    """A bench/scale document (marked ``ttg_scale`` since it was; the first one is known by its command)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+        return False
+    return "ttg_scale" in doc or str(doc.get("command", "")).startswith("bench/scale")
 
 
 def _journal(doc: dict[str, Any], source: str) -> dict[str, Any]:
@@ -102,6 +113,8 @@ def load(directory: Path) -> Inputs:
             inputs.journals.append(_journal(doc, source))
         elif isinstance(doc, dict) and "ttg_fuzz" in doc and isinstance(doc.get("rows"), list):
             inputs.fuzz += [{**row, "source": source} for row in doc["rows"]]
+        elif _is_scale(doc):
+            inputs.scale += [{**row, "source": source} for row in doc["rows"] if isinstance(row, dict) and row.get("kind") in SCALE_KINDS]
         else:
             inputs.skipped.append(source)
     inputs.runs = list(runs.values())

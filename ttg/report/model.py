@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ttg import __version__
 from ttg.faults import WORKER_CRASHES
-from ttg.report.inputs import Inputs
+from ttg.report.inputs import SCALE_KINDS, Inputs
 from ttg.verdict import checksum_words
 
 if TYPE_CHECKING:
@@ -120,6 +120,7 @@ class Report:
     faults: list[dict[str, Any]]
     parity: dict[str, Any]
     fuzz: list[dict[str, Any]] = field(default_factory=list)
+    scale: list[dict[str, Any]] = field(default_factory=list)  # bench/scale rows: ceilings, then TTG at many workers
     skipped: list[str] = field(default_factory=list)
     images: dict[str, str] = field(default_factory=dict)  # plot name -> file name under img/
     inputs_from_out: str = ""  # the inputs directory, relative to the report's: where the runs' files are linked
@@ -256,5 +257,6 @@ def build(inputs: Inputs, title: str) -> Report:
         faults=faults,
         parity=_parity(rows),
         fuzz=sorted(inputs.fuzz, key=lambda f: (bool(f.get("ok")), f.get("backend", ""), f.get("seed", 0))),
+        scale=sorted(inputs.scale, key=lambda x: (x.get("backend", ""), SCALE_KINDS.index(x["kind"]), x.get("workers", 0), -x.get("chunk_ms", 0))),
         skipped=inputs.skipped,
     )

@@ -4,7 +4,8 @@
   in its kind's colour (labelled once per figure);
 - ``recovery``: recovery times split by fault kind and backend, every run a dot, with n under each group;
 - ``throughput``: fault-free runs compared only with runs of the same scale and the same cost per parameter;
-- ``benchmark``: the ratio to ``multiprocessing.Pool``, with the 1.0 line (as fast as Pool) and the target.
+- ``benchmark``: the ratio to ``multiprocessing.Pool``, with the 1.0 line (as fast as Pool) and the target;
+- ``scale``: chunks per second achieved against offered, and the p99 recording lag, by fleet size (bench/scale).
 
 Colours are the Okabe-Ito palette (told apart by colour-blind readers); every figure is drawn only when its data exists.
 """
@@ -193,6 +194,46 @@ def benchmark(report: Report, path: Path) -> bool:
     return True
 
 
+LAG_TARGET_S = 1.0  # issue 16: at 100 workers x 100 ms chunks the coordinator keeps up (p99 recording lag under 1 s)
+
+
+def scale(report: Report, path: Path) -> bool:
+    """Left: achieved chunks/s by workers, a line per backend and chunk length, the offered rate dashed. Right: p99 lag."""
+    rows = [x for x in report.scale if x["kind"] == "ttg"]
+    if not rows:
+        return False
+    plt = _pyplot()
+    fig, (rate, lag) = plt.subplots(1, 2, figsize=(9, 3.4))
+    backends = sorted({x["backend"] for x in rows})
+    for (backend, chunk_ms), group in sorted(_by(rows, lambda x: (x["backend"], x["chunk_ms"])).items()):
+        group.sort(key=lambda x: x["workers"])
+        colour = BACKEND_COLOURS[backends.index(backend) % len(BACKEND_COLOURS)]
+        style = "-" if chunk_ms >= 100 else ":"
+        workers = [x["workers"] for x in group]
+        label = f"{backend}, {chunk_ms:g} ms chunks"
+        rate.plot(workers, [x["chunks_per_s"] for x in group], style, marker="o", color=colour, label=label)
+        lag.plot(workers, [max(1e-4, x.get("lag_p99_s") or 0.0) for x in group], style, marker="o", color=colour, label=label)
+    for chunk_ms in sorted({x["chunk_ms"] for x in rows}):
+        offered = sorted({(x["workers"], x.get("offered_chunks_per_s") or 0.0) for x in rows if x["chunk_ms"] == chunk_ms})
+        rate.plot([w for w, _ in offered], [o for _, o in offered], "--", color="#999999", linewidth=1)
+        rate.annotate(f"offered ({chunk_ms:g} ms)", offered[-1], xytext=(-4, 4), textcoords="offset points", ha="right", fontsize=7, color="#555555")
+    rate.set(xlabel="workers", ylabel="chunks / s achieved", yscale="log")
+    lag.axhline(LAG_TARGET_S, color="#555555", linestyle="--", linewidth=1)
+    lag.text(lag.get_xlim()[0], LAG_TARGET_S, " target p99 < 1 s", fontsize=7, va="bottom")
+    lag.set(xlabel="workers", ylabel="recording lag p99, s", yscale="log")
+    rate.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _by(rows: list[dict[str, Any]], key: Any) -> dict[Any, list[dict[str, Any]]]:
+    out: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for x in rows:
+        out[key(x)].append(x)
+    return out
+
+
 def draw_all(report: Report, img_dir: Path) -> dict[str, str]:
     """Draw every figure that has data into ``img_dir``; returns figure name -> file name."""
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +241,7 @@ def draw_all(report: Report, img_dir: Path) -> dict[str, str]:
     for b in sorted({r.backend for r in report.runs}):
         if panels(report.runs, img_dir / f"panels-{b}.png", b):
             out[f"panels-{b}"] = f"panels-{b}.png"
-    for name, fn in (("recovery", recovery), ("throughput", throughput), ("benchmark", benchmark)):
+    for name, fn in (("recovery", recovery), ("throughput", throughput), ("benchmark", benchmark), ("scale", scale)):
         if fn(report, img_dir / f"{name}.png"):
             out[name] = f"{name}.png"
     return out

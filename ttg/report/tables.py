@@ -128,6 +128,34 @@ def benchmarks(r: Report) -> Table:
     return Table(("benchmark", "backend", "params", "chunk", "µs/param", "workers", "TTG params/s", "Pool params/s", "ratio"), rows)
 
 
+def _num(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def ceilings(r: Report) -> Table:
+    """Per backend: the broker's raw ceiling for a chunk's operations, TTG's own on this machine, and the fraction."""
+    rows = []
+    for backend in sorted({x["backend"] for x in r.scale}):
+        raw = next((x for x in r.scale if x["backend"] == backend and x["kind"] == "ceiling"), None)
+        top = next((x for x in r.scale if x["backend"] == backend and x["kind"] == "ttg-ceiling"), None)
+        fraction = top["chunks_per_s"] / raw["chunks_per_s"] if raw and top and raw["chunks_per_s"] else None
+        cells = (backend, str(raw.get("how", "-")) if raw else "-", _num(raw and raw["chunks_per_s"], ",.0f"), _num(top and top["chunks_per_s"], ",.0f"))
+        rows.append(((*cells, _num(fraction, ".2f")), FINE))
+    return Table(("backend", "raw ceiling measured with", "raw chunks/s", "TTG chunks/s (2 workers, no work)", "fraction"), rows)
+
+
+def scale(r: Report) -> Table:
+    rows = [
+        ((x["backend"], str(x["workers"]), f"{x['chunk_ms']:g} ms", _num(x.get("offered_chunks_per_s"), ",.0f"), _num(x["chunks_per_s"], ",.0f"),
+          _num(x.get("of_offered"), ".2f"), f"{_num(x.get('lag_p50_s'), '.3f')} / {_num(x.get('lag_p99_s'), '.3f')}",
+          _num(x.get("coordinator_cpu_ms_per_chunk"), ".3f"), _num(x.get("broker_cpu_ms_per_chunk"), ".3f"), _num(x.get("broker_rss_mb"), ".0f"),
+          "ok" if x.get("ok") else f"FAILED (lost {x.get('lost')})"), FINE if x.get("ok") else FAILED)
+        for x in r.scale if x["kind"] == "ttg"
+    ]  # fmt: skip
+    header = ("backend", "workers", "chunk", "offered chunks/s", "achieved", "of offered", "lag p50 / p99 s", "coordinator ms/chunk", "broker ms/chunk")
+    return Table((*header, "broker MB", "verdict"), rows)
+
+
 def journals(r: Report) -> Table:
     failing = {id(j) for j in r.failing_journals}
     rows = [
@@ -212,6 +240,8 @@ def sections(r: Report) -> list[Section]:
         what = "Each benchmark runs the same sweep through TTG and multiprocessing.Pool in the same test; the ratio is throughput TTG / Pool."
         blocks = (Block(text=what), Block(table=t["benchmarks"]), *_figures(r, ("benchmark", "Ratio to Pool")))
         out.append(Section("Benchmark against multiprocessing.Pool", blocks))
+    if r.scale:
+        out.append(_scale(r, t))
     if r.journals:
         out.append(Section("Chaos experiments", (Block(table=t["journals"]),)))
     if r.fuzz:
@@ -219,6 +249,18 @@ def sections(r: Report) -> list[Section]:
         out.append(Section("Fuzz (ttg chaos fuzz)", (Block(text=replay), Block(table=t["fuzz"]))))
     out.append(_parity(r, t))
     return out
+
+
+def _scale(r: Report, t: dict[str, Table]) -> Section:
+    how = (
+        "Many workers, one broker, one coordinator (bench/scale): workers run --algorithm sleep, so a hundred processes load the "
+        "broker and the coordinator as a hundred machines would. Lag is from a worker having a chunk's values to the coordinator "
+        "recording them. The raw ceiling is the broker driven by a minimal client doing one chunk's operations."
+    )
+    commands = sorted({str(x.get("source", "")) for x in r.scale})
+    blocks = [Block(text=how), Block(table=t["ceilings"]), *_figures(r, ("scale", "Chunks per second achieved and recording lag, by fleet size"))]
+    blocks += [Block(table=t["scale"]), Block(text=f"From {', '.join(commands)}.")]
+    return Section("Scale: many workers, one broker", tuple(blocks))
 
 
 def _parity(r: Report, t: dict[str, Table]) -> Section:
@@ -233,5 +275,5 @@ def _parity(r: Report, t: dict[str, Table]) -> Section:
 
 def all_tables(r: Report) -> dict[str, Table]:
     """Every table, by the name the templates and the .docx writer place it under."""
-    tables = (summary, comparison, failures, expected_failures, environment, runs, faults, benchmarks, journals, fuzz, worker_kill, throughput)
+    tables = (summary, comparison, failures, expected_failures, environment, runs, faults, benchmarks, ceilings, scale, journals, fuzz, worker_kill, throughput)
     return {f.__name__: f(r) for f in tables}

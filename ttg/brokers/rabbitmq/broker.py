@@ -59,7 +59,7 @@ FLUSH_AFTER_S = 0.02  # a completed chunk's result is on its way within this
 FLUSH_BYTES = 4 << 20
 DEFAULT_PREFETCH = 2  # task messages a worker holds at first: one being computed, one ready
 MAX_PREFETCH = 16
-WINDOW_TARGET_S = 0.02  # work a worker holds once it knows its speed: enough to cover a confirm's round trip
+WINDOW_TARGET_S = 0.05  # work a worker holds once it knows its speed: enough to cover a confirm's round trip
 
 
 class RabbitMQBroker(CoordinatorSide, Broker):
