@@ -166,12 +166,10 @@ class PrivateRabbitMQ(PrivateServer):
         params = pika.URLParameters(self.url + "?connection_attempts=1&socket_timeout=2")
         while True:
             assert self.process is not None
-            if self.process.poll() is not None:
+            if (status := self.process.poll()) is not None:
                 tail = self._log_tail()
-                self._reap()
-                raise ServerStartError(
-                    f"private rabbitmq-server (node {self.node}) exited with status {self.process.returncode} while starting; its log says: {tail}"
-                )
+                self._reap()  # (which forgets the process: its status is read first)
+                raise ServerStartError(f"private rabbitmq-server (node {self.node}) exited with status {status} while starting; its log says: {tail}")
             try:
                 pika.BlockingConnection(params).close()
                 return
