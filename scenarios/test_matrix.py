@@ -42,7 +42,6 @@ LEFT_TO_MAKE_SCENARIOS = {
     ("rabbitmq", "small", "kill-broker"),
     ("rabbitmq", "small", "pause-broker"),
     ("rabbitmq", "medium", "kill-broker"),
-    ("rabbitmq", "medium", "pause-broker"),
 }
 
 

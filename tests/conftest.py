@@ -30,7 +30,6 @@ BACKENDS = backends.NAMES
 # has a sibling in make test that takes the same path: the other backend, the other signal or coordinator fault, or a
 # cheaper size; none is the only test of anything.
 LEFT_TO_MAKE_SCENARIOS = {
-    "tests/test_contract.py::test_a_broker_killed_and_restarted_on_its_data_mid_sweep_loses_nothing[rabbitmq]",  # 23 s
     "tests/test_contract.py::test_an_algorithm_that_holds_the_gil_does_not_starve_the_heartbeat[rabbitmq]",
     "tests/test_resume.py::test_a_coordinator_fault_ends_ttg_run_and_resume_finishes_the_run[rabbitmq-kill-coordinator]",
     "tests/test_resume.py::test_a_coordinator_fault_ends_ttg_run_and_resume_finishes_the_run[redis-terminate-coordinator]",

@@ -100,6 +100,26 @@ def test_a_second_completion_of_a_chunk_is_returned_or_counted_as_a_duplicate_ne
     assert len(results) + coord.stats().duplicates == 2
 
 
+def test_a_reopened_chunk_is_delivered_again_and_its_new_result_is_not_a_duplicate(opener: Opener) -> None:
+    """Its completion was acknowledged but its result could not be recorded (a claim check whose values were gone)."""
+    coord, a = opener(), opener("a")
+    publish(coord, 2)
+    for chunk in range(2):
+        d = a.receive(2.0)
+        assert d is not None
+        a.complete(d, chunk, f"first-{chunk}".encode())
+    a.drained()
+    assert sorted(collect(coord, 2)) == [b"first-0", b"first-1"]
+    coord.reopen(1, TaskMessage(coord.run_id, 1, 10, 20).encode())
+    d = a.receive(2.0)
+    assert d is not None and d.body == TaskMessage(coord.run_id, 1, 10, 20).encode() and a.receive(0.3) is None
+    a.complete(d, 1, b"again-1")
+    a.drained()
+    assert collect(coord, 1) == [b"again-1"], "a broker that remembers completed chunks forgot this one"
+    stats = coord.stats()
+    assert (stats.duplicates, stats.queued, stats.inflight) == (0, 0, 0), stats  # and the counts still add up
+
+
 def test_a_failing_chunk_is_retried_after_a_delay_then_dead_lettered_with_its_error(opener: Opener) -> None:
     coord, a = opener(), opener("a", max_deliveries=3)
     publish(coord, 4)

@@ -29,8 +29,8 @@ from ttg.brokers.rabbitmq.topology import QueueNames
 from ttg.claimcheck import KEY_FILE, Reader, Staging, Writer
 from ttg.config import backend_for_url, load_run_config
 from ttg.errors import ConfigError, MessageError
-from ttg.ledger import Ledger
-from ttg.messages import ReceiptMessage, decode_outcome, decode_result
+from ttg.ledger import REOPENS, Ledger
+from ttg.messages import ReceiptMessage, TaskMessage, decode_outcome, decode_result
 from ttg.plan import ChunkPlan
 from ttg.testing.plugin import BrokerHandle
 
@@ -107,6 +107,60 @@ def test_a_staging_file_cut_short_or_altered_is_a_rejected_result_never_a_wrong_
     assert gone.add(intact.encode()) is None and gone.rejected == 1 and np.isnan(gone.values).all()
 
 
+def test_a_genuine_receipt_whose_values_are_gone_is_computed_again_then_given_up_on_not_left_to_the_timeout(staging: Staging) -> None:
+    """Its task was acknowledged with the receipt (on Redis the chunk is marked done): without a reopen the chunk would
+    wait for --timeout and be lost; it is put back in the queue, up to REOPENS times, then counted lost at once."""
+    receipt = _receipt(Writer(staging, "r", "w0"), 4)
+    (staging.directory / "w0.f8").unlink()
+    ledger = _ledger(staging)
+    for attempt in range(1, REOPENS + 1):
+        assert ledger.add(receipt.encode()) is None
+        assert ledger.take_reopens() == [(4, TaskMessage("r", 4, 40, 50).encode())] and ledger.take_reopens() == []
+        assert ledger.reopened == {4: attempt} and ledger.accounted == 0
+    assert ledger.add(receipt.encode()) is None and ledger.take_reopens() == []
+    assert 4 in ledger.abandoned and ledger.accounted == 1 and not ledger.seen[4], "given up on: lost, and the run can end"
+    fresh = _receipt(Writer(staging, "r", "w0"), 4)  # a late computation that did land still counts
+    assert ledger.add(fresh.encode()) is not None and ledger.accounted == 1 and ledger.completed == 1
+
+
+def test_two_writers_of_one_worker_id_append_without_overwriting_each_other(staging: Staging) -> None:
+    """A dead coordinator's w0, still serving its run, beside its successor's w0: O_APPEND keeps both whole."""
+    old, new = Writer(staging, "r", "w0"), Writer(staging, "r", "w0")
+    receipts = [_receipt(w, c, plus=float(i)) for i, (w, c) in enumerate([(old, 0), (new, 1), (old, 2), (new, 3), (new, 4), (old, 5)])]
+    assert sorted(r.offset for r in receipts) == [i * 80 for i in range(6)]
+    ledger = _ledger(staging)
+    for i, r in enumerate(receipts):
+        assert ledger.add(r.encode()) is not None
+        assert np.array_equal(ledger.values[r.start : r.stop], _values(r.chunk_id, plus=float(i)))
+
+
+def test_a_full_disk_sends_that_chunks_values_through_the_broker_instead(staging: Staging) -> None:
+    """RLIMIT_FSIZE (Python ignores SIGXFSZ, so the write fails) in a child: the staging file takes one chunk, refuses
+    the second, and the worker sends the second chunk's values inline."""
+    code = f"""
+import resource, numpy as np
+from pathlib import Path
+from ttg.claimcheck import Staging, Writer
+from ttg.messages import TaskMessage, decode_outcome, ResultMessage, ReceiptMessage
+from ttg.plan import ChunkPlan
+from ttg.worker import Worker, WorkerSpec
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+staging = Staging.open(Path({str(staging.directory)!r}))
+worker = Worker.__new__(Worker)  # its outcome alone: no broker, no compute child
+worker.spec = WorkerSpec("r", "w0", ChunkPlan(100, 10))
+worker.claims = Writer(staging, "r", "w0")
+values = np.arange(10, dtype="<f8").data.cast("B")
+first = decode_outcome(worker._outcome(TaskMessage("r", 0, 0, 10), 1, values, 0.0))
+second = decode_outcome(worker._outcome(TaskMessage("r", 1, 10, 20), 1, values, 0.0))
+assert isinstance(first, ReceiptMessage), first
+assert isinstance(second, ResultMessage) and second.array().tolist() == list(range(10)), second
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert "sending its values through the broker" in proc.stderr
+
+
 def test_a_chunk_computed_again_never_changes_what_an_earlier_receipt_vouched_for(staging: Staging) -> None:
     """A redelivered chunk, a respawned worker with the same id: the file is append-only, so a second computation with
     other values (a non-deterministic algorithm) lands elsewhere, and whichever receipt comes first is recorded whole."""
@@ -134,6 +188,7 @@ def test_a_worker_id_that_is_not_a_plain_name_names_no_staging_file(staging: Sta
     signed = dataclasses.replace(r, mac=staging.mac(r))  # even signed with the run's key
     ledger = _ledger(staging)
     assert ledger.add(signed.encode()) is None and ledger.rejected == 1
+    assert "cannot name a staging file" in ledger.rejected_reasons[0], ledger.rejected_reasons
     with pytest.raises(ConfigError, match="cannot append"):
         Writer(staging, "r", worker_id)
 
@@ -236,3 +291,22 @@ def test_the_inline_path_stays_for_workers_that_share_no_disk(broker: BrokerHand
     rec = json.loads(stdout)
     assert proc.returncode == 0 and rec["verdict"]["ok"] and rec["results_via"] == "broker", stderr
     assert not (tmp_path / run_id / "staging").exists(), "no staging directory was made"
+
+
+def test_a_resumed_run_reads_the_receipts_its_predecessors_workers_left_whatever_its_own_results_via(redis_broker: BrokerHandle, tmp_path: Path) -> None:
+    """The first coordinator is SIGKILLed mid-sweep on the user's broker; its workers, orphaned, keep sending receipts
+    for a while. The successor sends values through the broker, but still reads those receipts: nothing is lost."""
+    run_id = "rs" + uuid.uuid4().hex[:6]
+    first = _run(redis_broker, tmp_path, run_id)
+    seen = tmp_path / run_id / "seen.npy"
+    deadline = time.monotonic() + 60
+    while not (seen.exists() and 10 <= int(np.load(seen, mmap_mode="r").sum()) < 80) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.kill()
+    first.communicate(timeout=30)
+    second = _run(redis_broker, tmp_path, run_id, "--resume", "--results-via", "broker")
+    stdout, stderr = second.communicate(timeout=150)
+    rec = json.loads(stdout)
+    v = rec["verdict"]
+    assert second.returncode == 0 and v["ok"] and v["lost"] == 0 and v["checksum_ok"] and v["rejected_messages"] == 0, stderr
+    assert rec["results_via"] == "broker" and rec["resumed_at_chunks"] is not None

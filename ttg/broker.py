@@ -145,6 +145,13 @@ class Broker(ABC):
         """
         return 0
 
+    def reopen(self, chunk_id: int, task: bytes) -> None:
+        """Put ``chunk_id``'s task back in the queue after its completion was acknowledged but its result could not be
+        recorded (a claim check whose values were gone: see :mod:`ttg.claimcheck`), so the chunk is computed again
+        instead of lost. A broker that remembers completed chunk ids (Redis) forgets this one first, or the new
+        result would be dropped as a duplicate."""
+        self.publish_tasks([(chunk_id, task)])
+
     @abstractmethod
     def end_run(self) -> None:
         """Tell this run's workers the sweep is over, complete or not: :meth:`drained` turns True for them.

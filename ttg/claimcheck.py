@@ -46,6 +46,11 @@ KEY_FILE = "receipt.key"
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a worker id that may name a file there
 
 
+class ValuesUnreadable(MessageError):
+    """A receipt signed with the run's key whose values cannot be read back whole and unchanged: its worker did send the
+    chunk, so the chunk is computed again rather than lost (:meth:`ttg.broker.Broker.reopen`)."""
+
+
 @dataclass(frozen=True)
 class Staging:
     """A run's staging directory and the key its receipts are signed with."""
@@ -60,12 +65,21 @@ class Staging:
         directory = run_dir / STAGING
         directory.mkdir(mode=0o700, exist_ok=True)
         path = directory / KEY_FILE
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return cls.open(directory)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
+        if not path.exists():
+            # Written whole under another name, then linked into place: a coordinator killed half way leaves no empty
+            # key for its successor to choke on, and of two racing, the first link wins and both read its key.
+            tmp = directory / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
         return cls.open(directory)
 
     @classmethod
@@ -75,8 +89,11 @@ class Staging:
             key = bytes.fromhex((directory / KEY_FILE).read_text().strip())
         except (OSError, ValueError) as e:
             raise ConfigError(f"--staging {directory}: cannot read its {KEY_FILE} ({e}); pass the staging directory its coordinator created") from None
-        if len(key) < 16:
-            raise ConfigError(f"--staging {directory}: {KEY_FILE} holds a key of {len(key)} bytes, not 32")
+        if len(key) != 32:
+            raise ConfigError(
+                f"--staging {directory}: {KEY_FILE} holds a key of {len(key)} bytes, not 32; it is not one TTG wrote (remove the run with "
+                "ttg runs delete, or the staging directory to send values through the broker)"
+            )
         return cls(directory, key)
 
     def file_for(self, worker_id: str) -> Path:
@@ -85,12 +102,36 @@ class Staging:
         return self.directory / f"{worker_id}.f8"
 
     def mac(self, r: ReceiptMessage) -> bytes:
-        """The HMAC of what a receipt vouches for: whose values, of which chunk, where, with which CRC."""
-        return self.sign(r.run_id, r.chunk_id, r.start, r.stop, r.worker_id, r.offset, r.crc)
+        """The HMAC of what a receipt vouches for: whose values, of which chunk, where, with which CRC, and the figures
+        the record keeps of it (deliveries, compute time, finishing time: a forger must not skew those either)."""
+        return self.sign(r.run_id, r.chunk_id, r.start, r.stop, r.worker_id, r.deliveries, r.offset, r.crc, r.compute_s, r.finished_at)
 
-    def sign(self, run_id: str, chunk_id: int, start: int, stop: int, worker_id: str, offset: int, crc: int) -> bytes:
-        signed = f"{run_id}\0{chunk_id}\0{start}\0{stop}\0{worker_id}\0{offset}\0{crc}".encode()
-        return hmac.digest(self.key, signed, "sha256")[:MAC_BYTES]
+    def sign(
+        self,
+        run_id: str,
+        chunk_id: int,
+        start: int,
+        stop: int,
+        worker_id: str,
+        deliveries: int,
+        offset: int,
+        crc: int,
+        compute_s: float,
+        finished_at: float | None,
+    ) -> bytes:
+        # Plain names and decimal integers, NUL-separated; floats by repr, which round-trips a float64 exactly.
+        signed = f"{run_id}\0{chunk_id}\0{start}\0{stop}\0{worker_id}\0{deliveries}\0{offset}\0{crc}\0{compute_s!r}\0{finished_at!r}"
+        return hmac.digest(self.key, signed.encode(), "sha256")[:MAC_BYTES]
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """Open ``path`` only as a regular file: a symlink planted there is refused (O_NOFOLLOW), and a FIFO or device does
+    not block the open (O_NONBLOCK) and is refused after it."""
+    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path.name} is not a regular file")
+    return fd
 
 
 class Writer:
@@ -99,8 +140,7 @@ class Writer:
     def __init__(self, staging: Staging, run_id: str, worker_id: str) -> None:
         self.staging, self.run_id, self.worker_id = staging, run_id, worker_id
         try:
-            path = staging.file_for(worker_id)
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            self.fd = _open_regular(staging.file_for(worker_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         except (MessageError, OSError) as e:
             raise ConfigError(f"--staging {staging.directory}: worker {worker_id!r:.60} cannot append to a staging file there ({e})") from None
 
@@ -113,7 +153,7 @@ class Writer:
         if written != n:  # a short append (no space): never name values that are not all there
             raise OSError(errno.ENOSPC, f"staging file took {written} of {n} bytes")
         offset, crc = end - n, zlib.crc32(values)
-        mac = self.staging.sign(self.run_id, chunk_id, start, stop, self.worker_id, offset, crc)
+        mac = self.staging.sign(self.run_id, chunk_id, start, stop, self.worker_id, deliveries, offset, crc, compute_s, finished_at)
         return ReceiptMessage(self.run_id, chunk_id, start, stop, self.worker_id, deliveries, offset, crc, mac, compute_s, finished_at)
 
     def close(self) -> None:
@@ -137,22 +177,20 @@ class Reader:
         buf = out.data.cast("B")
         try:
             got = os.preadv(self._fd(r.worker_id), [buf], r.offset)
+            if got != buf.nbytes or zlib.crc32(buf) != r.crc:
+                what = f"holds {got} of its {buf.nbytes} bytes" if got != buf.nbytes else "does not match its CRC"
+                raise ValuesUnreadable(f"receipt for chunk {r.chunk_id}: the staging file of {r.worker_id} at offset {r.offset} {what}")
         except OSError as e:
             out[:] = np.nan
-            raise MessageError(f"receipt for chunk {r.chunk_id}: cannot read {r.worker_id}'s staging file ({e.strerror or e})") from None
-        if got != buf.nbytes or zlib.crc32(buf) != r.crc:
-            out[:] = np.nan
-            what = f"holds {got} of its {buf.nbytes} bytes" if got != buf.nbytes else "does not match its CRC"
-            raise MessageError(f"receipt for chunk {r.chunk_id}: the staging file of {r.worker_id} at offset {r.offset} {what}")
+            raise ValuesUnreadable(f"receipt for chunk {r.chunk_id}: cannot read {r.worker_id}'s staging file ({e.strerror or e})") from None
+        except ValuesUnreadable:
+            out[:] = np.nan  # nothing of it is recorded
+            raise
 
     def _fd(self, worker_id: str) -> int:
         fd = self._fds.get(worker_id)
         if fd is None:
-            path = self.staging.file_for(worker_id)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)  # a symlink planted there is refused
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise OSError(errno.EINVAL, f"{path.name} is not a regular file")
+            fd = _open_regular(self.staging.file_for(worker_id), os.O_RDONLY)
             self._fds[worker_id] = fd
         return fd
 

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from ttg.broker import DeadLetter
-from ttg.claimcheck import Reader
+from ttg.claimcheck import Reader, ValuesUnreadable
 from ttg.errors import ConfigError, MessageError
-from ttg.messages import Outcome, ReceiptMessage, decode_outcome, decode_planned_task
+from ttg.messages import Outcome, ReceiptMessage, TaskMessage, decode_outcome, decode_planned_task
 from ttg.plan import ChunkPlan
 
 log = logging.getLogger(__name__)
+REOPENS = 3  # how often a chunk whose receipted values could not be read is computed again before it is given up on
 
 
 class ResumeError(ConfigError):
@@ -70,6 +71,11 @@ class Ledger:
         self.duplicates = 0
         self.rejected = 0
         self.rejected_reasons: list[str] = []  # the first few, for the verdict
+        # Chunks whose worker's receipt was genuine but whose values could not be read: computed again (the collector
+        # reopens them on the broker), and after REOPENS tries given up on, lost at once instead of at --timeout.
+        self.to_reopen: list[int] = []
+        self.reopened: dict[int, int] = {}
+        self.abandoned: dict[int, str] = {}
 
     @staticmethod
     def exists(path: Path) -> bool:
@@ -91,6 +97,9 @@ class Ledger:
                 self.claims.read_into(msg, self._values[msg.start : msg.stop])
             else:
                 self._values[msg.start : msg.stop] = msg.array()
+        except ValuesUnreadable as e:
+            self._unreadable(msg.chunk_id, str(e))
+            return None
         except MessageError as e:
             self.rejected += 1
             if len(self.rejected_reasons) < 20:
@@ -106,10 +115,29 @@ class Ledger:
             self.dead_noise += 1
         return msg
 
+    def _unreadable(self, chunk_id: int, why: str) -> None:
+        self.rejected += 1
+        if len(self.rejected_reasons) < 20:
+            self.rejected_reasons.append(f"result rejected: {why}")
+        tries = self.reopened.get(chunk_id, 0)
+        if tries >= REOPENS:
+            log.error("chunk %d given up on: %s (computed again %d times)", chunk_id, why, tries)
+            self.abandoned.setdefault(chunk_id, why)
+        elif chunk_id not in self.to_reopen:
+            log.warning("%s; computing chunk %d again", why, chunk_id)
+            self.reopened[chunk_id] = tries + 1
+            self.to_reopen.append(chunk_id)
+
+    def take_reopens(self) -> list[tuple[int, bytes]]:
+        """The (chunk id, task) pairs to put back in the queue, once each."""
+        tasks = [(c, TaskMessage(self.run_id, c, self.plan.chunk(c).start, self.plan.chunk(c).stop).encode()) for c in self.to_reopen if not self.seen[c]]
+        self.to_reopen = []
+        return tasks
+
     @property
     def accounted(self) -> int:
-        """Planned chunks that are completed or dead: the run is over when this reaches ``plan.chunks``."""
-        return self.completed + self.dead_open
+        """Planned chunks that are completed, dead, or given up on: the run is over when this reaches ``plan.chunks``."""
+        return self.completed + self.dead_open + sum(1 for c in self.abandoned if not self.seen[c] and not self.dead[c])
 
     def note_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Fold the broker's dead letters (all of them, as read now) into the chunk states; idempotent.

@@ -19,6 +19,7 @@ from ttg.plan import ChunkPlan
 
 VERSION = 1
 _F64 = np.dtype("<f8")
+MAC_BYTES = 16  # a receipt's HMAC-SHA256, truncated (ttg.claimcheck)
 
 
 @dataclass(frozen=True)
@@ -178,9 +179,6 @@ def decode_outcome(raw: bytes) -> Outcome:
     return msg
 
 
-MAC_BYTES = 16
-
-
 def _receipt(obj: dict[str, Any], finished_at: float | None) -> ReceiptMessage:
     kind = "receipt"
     msg = ReceiptMessage(
@@ -196,7 +194,7 @@ def _receipt(obj: dict[str, Any], finished_at: float | None) -> ReceiptMessage:
         float(_field(obj, "t", (int, float), kind)),
         finished_at,
     )
-    if msg.offset < 0 or not 0 <= msg.crc < 1 << 32 or len(msg.mac) != MAC_BYTES or msg.stop <= msg.start:
+    if not 0 <= msg.offset < 1 << 62 or not 0 <= msg.crc < 1 << 32 or len(msg.mac) != MAC_BYTES or msg.stop <= msg.start:
         what = f"offset {msg.offset}, crc {msg.crc}, {len(msg.mac)}-byte mac, [{msg.start}, {msg.stop})"
         raise MessageError(f"receipt for chunk {msg.chunk_id} is malformed ({what})")
     return msg

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from ttg import algorithms, backends
 from ttg.argv import worker_argv
 from ttg.broker import Broker, BrokerStats, open_broker
-from ttg.claimcheck import Reader, Staging
+from ttg.claimcheck import KEY_FILE, STAGING, Reader, Staging
 from ttg.collector import Collector, ProgressFn
 from ttg.compute import ComputeCrashed, ComputeProcess
 from ttg.config import RunConfig, check_run_id, worker_ids
@@ -280,8 +280,12 @@ class Run:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # Local workers put values beside the run and send receipts: RabbitMQ no longer carries 80 MB per 10M values.
         self.staging = Staging.create(self.run_dir) if self.cfg.claim_check and self.runtime.name == "local" else None
+        # Receipts are read whenever the run has a key, whatever this life's --results-via: a predecessor's workers (or
+        # its orphans, still serving) may have left receipts on the broker, and their chunks are acknowledged there.
+        key = self.run_dir / STAGING / KEY_FILE
+        readable = self.staging or (Staging.open(key.parent) if self.resuming and key.exists() else None)
         # The ledger exists before the run does on the broker, so broker state always has a ledger to resume.
-        claims = None if self.staging is None else Reader(self.staging)
+        claims = None if readable is None else Reader(readable)
         self.ledger = Ledger(self.plan, self.run_id, self.run_dir / "results.npy", resume=self.resuming, claims=claims)
         self.broker.declare(self.plan.chunks)
         if self.resuming:

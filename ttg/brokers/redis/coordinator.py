@@ -185,6 +185,10 @@ class CoordinatorSide:
         return int(run_script(self.r, redis_lua.ORPHAN, [self.k_tasks], [GROUP, worker_key]))
 
     @translate
+    def reopen(self, chunk_id: int, task: bytes) -> None:
+        run_script(self.r, redis_lua.REOPEN, self._keys, [chunk_id, task])
+
+    @translate
     def end_run(self) -> None:
         self.r.hset(self.k_meta, "ended", 1)
 

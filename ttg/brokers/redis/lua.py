@@ -62,6 +62,14 @@ if done > 0 and ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[6], 'done:' .. ARG
 return 1
 """
 
+# ARGV: chunk id, task body. Forget that the chunk completed (its result could not be recorded) and queue its task again;
+# 'completed' goes down by one, so the counts stay those of the chunks (published is not raised: the task was published).
+REOPEN = """
+if redis.call('SREM', KEYS[4], ARGV[1]) == 1 then redis.call('HINCRBY', KEYS[6], 'completed', -1) end
+redis.call('XADD', KEYS[1], '*', 'c', ARGV[1], 'm', ARGV[2])
+return 1
+"""
+
 # ARGV: group, consumer, min idle ms, max deliveries, how many to take.
 # Returns 'ended' once the coordinator has ended the run. Otherwise claims idle entries (a crashed
 # worker may have held a whole batch), dead-letters those past max deliveries, and returns a
@@ -251,4 +259,4 @@ def sha(source: str) -> str:
     return hashlib.sha1(source.encode()).hexdigest()
 
 
-ALL = (COMPLETE, RECLAIM, FAIL, HEARTBEAT, RELEASE, REJECT, ADOPT)
+ALL = (COMPLETE, RECLAIM, FAIL, HEARTBEAT, RELEASE, REJECT, ADOPT, REOPEN)
