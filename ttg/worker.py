@@ -77,11 +77,12 @@ class Worker:
     def __init__(self, broker: Broker, spec: WorkerSpec) -> None:
         self.broker = broker
         self.spec = spec
+        # A staging file that cannot be opened is a usage error, found before any child process exists.
+        self.claims = None if spec.staging is None else Writer(spec.staging, spec.run_id, spec.worker_id)
         # The algorithm runs in a child process: nothing it does can starve this process's heartbeat.
         # Its values come back in shared-memory slots of a chunk's size: only the result message copies them.
         self.compute = ComputeProcess(spec.algorithm, spec.cost_us, spec.grid, slot_values=spec.plan.chunk_size)
         self.compute.start()  # an algorithm that cannot be loaded is a usage error, before the broker is reached
-        self.claims = None if spec.staging is None else Writer(spec.staging, spec.run_id, spec.worker_id)
         self.stopping = threading.Event()
         self.signalled: int | None = None  # the signal that asked this worker to stop, if one did
         self.ended = False  # it saw the coordinator's end marker (the run may be deleted from the broker right after)
