@@ -18,7 +18,8 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 HOLDING = ("kill-worker", "terminate-worker", "kill-broker", "pause-broker", "partition-broker", "latency", "poison-chunk")
 # RabbitMQ's node takes ~6 s to start, so it runs the faults that stress it differently from Redis; all run on Redis.
 # `make scenarios` runs every experiment on its backends. `make test` runs the chaos path (`chaos run`, the actions, the
-# probes) on Redis for the experiments below, and every fault on both backends through `ttg run` (the matrix's cells).
+# probes) on Redis for the experiments below; the faults of the others run there through `ttg run` as matrix cells, and
+# RabbitMQ's broker kill through tests/test_contract.py.
 ON_RABBITMQ = ("kill-worker", "kill-broker", "partition-broker")
 IN_MAKE_TEST = ("kill-worker", "kill-broker", "partition-broker", "poison-chunk")  # on Redis
 Journal = dict[str, Any]

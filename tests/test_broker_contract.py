@@ -100,7 +100,7 @@ def test_a_second_completion_of_a_chunk_is_returned_or_counted_as_a_duplicate_ne
     assert len(results) + coord.stats().duplicates == 2
 
 
-def test_a_reopened_chunk_is_delivered_again_and_its_new_result_is_not_a_duplicate(opener: Opener) -> None:
+def test_a_reopened_chunk_is_delivered_again_and_its_new_result_is_not_a_duplicate(backend: str, opener: Opener) -> None:
     """Its completion was acknowledged but its result could not be recorded (a claim check whose values were gone)."""
     coord, a = opener(), opener("a")
     publish(coord, 2)
@@ -117,7 +117,11 @@ def test_a_reopened_chunk_is_delivered_again_and_its_new_result_is_not_a_duplica
     a.drained()
     assert collect(coord, 1) == [b"again-1"], "a broker that remembers completed chunks forgot this one"
     stats = coord.stats()
-    assert (stats.duplicates, stats.queued, stats.inflight) == (0, 0, 0), stats  # and the counts still add up
+    assert (stats.duplicates, stats.queued, stats.inflight, stats.published - stats.completed) == (0, 0, 0, 0), stats  # the counts add up
+    if backend == "redis":  # the broker that remembers completed chunks puts one back once (RabbitMQ: a copy is a duplicate)
+        coord.reopen(0, TaskMessage(coord.run_id, 0, 0, 10).encode())
+        coord.reopen(0, TaskMessage(coord.run_id, 0, 0, 10).encode())  # a retry after a lost reply: one task, not two
+        assert a.receive(2.0) is not None and a.receive(0.5) is None
 
 
 def test_a_failing_chunk_is_retried_after_a_delay_then_dead_lettered_with_its_error(opener: Opener) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -310,3 +311,27 @@ def test_a_resumed_run_reads_the_receipts_its_predecessors_workers_left_whatever
     v = rec["verdict"]
     assert second.returncode == 0 and v["ok"] and v["lost"] == 0 and v["checksum_ok"] and v["rejected_messages"] == 0, stderr
     assert rec["results_via"] == "broker" and rec["resumed_at_chunks"] is not None
+
+
+def test_receipts_whose_values_vanished_mid_run_are_computed_again_and_the_run_loses_nothing(redis_broker: BrokerHandle, tmp_path: Path) -> None:
+    """The coordinator is paused (SIGSTOP) while its workers keep completing chunks, the staging files are emptied under
+    it, and it goes on: every receipt sent meanwhile names values that are gone. Their tasks were acknowledged, and Redis
+    marked the chunks done; without a reopen they would wait for --timeout and be lost."""
+    run_id = "rv" + uuid.uuid4().hex[:6]
+    proc = _run(redis_broker, tmp_path, run_id, "--cost-us", "40")  # 80 ms a chunk: about 4 s in all
+    seen = tmp_path / run_id / "seen.npy"
+    deadline = time.monotonic() + 60
+    while not (seen.exists() and 15 <= int(np.load(seen, mmap_mode="r").sum()) < 60) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(0.8)  # the workers complete several chunks each, and their receipts wait on the broker
+        for f in (tmp_path / run_id / "staging").glob("*.f8"):
+            os.truncate(f, 0)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    stdout, stderr = proc.communicate(timeout=150)
+    rec = json.loads(stdout)
+    v = rec["verdict"]
+    assert proc.returncode == 0 and v["ok"] and v["lost"] == 0 and v["checksum_ok"] and v["chunks_completed"] == 100, stderr
+    assert v["rejected_messages"] >= 1 and any("the staging file of w" in r or "holds 0 of" in r for r in v["rejected_reasons"]), v

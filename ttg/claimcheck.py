@@ -119,8 +119,10 @@ class Staging:
         compute_s: float,
         finished_at: float | None,
     ) -> bytes:
-        # Plain names and decimal integers, NUL-separated; floats by repr, which round-trips a float64 exactly.
-        signed = f"{run_id}\0{chunk_id}\0{start}\0{stop}\0{worker_id}\0{deliveries}\0{offset}\0{crc}\0{compute_s!r}\0{finished_at!r}"
+        # Plain names and decimal integers, NUL-separated; floats as Python floats by repr, which round-trips a float64
+        # exactly (an int 0 or a numpy float would sign differently from what msgpack hands the coordinator).
+        end = "-" if finished_at is None else repr(float(finished_at))
+        signed = f"{run_id}\0{chunk_id}\0{start}\0{stop}\0{worker_id}\0{deliveries}\0{offset}\0{crc}\0{float(compute_s)!r}\0{end}"
         return hmac.digest(self.key, signed.encode(), "sha256")[:MAC_BYTES]
 
 
@@ -182,9 +184,11 @@ class Reader:
                 raise ValuesUnreadable(f"receipt for chunk {r.chunk_id}: the staging file of {r.worker_id} at offset {r.offset} {what}")
         except OSError as e:
             out[:] = np.nan
+            self._forget(r.worker_id)
             raise ValuesUnreadable(f"receipt for chunk {r.chunk_id}: cannot read {r.worker_id}'s staging file ({e.strerror or e})") from None
         except ValuesUnreadable:
             out[:] = np.nan  # nothing of it is recorded
+            self._forget(r.worker_id)  # the file may have been replaced: the chunk computed again is read from the new one
             raise
 
     def _fd(self, worker_id: str) -> int:
@@ -193,6 +197,11 @@ class Reader:
             fd = _open_regular(self.staging.file_for(worker_id), os.O_RDONLY)
             self._fds[worker_id] = fd
         return fd
+
+    def _forget(self, worker_id: str) -> None:
+        fd = self._fds.pop(worker_id, None)
+        if fd is not None:
+            os.close(fd)
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -41,11 +41,14 @@ class Ledger:
     ``claims``: the reader of the run's staging directory, when its workers send receipts for values they put there
     (:mod:`ttg.claimcheck`); without it a receipt is rejected."""
 
-    def __init__(self, plan: ChunkPlan, run_id: str, path: Path | None = None, resume: bool = False, claims: Reader | None = None) -> None:
+    def __init__(
+        self, plan: ChunkPlan, run_id: str, path: Path | None = None, resume: bool = False, claims: Reader | None = None, reopens: int = REOPENS
+    ) -> None:
         self.plan = plan
         self.run_id = run_id
         self.path = path
         self.claims = claims
+        self.reopens = reopens  # 0 in static mode: its workers read no queue, so a chunk put back would never be computed
         self.values: np.ndarray
         self.seen: np.ndarray
         if path is not None and resume:
@@ -119,8 +122,10 @@ class Ledger:
         self.rejected += 1
         if len(self.rejected_reasons) < 20:
             self.rejected_reasons.append(f"result rejected: {why}")
+        if chunk_id in self.to_reopen:  # a second copy of the same receipt in one read: it is being put back already
+            return
         tries = self.reopened.get(chunk_id, 0)
-        if tries >= REOPENS:
+        if tries >= self.reopens:
             log.error("chunk %d given up on: %s (computed again %d times)", chunk_id, why, tries)
             self.abandoned.setdefault(chunk_id, why)
         elif chunk_id not in self.to_reopen:

@@ -64,8 +64,11 @@ return 1
 
 # ARGV: chunk id, task body. Forget that the chunk completed (its result could not be recorded) and queue its task again;
 # 'completed' goes down by one, so the counts stay those of the chunks (published is not raised: the task was published).
+# Only a chunk marked completed is put back: a retry after a lost reply adds no second task. (The worker's own
+# 'done:<consumer>' count, shown by ttg status, keeps the completion: which consumer sent it is not known here.)
 REOPEN = """
-if redis.call('SREM', KEYS[4], ARGV[1]) == 1 then redis.call('HINCRBY', KEYS[6], 'completed', -1) end
+if redis.call('SREM', KEYS[4], ARGV[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[6], 'completed', -1)
 redis.call('XADD', KEYS[1], '*', 'c', ARGV[1], 'm', ARGV[2])
 return 1
 """
