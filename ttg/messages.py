@@ -51,21 +51,7 @@ class ResultMessage:
         return np.frombuffer(self.values, dtype=_F64)
 
     def encode(self) -> bytes:
-        return _pack(
-            {
-                "v": VERSION,
-                "k": "result",
-                "run": self.run_id,
-                "c": self.chunk_id,
-                "a": self.start,
-                "b": self.stop,
-                "w": self.worker_id,
-                "d": self.deliveries,
-                "x": self.values,
-                "t": self.compute_s,
-                **({} if self.finished_at is None else {"f": self.finished_at}),
-            }
-        )
+        return _pack({**_outcome_fields(self, "result"), "x": self.values})
 
 
 @dataclass(frozen=True)
@@ -89,26 +75,17 @@ class ReceiptMessage:
     finished_at: float | None = None
 
     def encode(self) -> bytes:
-        return _pack(
-            {
-                "v": VERSION,
-                "k": "receipt",
-                "run": self.run_id,
-                "c": self.chunk_id,
-                "a": self.start,
-                "b": self.stop,
-                "w": self.worker_id,
-                "d": self.deliveries,
-                "o": self.offset,
-                "s": self.crc,
-                "m": self.mac,
-                "t": self.compute_s,
-                **({} if self.finished_at is None else {"f": self.finished_at}),
-            }
-        )
+        return _pack({**_outcome_fields(self, "receipt"), "o": self.offset, "s": self.crc, "m": self.mac})
 
 
 Outcome = ResultMessage | ReceiptMessage  # what a worker sends for a computed chunk: the values, or a claim check for them
+
+
+def _outcome_fields(msg: Outcome, kind: str) -> dict[str, Any]:
+    """The fields a result and a receipt share."""
+    fields = {"v": VERSION, "k": kind, "run": msg.run_id, "c": msg.chunk_id, "a": msg.start, "b": msg.stop, "w": msg.worker_id}
+    fields |= {"d": msg.deliveries, "t": msg.compute_s}
+    return fields if msg.finished_at is None else {**fields, "f": msg.finished_at}
 
 
 def _pack(obj: dict[str, Any]) -> bytes:
