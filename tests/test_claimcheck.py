@@ -33,6 +33,7 @@ from ttg.plan import ChunkPlan
 from ttg.testing.plugin import BrokerHandle
 
 from .backends import publish_raw_result
+from .runs import wait_recorded
 
 PLAN = ChunkPlan(100, 10)
 
@@ -285,10 +286,7 @@ def test_a_resumed_run_reads_the_receipts_its_predecessors_workers_left_whatever
     for a while. The successor sends values through the broker, but still reads those receipts: nothing is lost."""
     run_id = "rs" + uuid.uuid4().hex[:6]
     first = _run(redis_broker, tmp_path, run_id)
-    seen = tmp_path / run_id / "seen.npy"
-    deadline = time.monotonic() + 60
-    while not (seen.exists() and 10 <= int(np.load(seen, mmap_mode="r").sum()) < 80) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_recorded(tmp_path / run_id, 10, 80)
     first.kill()
     first.communicate(timeout=30)
     second = _run(redis_broker, tmp_path, run_id, "--resume", "--results-via", "broker")
@@ -305,10 +303,7 @@ def test_receipts_whose_values_vanished_mid_run_are_computed_again_and_the_run_l
     marked the chunks done; without a reopen they would wait for --timeout and be lost."""
     run_id = "rv" + uuid.uuid4().hex[:6]
     proc = _run(redis_broker, tmp_path, run_id, "--cost-us", "40")  # 80 ms a chunk: about 4 s in all
-    seen = tmp_path / run_id / "seen.npy"
-    deadline = time.monotonic() + 60
-    while not (seen.exists() and 15 <= int(np.load(seen, mmap_mode="r").sum()) < 60) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_recorded(tmp_path / run_id, 15, 60, poll_s=0.02)
     os.kill(proc.pid, signal.SIGSTOP)
     try:
         time.sleep(0.8)  # the workers complete several chunks each, and their receipts wait on the broker

@@ -34,6 +34,8 @@ from ttg.messages import ResultMessage, TaskMessage
 from ttg.plan import ChunkPlan
 from ttg.testing.plugin import BrokerHandle
 
+from .runs import wait_recorded
+
 SWEEP = ["--params", "300000", "--chunk", "3000", "--workers", "2", "--cost-us", "15", "--timeout", "90", "--json"]
 
 
@@ -106,10 +108,7 @@ def test_junk_and_forged_tasks_naming_real_chunks_are_rejected_and_the_run_compl
 def test_a_rerun_of_a_killed_run_is_refused_at_once_and_touches_nothing_then_resume_completes(broker: BrokerHandle, tmp_path: Path) -> None:
     run_id = "rerun" + uuid.uuid4().hex[:6]
     first = _coordinator(broker, tmp_path, run_id)
-    seen = tmp_path / run_id / "seen.npy"
-    deadline = time.monotonic() + 60
-    while not (seen.exists() and 10 <= int(np.load(seen, mmap_mode="r").sum()) < 90) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_recorded(tmp_path / run_id, 10, 90)
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)
     values = np.load(tmp_path / run_id / "results.npy")
@@ -146,10 +145,7 @@ def test_a_second_coordinator_for_a_live_run_is_refused_and_the_first_completes(
 def test_an_interrupted_run_stays_resumable_and_resume_loses_nothing(broker: BrokerHandle, tmp_path: Path, sig: signal.Signals) -> None:
     run_id = "intr" + uuid.uuid4().hex[:6]
     first = _coordinator(broker, tmp_path, run_id)
-    seen = tmp_path / run_id / "seen.npy"
-    deadline = time.monotonic() + 60
-    while not (seen.exists() and 5 <= int(np.load(seen, mmap_mode="r").sum()) < 80) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_recorded(tmp_path / run_id, 5, 80)
     first.send_signal(sig)
     rc, _, stderr = _record(first, timeout_s=60)
     assert rc != 0, "the signal must interrupt the run"

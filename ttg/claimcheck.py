@@ -179,17 +179,16 @@ class Reader:
         buf = out.data.cast("B")
         try:
             got = os.preadv(self._fd(r.worker_id), [buf], r.offset)
-            if got != buf.nbytes or zlib.crc32(buf) != r.crc:
-                what = f"holds {got} of its {buf.nbytes} bytes" if got != buf.nbytes else "does not match its CRC"
-                raise ValuesUnreadable(f"receipt for chunk {r.chunk_id}: the staging file of {r.worker_id} at offset {r.offset} {what}")
         except OSError as e:
-            out[:] = np.nan
-            self._forget(r.worker_id)
-            raise ValuesUnreadable(f"receipt for chunk {r.chunk_id}: cannot read {r.worker_id}'s staging file ({e.strerror or e})") from None
-        except ValuesUnreadable:
-            out[:] = np.nan  # nothing of it is recorded
-            self._forget(r.worker_id)  # the file may have been replaced: the chunk computed again is read from the new one
-            raise
+            why = f"cannot read {r.worker_id}'s staging file ({e.strerror or e})"
+        else:
+            if got == buf.nbytes and zlib.crc32(buf) == r.crc:
+                return
+            what = f"holds {got} of its {buf.nbytes} bytes" if got != buf.nbytes else "does not match its CRC"
+            why = f"the staging file of {r.worker_id} at offset {r.offset} {what}"
+        out[:] = np.nan  # nothing of it is recorded
+        self._forget(r.worker_id)  # the file may have been replaced: the chunk computed again is read from the new one
+        raise ValuesUnreadable(f"receipt for chunk {r.chunk_id}: {why}")
 
     def _fd(self, worker_id: str) -> int:
         fd = self._fds.get(worker_id)

@@ -23,8 +23,9 @@ import numpy as np
 from ttg.broker import DeadLetter
 from ttg.claimcheck import Reader, ValuesUnreadable
 from ttg.errors import ConfigError, MessageError
-from ttg.messages import Outcome, ReceiptMessage, TaskMessage, decode_outcome, decode_planned_task
+from ttg.messages import Outcome, ReceiptMessage, decode_outcome, decode_planned_task
 from ttg.plan import ChunkPlan
+from ttg.producer import task_message
 
 log = logging.getLogger(__name__)
 REOPENS = 3  # how often a chunk whose receipted values could not be read is computed again before it is given up on
@@ -78,7 +79,7 @@ class Ledger:
         # reopens them on the broker), and after REOPENS tries given up on, lost at once instead of at --timeout.
         self.to_reopen: list[int] = []
         self.reopened: dict[int, int] = {}
-        self.abandoned: dict[int, str] = {}
+        self.abandoned: set[int] = set()
 
     @staticmethod
     def exists(path: Path) -> bool:
@@ -104,9 +105,7 @@ class Ledger:
             self._unreadable(msg.chunk_id, str(e))
             return None
         except MessageError as e:
-            self.rejected += 1
-            if len(self.rejected_reasons) < 20:
-                self.rejected_reasons.append(f"result rejected: {e}")
+            self._reject(str(e))
             log.warning("result rejected: %s", e)
             return None
         self.seen[msg.chunk_id] = True
@@ -118,24 +117,27 @@ class Ledger:
             self.dead_noise += 1
         return msg
 
-    def _unreadable(self, chunk_id: int, why: str) -> None:
+    def _reject(self, why: str) -> None:
         self.rejected += 1
         if len(self.rejected_reasons) < 20:
             self.rejected_reasons.append(f"result rejected: {why}")
+
+    def _unreadable(self, chunk_id: int, why: str) -> None:
+        self._reject(why)
         if chunk_id in self.to_reopen:  # a second copy of the same receipt in one read: it is being put back already
             return
         tries = self.reopened.get(chunk_id, 0)
         if tries >= self.reopens:
             log.error("chunk %d given up on: %s (computed again %d times)", chunk_id, why, tries)
-            self.abandoned.setdefault(chunk_id, why)
-        elif chunk_id not in self.to_reopen:
+            self.abandoned.add(chunk_id)
+        else:
             log.warning("%s; computing chunk %d again", why, chunk_id)
             self.reopened[chunk_id] = tries + 1
             self.to_reopen.append(chunk_id)
 
     def take_reopens(self) -> list[tuple[int, bytes]]:
         """The (chunk id, task) pairs to put back in the queue, once each."""
-        tasks = [(c, TaskMessage(self.run_id, c, self.plan.chunk(c).start, self.plan.chunk(c).stop).encode()) for c in self.to_reopen if not self.seen[c]]
+        tasks = [(c, task_message(self.run_id, self.plan.chunk(c))) for c in self.to_reopen if not self.seen[c]]
         self.to_reopen = []
         return tasks
 
@@ -177,6 +179,11 @@ class Ledger:
         chunk = self.plan.chunk(msg.chunk_id)
         if (msg.start, msg.stop) != (chunk.start, chunk.stop):
             raise MessageError(f"result for chunk {msg.chunk_id} covers [{msg.start}, {msg.stop}), the plan says [{chunk.start}, {chunk.stop})")
+
+    def close(self) -> None:
+        """Let go of the staging files the claim check read."""
+        if self.claims is not None:
+            self.claims.close()
 
     def flush(self) -> None:
         """Write the mapped pages out: values first, so a chunk marked seen on disk has its values there too."""

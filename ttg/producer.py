@@ -13,14 +13,19 @@ import numpy as np
 
 from ttg.broker import Broker
 from ttg.messages import TaskMessage
-from ttg.plan import ChunkPlan
+from ttg.plan import Chunk, ChunkPlan
+
+
+def task_message(run_id: str, chunk: Chunk) -> bytes:
+    """The encoded task of one chunk of run ``run_id``."""
+    return TaskMessage(run_id, chunk.id, chunk.start, chunk.stop).encode()
 
 
 def task_messages(run_id: str, plan: ChunkPlan, seen: np.ndarray | None = None) -> Iterator[tuple[int, bytes]]:
     """(chunk id, encoded task) for every chunk of ``plan`` not marked in ``seen`` (a ledger's per-chunk flags)."""
     for c in plan:
         if seen is None or not seen[c.id]:
-            yield c.id, TaskMessage(run_id, c.id, c.start, c.stop).encode()
+            yield c.id, task_message(run_id, c)
 
 
 def publish_plan(broker: Broker, plan: ChunkPlan, seen: np.ndarray | None = None) -> None:

@@ -249,7 +249,6 @@ class Run:
         self.proxies: dict[str, FaultProxy] = {}
         self.ledger: Ledger | None = None
         self.staging: Staging | None = None  # the claim check's directory, when the workers share this disk
-        self.readable: Staging | None = None  # ... or a predecessor's, whose receipts this run still reads
         self.collector: Collector | None = None
         self.had_state = self.complete = False
         self.startup_s = self.wall_s = 0.0
@@ -284,9 +283,9 @@ class Run:
         # Receipts are read whenever the run has a key, whatever this life's --results-via: a predecessor's workers (or
         # its orphans, still serving) may have left receipts on the broker, and their chunks are acknowledged there.
         key = self.run_dir / STAGING / KEY_FILE
-        self.readable = self.staging or (Staging.open(key.parent) if self.resuming and key.exists() else None)
+        readable = self.staging or (Staging.open(key.parent) if self.resuming and key.exists() else None)
         # The ledger exists before the run does on the broker, so broker state always has a ledger to resume.
-        claims = None if self.readable is None else Reader(self.readable)
+        claims = None if readable is None else Reader(readable)
         reopens = 0 if self.cfg.mode == "static" else REOPENS
         self.ledger = Ledger(self.plan, self.run_id, self.run_dir / "results.npy", resume=self.resuming, claims=claims, reopens=reopens)
         self.broker.declare(self.plan.chunks)
@@ -376,10 +375,9 @@ class Run:
             p.close()
         if self.ledger is not None:
             self.ledger.flush()
-            if self.ledger.claims is not None:
-                self.ledger.claims.close()
-        if self.complete and self.readable is not None:  # every value is in results.npy; an incomplete run keeps them to resume
-            shutil.rmtree(self.readable.directory, ignore_errors=True)
+            self.ledger.close()
+        if self.complete:  # every value is in results.npy; an incomplete run keeps its staging files to resume
+            shutil.rmtree(self.run_dir / STAGING, ignore_errors=True)
         try:
             if self.complete:
                 self.broker.delete_run()

@@ -6,12 +6,14 @@ import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ttg import __version__
 from ttg.faults import WORKER_CRASHES
 from ttg.report.inputs import SCALE_KINDS, Inputs
 from ttg.verdict import checksum_words
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from ttg.report.compare import Delta  # compare reads reports: imported for the annotation only
@@ -213,14 +215,15 @@ def _parity(rows: list[RunRow]) -> dict[str, Any]:
         modes[mode] = {"runs": len(rs), "lost": lost, "ok": sum(r.ok for r in rs), "lost_share": lost / max(1, sum(r.expected for r in rs))}
     clean = [r for r in rows if r.fault_free]
     speed: dict[str, dict[str, float]] = defaultdict(dict)
-    for (scale, backend), rs in _group(clean, lambda r: (r.scale, r.backend)).items():
+    for (scale, backend), rs in group(clean, lambda r: (r.scale, r.backend)).items():
         speed[scale][backend] = statistics.median(r.params_per_s for r in rs)
-    backends = {b: {"runs": len(rs), "ok": sum(r.ok for r in rs)} for b, rs in sorted(_group(rows, lambda r: r.backend).items())}
+    backends = {b: {"runs": len(rs), "ok": sum(r.ok for r in rs)} for b, rs in sorted(group(rows, lambda r: r.backend).items())}
     return {"worker_kill": modes, "throughput": dict(speed), "backends": backends}
 
 
-def _group(rows: list[RunRow], key: Any) -> dict[Any, list[RunRow]]:
-    out: dict[Any, list[RunRow]] = defaultdict(list)
+def group(rows: list[T], key: Any) -> dict[Any, list[T]]:
+    """``rows`` by ``key(row)``, in their order."""
+    out: dict[Any, list[T]] = defaultdict(list)
     for r in rows:
         out[key(r)].append(r)
     return out

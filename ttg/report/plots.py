@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ttg.faults import KINDS
-from ttg.report.model import Report, RunRow, scale_name
+from ttg.report.model import Report, RunRow, group, scale_name
 
 BACKEND_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7")  # Okabe-Ito: blue, orange, green, purple
 POOL_TARGET = 0.9  # the ratio the benchmarks aim for (README, "Benchmark")
@@ -205,14 +205,14 @@ def scale(report: Report, path: Path) -> bool:
     plt = _pyplot()
     fig, (rate, lag) = plt.subplots(1, 2, figsize=(9, 3.4))
     backends = sorted({x["backend"] for x in rows})
-    for (backend, chunk_ms), group in sorted(_by(rows, lambda x: (x["backend"], x["chunk_ms"])).items()):
-        group.sort(key=lambda x: x["workers"])
+    for (backend, chunk_ms), fleet in sorted(group(rows, lambda x: (x["backend"], x["chunk_ms"])).items()):
+        fleet.sort(key=lambda x: x["workers"])
         colour = BACKEND_COLOURS[backends.index(backend) % len(BACKEND_COLOURS)]
         style = "-" if chunk_ms >= 100 else ":"
-        workers = [x["workers"] for x in group]
+        workers = [x["workers"] for x in fleet]
         label = f"{backend}, {chunk_ms:g} ms chunks"
-        rate.plot(workers, [x["chunks_per_s"] for x in group], style, marker="o", color=colour, label=label)
-        lag.plot(workers, [max(1e-4, x.get("lag_p99_s") or 0.0) for x in group], style, marker="o", color=colour, label=label)
+        rate.plot(workers, [x["chunks_per_s"] for x in fleet], style, marker="o", color=colour, label=label)
+        lag.plot(workers, [max(1e-4, x.get("lag_p99_s") or 0.0) for x in fleet], style, marker="o", color=colour, label=label)
     for chunk_ms in sorted({x["chunk_ms"] for x in rows}):
         offered = sorted({(x["workers"], x.get("offered_chunks_per_s") or 0.0) for x in rows if x["chunk_ms"] == chunk_ms})
         rate.plot([w for w, _ in offered], [o for _, o in offered], "--", color="#999999", linewidth=1)
@@ -225,13 +225,6 @@ def scale(report: Report, path: Path) -> bool:
     fig.tight_layout()
     _save(fig, path)
     return True
-
-
-def _by(rows: list[dict[str, Any]], key: Any) -> dict[Any, list[dict[str, Any]]]:
-    out: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-    for x in rows:
-        out[key(x)].append(x)
-    return out
 
 
 def draw_all(report: Report, img_dir: Path) -> dict[str, str]:
