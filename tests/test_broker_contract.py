@@ -85,7 +85,9 @@ def test_every_published_chunk_is_delivered_once_and_its_result_reaches_the_coor
     assert coord.stats().published == 20
 
 
-def test_a_second_completion_of_a_chunk_is_returned_or_counted_as_a_duplicate_never_lost(opener: Opener) -> None:
+def test_a_second_completion_of_a_chunk_is_returned_too_for_the_ledger_to_judge(opener: Opener) -> None:
+    """A chunk id in a completion is only a claim: were a broker to drop a second one, a forged first completion (junk
+    in its result) would silence the genuine one. Every result reaches the ledger, which drops and counts duplicates."""
     coord, a, b = opener(), opener("a"), opener("b")
     publish(coord, 1)
     d = a.receive(2.0)
@@ -94,10 +96,7 @@ def test_a_second_completion_of_a_chunk_is_returned_or_counted_as_a_duplicate_ne
     b.complete(None, 0, b"result-0-again")  # a second result for chunk 0, as from a redelivered task
     a.drained()
     b.drained()
-    results = collect(coord, 2, timeout_s=2.0)
-    assert b"result-0" in results
-    # Redis drops the second at the broker and counts it; RabbitMQ returns it for the ledger to drop.
-    assert len(results) + coord.stats().duplicates == 2
+    assert sorted(collect(coord, 2, timeout_s=2.0)) == [b"result-0", b"result-0-again"]
 
 
 def test_a_reopened_chunk_is_delivered_again_and_its_new_result_is_not_a_duplicate(backend: str, opener: Opener) -> None:

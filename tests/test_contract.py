@@ -179,7 +179,7 @@ def test_a_malformed_message_is_rejected_and_the_sweep_still_completes(backend: 
         finally:
             proc.kill()
     rejected = coord.rejections()
-    verdict = judge(ledger, coord.dead_letters(), broker_duplicates=coord.stats().duplicates, verify=Verify("full"), algorithm="demo", rejected=rejected)
+    verdict = judge(ledger, coord.dead_letters(), verify=Verify("full"), algorithm="demo", rejected=rejected)
     assert verdict.ok and verdict.chunks_completed == 10 and verdict.rejected_messages == 2 and verdict.dead_lettered == 0, verdict
     reasons = [r.reason for r in rejected]
     assert any("not valid msgpack" in r for r in reasons) and any("belongs to run 'another-run'" in r for r in reasons), reasons

@@ -105,6 +105,27 @@ def test_junk_and_forged_tasks_naming_real_chunks_are_rejected_and_the_run_compl
     assert "not valid msgpack" in reasons and "the plan says [297000, 300000)" in reasons and "someotherrun" in reasons, reasons
 
 
+def test_forged_completions_of_every_chunk_cannot_silence_the_genuine_results(redis_broker: BrokerHandle, tmp_path: Path) -> None:
+    """Someone with access to Redis runs the COMPLETE script for every chunk before any worker does, with junk for the
+    results. Redis remembers those chunks as completed; the ledger rejects the junk. The genuine results that follow
+    must still reach the ledger: were they dropped at the broker as duplicates, every chunk would wait for --timeout
+    and be reported lost. (RabbitMQ keeps no per-chunk memory: a forged result there is only rejected.)"""
+    run_id = "fc" + uuid.uuid4().hex[:6]
+    proc = _coordinator(redis_broker, tmp_path, run_id, sweep=[*SWEEP[:-3], "--timeout", "25", "--json"])
+    _wait_declared(redis_broker, run_id, proc)
+    forger = open_broker(redis_broker.url, run_id, consumer="forger")
+    try:
+        for chunk in range(100):
+            forger.complete(None, chunk, b"junk \xc1")
+        forger.drained()
+    finally:
+        forger.close()
+    rc, rec, stderr = _record(proc)
+    v = rec["verdict"]
+    assert rc == 0 and v["ok"] and v["lost"] == 0 and v["checksum_ok"] and v["chunks_completed"] == 100, (v, stderr[-2000:])
+    assert v["rejected_messages"] == 100 and v["duplicates"] == 0, v
+
+
 def test_a_rerun_of_a_killed_run_is_refused_at_once_and_touches_nothing_then_resume_completes(broker: BrokerHandle, tmp_path: Path) -> None:
     run_id = "rerun" + uuid.uuid4().hex[:6]
     first = _coordinator(broker, tmp_path, run_id)

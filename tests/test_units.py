@@ -268,7 +268,7 @@ def test_a_failed_verdict_raises_on_demand_with_the_first_missing_chunk_ids() ->
     for c in plan:
         if c.id not in (3, 7):
             ledger.add(ResultMessage("r", c.id, c.start, c.stop, "w", 1, algorithms.demo(np.arange(c.start, c.stop)).tobytes(), 0.0).encode())
-    verdict = judge(ledger, [], broker_duplicates=0, verify=Verify("full"), algorithm="demo")
+    verdict = judge(ledger, [], verify=Verify("full"), algorithm="demo")
     assert (verdict.ok, verdict.lost, verdict.lost_chunk_ids, verdict.mismatches) == (False, 2, [3, 7], 0)
     with pytest.raises(VerdictFailed, match=r"2 chunk\(s\) lost: 3, 7"):
         verdict.raise_for_failure()
@@ -283,7 +283,7 @@ def test_a_reference_of_the_wrong_shape_makes_chunks_unverifiable_not_a_crash() 
     ledger = Ledger(plan, "r")
     for c in plan:
         ledger.add(ResultMessage("r", c.id, c.start, c.stop, "w", 1, np.zeros(10).tobytes(), 0.0).encode())
-    verdict = judge(ledger, [], broker_duplicates=0, verify=Verify("full"), algorithm="algos:wrong_length")
+    verdict = judge(ledger, [], verify=Verify("full"), algorithm="algos:wrong_length")
     assert verdict.unverifiable_chunk_ids == [0, 1] and verdict.lost == 0
     assert not verdict.ok and "2 completed chunk(s) could not be verified" in verdict.problems()[0]
 

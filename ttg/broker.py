@@ -60,7 +60,7 @@ class BrokerStats:
     consumers: int
     dead_lettered: int
     rejected: int
-    duplicates: int
+    duplicates: int  # the repeated completions the broker noticed (Redis); the verdict counts the ledger's own
 
 
 class Broker(ABC):
@@ -72,8 +72,10 @@ class Broker(ABC):
       worker that dies holding it does not lose it (it is redelivered to another
       worker within the backend's reclaim bound).
     * :meth:`complete` records the result and acknowledges the task so that a
-      crash between the two gives at worst a duplicate, never a loss; results
-      for a chunk id already recorded are dropped and counted as duplicates.
+      crash between the two gives at worst a duplicate, never a loss. Every
+      result reaches the results channel, a second one for a chunk id too: the
+      coordinator's ledger drops and counts duplicates (a broker may count those
+      it noticed in :attr:`BrokerStats.duplicates`, for progress views only).
     * A task delivered ``max_deliveries`` times without completing, or failed
       with ``retry=False``, goes to the dead-letter channel with its reason.
     * A message that is not a task of this run's plan is :meth:`reject`-ed: it goes to

@@ -353,7 +353,6 @@ class Run:
         verdict = judge(
             ledger,
             broker.dead_letters(),
-            broker_duplicates=self.stats.duplicates,
             verify=cfg.verify,
             algorithm=cfg.sweep.algorithm,
             seed=cfg.seed,

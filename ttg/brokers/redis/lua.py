@@ -40,14 +40,17 @@ end
 """
 
 # ARGV: group, consumer, then (entry id or '' in static mode, chunk id, result payload) triples.
-# Records each chunk's first result once, counts the rest as duplicates, acks and deletes the tasks. Each first result
-# is also counted for the consumer that sent it ('done:<consumer>' in the meta hash: ttg status's per-worker rows).
+# Passes every result on, acks and deletes the tasks, and counts each chunk's first completion (the rest as duplicates,
+# for ttg status; the first is also counted for the consumer that sent it: 'done:<consumer>', ttg status's per-worker
+# rows). A repeated chunk's result is passed on all the same: the chunk id is only a claim, and whoever can run this
+# script could otherwise mark every chunk done with junk ahead of the workers and have each genuine result dropped here.
+# The coordinator's ledger alone decides which result is a chunk's first valid one, and drops the duplicates.
 COMPLETE = """
 local done = 0
 for i = 3, #ARGV, 3 do
   local entry, chunk = ARGV[i], ARGV[i + 1]
+  redis.call('XADD', KEYS[2], '*', 'r', ARGV[i + 2])
   if redis.call('SADD', KEYS[4], chunk) == 1 then
-    redis.call('XADD', KEYS[2], '*', 'r', ARGV[i + 2])
     redis.call('HINCRBY', KEYS[6], 'completed', 1)
     done = done + 1
   else
