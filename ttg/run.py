@@ -343,9 +343,12 @@ class Run:
         """End the run on the broker, stop the workers, take what is still in flight, and judge."""
         ledger, collector, broker, cfg = self._ledger(), self._collector(), self.broker, self.cfg
         broker.end_run()
-        # Workers notice the end within a reclaim tick and exit by themselves; stop() catches stragglers. Pods get
-        # longer: one stopped now exits 143 and its Job replaces it, to serve a run about to be deleted.
-        self.runtime.wait(timeout_s=cfg.sweep.reclaim_after_s + (2.0 if self.runtime.owns_workers else 120.0))
+        if not self.runtime.owns_workers:
+            # Pods notice the end within a reclaim tick and exit by themselves: one stopped now would exit 143 and its
+            # Job would replace it, to serve a run about to be deleted.
+            self.runtime.wait(timeout_s=cfg.sweep.reclaim_after_s + 120.0)
+        # Our own workers are told at once (SIGTERM: finish the chunk in hand, give back the rest, see the end marker
+        # and exit 0) rather than left to notice the end on their next look, up to a reclaim tick (0.9 s) later.
         self.runtime.stop(grace_s=10.0)
         for raw in broker.read_results(max_count=1_000_000, timeout_s=0.01):
             ledger.add(raw)  # a result that landed while workers stopped still counts

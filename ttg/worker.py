@@ -66,6 +66,9 @@ class _Started(NamedTuple):
     t0: float
 
 
+# An idle worker waits for work in slices this long, so a SIGTERM (which interrupts no blocking read) is acted on
+# within one: at the end of a run the coordinator stops its workers so, and waits for them.
+IDLE_SLICE_S = 0.2
 BATCH_TARGET_S = 0.02  # a batch's compute time: results reach the coordinator in bursts no longer than this
 
 
@@ -197,8 +200,7 @@ class Worker:
         batch: list[_Started] = []
         received = False
         while len(batch) < size and not (received and self.stopping.is_set()):
-            wait = 0.0 if received else timeout_s
-            delivery = self._patiently(lambda: self.broker.receive(timeout_s=wait))  # noqa: B023  (called at once)
+            delivery = self._receive(0.0 if received else timeout_s)
             if delivery is None:
                 break
             received = True
@@ -208,6 +210,15 @@ class Worker:
         if batch:
             self.compute.flush()
         return batch if received else None
+
+    def _receive(self, timeout_s: float) -> Delivery | None:
+        """The broker's next delivery within ``timeout_s``, waited for in slices: None at once after a signal."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wait = min(IDLE_SLICE_S, max(0.0, deadline - time.monotonic()))
+            delivery = self._patiently(lambda: self.broker.receive(timeout_s=wait))  # noqa: B023  (called at once)
+            if delivery is not None or self.stopping.is_set() or time.monotonic() >= deadline:
+                return delivery
 
     def _run_static(self, index: int, of: int) -> bool:
         """Evaluate and publish the block; whether all of it was done (False: stopped by a signal part way)."""
