@@ -140,37 +140,33 @@ def decode_outcome(raw: bytes) -> Outcome:
         raise MessageError(f"result for chunk {obj.get('c')!r:.20} has a finishing time that is not a number ({finished_at!r})")
     if obj["k"] == "receipt":
         return _receipt(obj, finished_at)
-    msg = ResultMessage(
-        _field(obj, "run", str, "result"),
-        _field(obj, "c", int, "result"),
-        _field(obj, "a", int, "result"),
-        _field(obj, "b", int, "result"),
-        _field(obj, "w", str, "result"),
-        _field(obj, "d", int, "result"),
-        _field(obj, "x", bytes, "result"),
-        float(_field(obj, "t", (int, float), "result")),
-        finished_at,
-    )
+    msg = ResultMessage(*_shared(obj, "result"), _field(obj, "x", bytes, "result"), _compute_s(obj, "result"), finished_at)
     if len(msg.values) != (msg.stop - msg.start) * _F64.itemsize:
         raise MessageError(f"result for chunk {msg.chunk_id} holds {len(msg.values) // 8} values for {msg.stop - msg.start} parameters")
     return msg
 
 
-def _receipt(obj: dict[str, Any], finished_at: float | None) -> ReceiptMessage:
-    kind = "receipt"
-    msg = ReceiptMessage(
+def _shared(obj: dict[str, Any], kind: str) -> tuple[str, int, int, int, str, int]:
+    """The leading fields a result and a receipt share (as :func:`_outcome_fields` encodes them): run, chunk, start,
+    stop, worker, deliveries."""
+    return (
         _field(obj, "run", str, kind),
         _field(obj, "c", int, kind),
         _field(obj, "a", int, kind),
         _field(obj, "b", int, kind),
         _field(obj, "w", str, kind),
         _field(obj, "d", int, kind),
-        _field(obj, "o", int, kind),
-        _field(obj, "s", int, kind),
-        _field(obj, "m", bytes, kind),
-        float(_field(obj, "t", (int, float), kind)),
-        finished_at,
     )
+
+
+def _compute_s(obj: dict[str, Any], kind: str) -> float:
+    return float(_field(obj, "t", (int, float), kind))
+
+
+def _receipt(obj: dict[str, Any], finished_at: float | None) -> ReceiptMessage:
+    kind = "receipt"
+    where = (_field(obj, "o", int, kind), _field(obj, "s", int, kind), _field(obj, "m", bytes, kind))
+    msg = ReceiptMessage(*_shared(obj, kind), *where, _compute_s(obj, kind), finished_at)
     if not 0 <= msg.offset < 1 << 62 or not 0 <= msg.crc < 1 << 32 or len(msg.mac) != MAC_BYTES or msg.stop <= msg.start:
         what = f"offset {msg.offset}, crc {msg.crc}, {len(msg.mac)}-byte mac, [{msg.start}, {msg.stop})"
         raise MessageError(f"receipt for chunk {msg.chunk_id} is malformed ({what})")
