@@ -52,6 +52,13 @@ def test_a_warm_broker_outlives_its_command_serves_runs_and_goes_with_down(backe
     assert f"no {backend} broker was up" in ttg("broker", "down", "--backend", backend, state=state).stderr  # down twice: no error
 
 
+def test_no_management_for_a_backend_without_the_plugin_is_a_usage_error_that_starts_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    out = ttg("broker", "up", "--backend", "redis", "--no-management", state=state, check=False)
+    assert out.returncode == 2 and "the redis broker has no management plugin" in out.stderr, out.stderr
+    assert not (state / "broker-redis.json").exists() and not (state / "broker-redis-data").exists()
+
+
 def test_a_state_file_whose_process_is_gone_or_another_is_not_taken_for_a_broker(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()

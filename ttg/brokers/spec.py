@@ -35,6 +35,8 @@ class BackendSpec:
     # reconnect, and each reconnect meets the NetworkPolicy (policies are enforced on new connections only).
     k8s_cut_clients: tuple[str, ...] = ()
     round_trips: str = ""  # ttg bench: round trips the server answered so far, from a URL; "" when it keeps no count
+    # Its server takes ``management=``: a plugin only ttg status reads, which a warm broker may go without (boots faster).
+    management_plugin: bool = False
 
     def server_version(self) -> str:
         """The version of this machine's server binary, for a report's environment table."""

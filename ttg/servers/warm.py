@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import inspect
 import json
 import os
 import shutil
@@ -117,6 +116,8 @@ def up(backend: str, *, management: bool = True) -> tuple[WarmBroker, bool]:
 
 
 def _up(spec: backends.BackendSpec, backend: str, management: bool) -> tuple[WarmBroker, bool]:
+    if not management and not spec.management_plugin:
+        raise ConfigError(f"--no-management: the {backend} broker has no management plugin")
     running = WarmBroker.load(backend)
     if running is not None:
         return running, False
@@ -125,10 +126,8 @@ def _up(spec: backends.BackendSpec, backend: str, management: bool) -> tuple[War
     data_dir.mkdir(parents=True, mode=0o700)
     cls = spec.load("server")
     options: dict[str, object] = {"data_dir": data_dir, "detached": True}
-    if "management" in inspect.signature(cls).parameters:
+    if spec.management_plugin:
         options["management"] = management
-    elif not management:
-        raise ConfigError(f"--no-management: the {backend} broker has no management plugin")
     server = cls(**options)
     server.start()
     if server.pid is None:

@@ -24,4 +24,5 @@ SPEC = BackendSpec(
     k8s_url="amqp://{user}:{password}@{host}:5672/%2F",
     k8s_template="rabbitmq.yaml.j2",
     k8s_cut_clients=("rabbitmqctl", *CUT_CLIENTS),
+    management_plugin=True,
 )
