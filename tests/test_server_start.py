@@ -29,3 +29,21 @@ def test_a_redis_server_that_exits_while_starting_is_a_server_start_error() -> N
     with pytest.raises(ServerStartError, match="did not become ready"):
         server.start()
     assert not server.data_dir.exists(), "its own data directory goes with it"
+
+
+def test_a_rabbitmq_node_that_refuses_its_config_says_why_though_it_never_opened_its_log() -> None:
+    """A real node, given a key its config schema does not know: it prints why on its console before any log file
+    exists, and the error carries that line."""
+
+    class Misconfigured(PrivateRabbitMQ):
+        def _environment(self) -> dict[str, str]:
+            env = super()._environment()
+            with open(self.data_dir / "rabbitmq.conf", "a") as conf:
+                conf.write("no_such.setting = 1\n")
+            return env
+
+    server = Misconfigured(management=False)
+    with pytest.raises(ServerStartError, match=r"exited with status \d+ while starting; its log says: .*no_such\.setting"):
+        server.start()
+    server.stop()
+    assert not server.data_dir.exists()
