@@ -109,7 +109,7 @@ def test_a_reopened_chunk_is_delivered_again_and_its_new_result_is_not_a_duplica
         a.complete(d, chunk, f"first-{chunk}".encode())
     a.drained()
     assert sorted(collect(coord, 2)) == [b"first-0", b"first-1"]
-    coord.reopen(1, TaskMessage(coord.run_id, 1, 10, 20).encode())
+    assert coord.reopen(1, TaskMessage(coord.run_id, 1, 10, 20).encode())
     d = a.receive(2.0)
     assert d is not None and d.body == TaskMessage(coord.run_id, 1, 10, 20).encode() and a.receive(0.3) is None
     a.complete(d, 1, b"again-1")
@@ -118,8 +118,8 @@ def test_a_reopened_chunk_is_delivered_again_and_its_new_result_is_not_a_duplica
     stats = coord.stats()
     assert (stats.duplicates, stats.queued, stats.inflight, stats.published - stats.completed) == (0, 0, 0, 0), stats  # the counts add up
     if backend == "redis":  # the broker that remembers completed chunks puts one back once (RabbitMQ: a copy is a duplicate)
-        coord.reopen(0, TaskMessage(coord.run_id, 0, 0, 10).encode())
-        coord.reopen(0, TaskMessage(coord.run_id, 0, 0, 10).encode())  # a retry after a lost reply: one task, not two
+        assert coord.reopen(0, TaskMessage(coord.run_id, 0, 0, 10).encode())
+        assert not coord.reopen(0, TaskMessage(coord.run_id, 0, 0, 10).encode())  # a retry after a lost reply: one task, not two
         assert a.receive(2.0) is not None and a.receive(0.5) is None
 
 

@@ -124,6 +124,18 @@ def test_a_genuine_receipt_whose_values_are_gone_is_computed_again_then_given_up
     assert ledger.add(fresh.encode()) is not None and ledger.accounted == 1 and ledger.completed == 1
 
 
+def test_copies_of_an_unreadable_receipt_for_a_chunk_queued_again_already_do_not_use_up_its_tries(staging: Staging) -> None:
+    """Every copy of a receipt reaches the ledger (a broker drops none). A second unreadable copy, read after its chunk
+    was put back, makes the broker put back nothing (Redis: no longer marked completed): that try is not counted."""
+    receipt = _receipt(Writer(staging, "r", "w0"), 4)
+    (staging.directory / "w0.f8").unlink()
+    ledger = _ledger(staging)
+    for _ in range(REOPENS + 2):
+        assert ledger.add(receipt.encode()) is None and [c for c, _ in ledger.take_reopens()] == [4]
+        ledger.not_reopened(4)
+    assert ledger.reopened == {4: 0} and not ledger.abandoned and ledger.accounted == 0
+
+
 def test_two_writers_of_one_worker_id_append_without_overwriting_each_other(staging: Staging) -> None:
     """A dead coordinator's w0, still serving its run, beside its successor's w0: O_APPEND keeps both whole."""
     old, new = Writer(staging, "r", "w0"), Writer(staging, "r", "w0")

@@ -32,7 +32,7 @@ def install(tmp_path: Path) -> Path:
     (home / "escript").mkdir()
     plugins = home / "plugins"
     _app(plugins, "rabbit", "3.10.8", "kernel, stdlib, rabbit_common, ra, 'rabbitmq_prelaunch'")
-    _app(plugins, "rabbit_common", "3.10.8", "kernel, credentials_obfuscation")
+    _app(plugins, "rabbit_common", "3.10.8", "kernel, % a comment, then a dependency on the next line\n  credentials_obfuscation")
     _app(plugins, "rabbitmq_prelaunch", "3.10.8")
     _app(plugins, "ra", "2.2.0", "aten, gen_batch_server")
     for name in ("credentials_obfuscation", "aten", "gen_batch_server", "rabbitmq_mqtt", "rabbitmq_shovel", "cowboy"):
@@ -62,10 +62,14 @@ def test_an_installation_it_cannot_read_runs_as_it_is(install: Path, tmp_path: P
     plugins = install.resolve().parent.parent / "plugins"
     assert lean.make_home(str(install), tmp_path / "a", ["rabbitmq_no_such_plugin"]) is None, "an enabled plugin not there"
     assert lean.make_home("/usr/bin/false", tmp_path / "b", []) is None, "not sbin/ beside plugins/"
-    (plugins / "rabbit-3.10.8" / "ebin" / "rabbit.app").unlink()
-    (plugins / "rabbit-3.10.8.ez").write_bytes(b"PK")  # the application as an archive: nothing here reads those
+    _app(plugins, "ra", "2.3.0")  # two versions of one application: which one Erlang loads is not guessed
     assert lean.make_home(str(install), tmp_path / "c", []) is None
-    assert not any((tmp_path / d).exists() for d in "abc"), "nothing is made for a node that runs from its installation"
+    for version in ("2.3.0", "2.2.0"):
+        for f in (plugins / f"ra-{version}" / "ebin").iterdir():
+            f.unlink()
+    (plugins / "ra-2.2.0.ez").write_bytes(b"PK")  # a dependency as an archive: nothing here reads those
+    assert lean.make_home(str(install), tmp_path / "d", []) is None, "ra is in neither the plugins nor OTP as read"
+    assert not any((tmp_path / d).exists() for d in "abcd"), "nothing is made for a node that runs from its installation"
 
 
 def test_the_session_node_boots_with_only_the_lean_plugins_on_its_code_path(rabbitmq_server: PrivateRabbitMQ) -> None:

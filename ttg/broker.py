@@ -147,19 +147,21 @@ class Broker(ABC):
         """
         return 0
 
-    def reopen(self, chunk_id: int, task: bytes) -> None:
+    def reopen(self, chunk_id: int, task: bytes) -> bool:
         """Put ``chunk_id``'s task back in the queue after its completion was acknowledged but its result could not be
         recorded (a claim check whose values were gone: see :mod:`ttg.claimcheck`), so the chunk is computed again
-        instead of lost. A broker that remembers completed chunk ids (Redis) forgets this one first, or the new
-        result would be dropped as a duplicate."""
+        instead of lost; returns whether a task was put back. A broker that remembers completed chunk ids (Redis)
+        forgets this one, so its counts stay those of the chunks, and puts a task back only for a chunk it had marked
+        completed: a second unreadable copy of one receipt, or a retry after a lost reply, adds no second task."""
         self.publish_tasks([(chunk_id, task)])
+        return True
 
     @abstractmethod
     def end_run(self) -> None:
         """Tell this run's workers the sweep is over, complete or not: :meth:`drained` turns True for them.
 
         The coordinator calls it once it stops collecting, so workers on any
-        runtime exit by themselves instead of waiting to be signalled.
+        runtime can exit by themselves (pods do; local workers are also signalled).
         """
 
     @abstractmethod

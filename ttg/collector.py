@@ -148,7 +148,8 @@ class Collector:
                 if msg is not None:
                     self.tracker.note(msg)
             for chunk_id, task in self.ledger.take_reopens():  # a genuine receipt whose values were gone: compute it again
-                self._patiently(functools.partial(self.broker.reopen, chunk_id, task))
+                if not self._patiently(functools.partial(self.broker.reopen, chunk_id, task)):
+                    self.ledger.not_reopened(chunk_id)
             now = time.monotonic()
             self._progress(now)
             self.faults.poll(self.ledger.completed, self.tracker.redelivered_at)

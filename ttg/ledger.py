@@ -141,6 +141,12 @@ class Ledger:
         self.to_reopen = []
         return tasks
 
+    def not_reopened(self, chunk_id: int) -> None:
+        """The broker put no task back for ``chunk_id`` (a second unreadable copy of a receipt whose chunk is queued
+        again already): that try does not count towards giving the chunk up."""
+        if self.reopened.get(chunk_id, 0) > 0:
+            self.reopened[chunk_id] -= 1
+
     @property
     def accounted(self) -> int:
         """Planned chunks that are completed, dead, or given up on: the run is over when this reaches ``plan.chunks``."""

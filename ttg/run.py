@@ -250,7 +250,7 @@ class Run:
         self.ledger: Ledger | None = None
         self.staging: Staging | None = None  # the claim check's directory, when the workers share this disk
         self.collector: Collector | None = None
-        self.had_state = self.complete = False
+        self.had_state = self.complete = self.workers_connected = False
         self.startup_s = self.wall_s = 0.0
         self.stats: BrokerStats | None = None
         self.resumed_at: int | None = None  # chunks a previous coordinator had recorded, when resuming
@@ -311,7 +311,9 @@ class Run:
         # A coordinator replaced after every chunk was recorded (killed while judging) has nobody to wait for: the
         # workers saw the end and left, and on Kubernetes their Job, complete, starts no more.
         finished = self.resuming and self._ledger().accounted >= self.plan.chunks
-        if cfg.mode == "queue" and not finished:
+        # Connected workers have their signal handlers in place: finish() may tell them the end with a SIGTERM.
+        self.workers_connected = cfg.mode == "queue" and not finished
+        if self.workers_connected:
             _wait_connected(self.broker, self.runtime, cfg.workers)
         self.startup_s = time.monotonic() - self.t_start
 
@@ -343,12 +345,13 @@ class Run:
         """End the run on the broker, stop the workers, take what is still in flight, and judge."""
         ledger, collector, broker, cfg = self._ledger(), self._collector(), self.broker, self.cfg
         broker.end_run()
-        if not self.runtime.owns_workers:
-            # Pods notice the end within a reclaim tick and exit by themselves: one stopped now would exit 143 and its
-            # Job would replace it, to serve a run about to be deleted.
-            self.runtime.wait(timeout_s=cfg.sweep.reclaim_after_s + 120.0)
-        # Our own workers are told at once (SIGTERM: finish the chunk in hand, give back the rest, see the end marker
-        # and exit 0) rather than left to notice the end on their next look, up to a reclaim tick (0.9 s) later.
+        if not (self.runtime.owns_workers and self.workers_connected):
+            # Workers notice the end within a reclaim tick and exit by themselves. Pods must: one stopped now would
+            # exit 143 and its Job would replace it, to serve a run about to be deleted. Local workers that were never
+            # seen connected (static mode, a resumed run already complete) may not have their signal handlers yet.
+            self.runtime.wait(timeout_s=cfg.sweep.reclaim_after_s + (2.0 if self.runtime.owns_workers else 120.0))
+        # Connected local workers are told at once (SIGTERM: finish the chunk in hand, give back the rest, see the end
+        # marker and exit 0) rather than left to notice the end on their next look, up to a reclaim tick (0.9 s) later.
         self.runtime.stop(grace_s=10.0)
         for raw in broker.read_results(max_count=1_000_000, timeout_s=0.01):
             ledger.add(raw)  # a result that landed while workers stopped still counts

@@ -90,11 +90,12 @@ class Worker:
         self.signalled: int | None = None  # the signal that asked this worker to stop, if one did
         self.ended = False  # it saw the coordinator's end marker (the run may be deleted from the broker right after)
         self.chunks_done = 0
+        self._said_draining = False
 
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: FrameType | None) -> None:
-            if not self.stopping.is_set():
-                log.info("draining", extra={"event": "draining", "signal": signal.Signals(signum).name})
+            # Flags only: a log line written from here could re-enter a write the main thread is in the middle of
+            # (the coordinator signals every local worker at a run's end). The main loop says "draining".
             self.signalled = self.signalled or signum
             self.stopping.set()
 
@@ -142,6 +143,7 @@ class Worker:
             self.compute.close()
             if self.claims is not None:
                 self.claims.close()
+        self._draining()
         # Stopped before the end by no signal: the coordinator that started it is gone and no successor came.
         code = EXIT_OK if done else 128 + self.signalled if self.signalled is not None else EXIT_BROKER_LOST
         log.info("worker exited", extra={"event": "exited", "chunks_done": self.chunks_done, "exit_code": code})
@@ -178,8 +180,15 @@ class Worker:
             # after an ack): finish the oldest and look again. Once the run has ended the broker keeps saying None,
             # and the pipeline empties.
             self._finish_batch(batches.popleft())
+        self._draining()
         while batches:
             self._finish_batch(batches.popleft())
+
+    def _draining(self) -> None:
+        """Say once that a signal asked this worker to stop, as its main loop sees it."""
+        if self.signalled is not None and not self._said_draining:
+            self._said_draining = True
+            log.info("draining", extra={"event": "draining", "signal": signal.Signals(self.signalled).name})
 
     def _finish_batch(self, batch: list[_Started]) -> None:
         for started in batch:
@@ -215,9 +224,13 @@ class Worker:
         """The broker's next delivery within ``timeout_s``, waited for in slices: None at once after a signal."""
         deadline = time.monotonic() + timeout_s
         while True:
-            wait = min(IDLE_SLICE_S, max(0.0, deadline - time.monotonic()))
+            asked = time.monotonic()
+            wait = min(IDLE_SLICE_S, max(0.0, deadline - asked))
             delivery = self._patiently(lambda: self.broker.receive(timeout_s=wait))  # noqa: B023  (called at once)
-            if delivery is not None or self.stopping.is_set() or time.monotonic() >= deadline:
+            now = time.monotonic()
+            # A None long before the slice is up: the broker has nothing more to hand out (the run has ended); asking
+            # again at once would spin until the deadline.
+            if delivery is not None or self.stopping.is_set() or now >= deadline or now - asked < wait / 2:
                 return delivery
 
     def _run_static(self, index: int, of: int) -> bool:
@@ -225,6 +238,7 @@ class Worker:
         plan = self.spec.plan
         for chunk_id in plan.static_assignment(of, index):
             if self.stopping.is_set():
+                self._draining()
                 return False
             chunk = plan.chunk(chunk_id)
             values = self.compute.evaluate(chunk.start, chunk.stop)

@@ -25,8 +25,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 ROOTS = ("rabbit", "rabbitmq_prelaunch")  # what every node runs; enabled plugins are added to these
-# {applications, [a, b]} and {included_applications, [...]} in an .app file: the dependencies the node will start.
-_DEPENDENCIES = re.compile(r"\{\s*(?:included_)?applications\s*,\s*\[([^\]]*)\]")
+# {applications, [a, b]} and {included_applications, [...]} in an .app file: the applications the node will load.
+_REQUIRED = re.compile(r"\{\s*(?:included_)?applications\s*,\s*\[([^\]]*)\]")
+_OPTIONAL = re.compile(r"\{\s*optional_applications\s*,\s*\[([^\]]*)\]")  # started when present: kept when present
+_COMMENT = re.compile(r"%[^\n\"]*$", re.MULTILINE)  # a comment to the end of a line (a % inside a string is left alone)
 
 
 def installation(script: str) -> Path | None:
@@ -39,37 +41,49 @@ def installation(script: str) -> Path | None:
     return None
 
 
-def applications(plugins: Path) -> dict[str, Path]:
-    """Each application directory of ``plugins`` (``name-version`` holding ``ebin/name.app``), by application name."""
+def applications(lib: Path) -> dict[str, Path] | None:
+    """Each application directory of ``lib`` (one that holds ``ebin/NAME.app``), by the name its .app file gives; None
+    when an application is there twice (which one the code server would load is not this module's to guess)."""
     apps: dict[str, Path] = {}
-    for entry in plugins.iterdir():
-        name = entry.name.rpartition("-")[0] or entry.name
-        if entry.is_dir() and (entry / "ebin" / f"{name}.app").is_file():
-            apps[name] = entry
+    for entry in lib.iterdir():
+        for app in entry.glob("ebin/*.app") if entry.is_dir() else ():
+            if app.stem in apps:
+                return None
+            apps[app.stem] = entry
     return apps
 
 
-def needed(apps: dict[str, Path], roots: Iterable[str]) -> set[str] | None:
-    """The applications of ``apps`` that ``roots`` need, transitively (the others are OTP's own); None when a root is
-    not there or an .app file cannot be read: the caller then keeps the whole plugins directory."""
-    roots = tuple(roots)
+def otp_applications() -> set[str] | None:
+    """The names of the applications in the Erlang/OTP installation that ``erl`` on the PATH runs, or None."""
+    erl = shutil.which("erl")
+    lib = Path(os.path.realpath(erl)).parent.parent / "lib" if erl else None
+    if lib is None or not lib.is_dir():
+        return None
+    return {entry.name.rpartition("-")[0] or entry.name for entry in lib.iterdir()}
+
+
+def needed(apps: dict[str, Path], otp: set[str], roots: Iterable[str]) -> set[str] | None:
+    """The applications of ``apps`` that ``roots`` need, transitively; None when one is in neither ``apps`` nor
+    ``otp`` (an archive, a layout not understood) or an .app file cannot be read: the caller then keeps the whole
+    plugins directory, whatever it is the node would have found there."""
     seen: set[str] = set()
-    todo = list(roots)
+    todo = [(name, True) for name in roots]
     while todo:
-        name = todo.pop()
+        name, required = todo.pop()
         if name in seen:
             continue
         if name not in apps:
-            if name in roots:
+            if required and name not in otp:
                 return None
             continue  # kernel, stdlib, mnesia, ssl ...: on OTP's own code path
         seen.add(name)
         try:
-            text = (apps[name] / "ebin" / f"{name}.app").read_text(errors="replace")
+            text = _COMMENT.sub("", (apps[name] / "ebin" / f"{name}.app").read_text(errors="replace"))
         except OSError:
             return None
-        for listed in _DEPENDENCIES.findall(text):
-            todo.extend(atom.strip().strip("'") for atom in listed.split(",") if atom.strip())
+        for pattern, req in ((_REQUIRED, True), (_OPTIONAL, False)):
+            for listed in pattern.findall(text):
+                todo.extend((atom.strip().strip("'"), req) for atom in listed.split(",") if atom.strip())
     return seen
 
 
@@ -81,19 +95,24 @@ def make_home(script: str, directory: Path, plugins: Iterable[str]) -> Path | No
     if home is None:
         log.debug("rabbitmq-server at %s: not a layout with sbin/ beside plugins/; the node runs from its installation", script)
         return None
-    apps = applications(home / "plugins")
-    keep = needed(apps, (*ROOTS, *plugins))
-    if keep is None:
-        log.debug("the plugins of %s could not all be read; the node runs from its installation", home)
+    apps, otp = applications(home / "plugins"), otp_applications()
+    keep = None if apps is None or otp is None else needed(apps, otp, (*ROOTS, *plugins))
+    if apps is None or keep is None:
+        log.debug("the applications %s needs could not all be found; the node runs from its installation", home)
         return None
-    shutil.rmtree(directory, ignore_errors=True)
-    (directory / "plugins").mkdir(parents=True)
-    (directory / "sbin").mkdir()
-    for name in keep:
-        (directory / "plugins" / apps[name].name).symlink_to(apps[name])
-    for script_file in (home / "sbin").iterdir():
-        (directory / "sbin" / script_file.name).symlink_to(script_file)
-    for other in home.iterdir():  # escript/ and anything else a script may look for beside sbin/ and plugins/
-        if other.name not in ("sbin", "plugins"):
-            (directory / other.name).symlink_to(other)
+    try:
+        shutil.rmtree(directory, ignore_errors=True)
+        (directory / "plugins").mkdir(parents=True)
+        (directory / "sbin").mkdir()
+        for name in keep:
+            (directory / "plugins" / apps[name].name).symlink_to(apps[name])
+        for script_file in (home / "sbin").iterdir():
+            (directory / "sbin" / script_file.name).symlink_to(script_file)
+        for other in home.iterdir():  # escript/ and anything else a script may look for beside sbin/ and plugins/
+            if other.name not in ("sbin", "plugins"):
+                (directory / other.name).symlink_to(other)
+    except OSError as e:
+        log.warning("could not make a lean RabbitMQ home in %s (%s); the node runs from its installation", directory, e)
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
     return directory / "sbin"

@@ -86,6 +86,7 @@ class PrivateRabbitMQ(PrivateServer):
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
+        self._log_from: dict[Path, int] = {}  # where this start's lines begin in each of the node's log files
         self.user = f"ttg-{uuid.uuid4().hex[:8]}"
         self.password = secrets.token_hex(16)  # hex: nothing to escape in a URL or the config file
 
@@ -165,6 +166,8 @@ class PrivateRabbitMQ(PrivateServer):
             env["RABBITMQ_SCRIPTS_DIR"] = str(scripts)
             path = str(scripts / "rabbitmq-server")
         # What the node prints before its log file is open (a config it refuses, a boot failure) goes to console.log.
+        # Both files grow over restarts on this directory: a failed start quotes only what this start wrote.
+        self._log_from = {path: path.stat().st_size if path.exists() else 0 for path in self._log_files()}
         with open(self.data_dir / "console.log", "ab") as console:
             self.process = on_spawner_thread(
                 lambda: subprocess.Popen(
@@ -203,10 +206,16 @@ class PrivateRabbitMQ(PrivateServer):
                     ) from None
                 time.sleep(0.1)
 
+    def _log_files(self) -> tuple[Path, Path]:
+        return self.data_dir / "log" / "rabbitmq.log", self.data_dir / "console.log"
+
     def _log_tail(self) -> str:
         """The node's first error lines (the cause comes first; what follows is the crash it set off), else its last line."""
-        for path in (self.data_dir / "log" / "rabbitmq.log", self.data_dir / "console.log"):
-            text = path.read_text(errors="replace").strip() if path.exists() else ""
+        for path in self._log_files():
+            text = ""
+            with contextlib.suppress(OSError), open(path, "rb") as fh:
+                fh.seek(self._log_from.get(path, 0))
+                text = fh.read().decode(errors="replace").strip()
             if not text:
                 continue
             errors = [ln.partition("] ")[2].strip() for ln in text.splitlines() if "[error]" in ln or "[critical]" in ln]

@@ -185,8 +185,8 @@ class CoordinatorSide:
         return int(run_script(self.r, redis_lua.ORPHAN, [self.k_tasks], [GROUP, worker_key]))
 
     @translate
-    def reopen(self, chunk_id: int, task: bytes) -> None:
-        run_script(self.r, redis_lua.REOPEN, self._keys, [chunk_id, task])
+    def reopen(self, chunk_id: int, task: bytes) -> bool:
+        return bool(run_script(self.r, redis_lua.REOPEN, self._keys, [chunk_id, task]))
 
     @translate
     def end_run(self) -> None:

@@ -1,8 +1,9 @@
 """Lua scripts of the Redis Streams backend.
 
 Each runs atomically on the server, so a worker's result, its ack and its
-counters change together or not at all; each is idempotent, so the client may
-safely retry one whose reply was lost.
+counters change together or not at all; the client may safely retry one whose
+reply was lost: each is idempotent, COMPLETE through the coordinator's ledger
+(a retried completion adds its results again, and the ledger drops the copies).
 
 Keys (all share the hash tag ``{run_id}`` so they live in one cluster slot):
 KEYS[1] tasks stream, KEYS[2] results stream, KEYS[3] dead-letter stream,
