@@ -238,8 +238,7 @@ class Worker:
         plan = self.spec.plan
         for chunk_id in plan.static_assignment(of, index):
             if self.stopping.is_set():
-                self._draining()
-                return False
+                return False  # run() says "draining"
             chunk = plan.chunk(chunk_id)
             values = self.compute.evaluate(chunk.start, chunk.stop)
             result = self._outcome(TaskMessage(self.spec.run_id, chunk.id, chunk.start, chunk.stop), 1, values.data.cast("B"), 0.0)

@@ -96,8 +96,7 @@ def make_home(script: str, directory: Path, plugins: Iterable[str]) -> Path | No
         log.debug("rabbitmq-server at %s: not a layout with sbin/ beside plugins/; the node runs from its installation", script)
         return None
     apps, otp = applications(home / "plugins"), otp_applications()
-    keep = None if apps is None or otp is None else needed(apps, otp, (*ROOTS, *plugins))
-    if apps is None or keep is None:
+    if apps is None or otp is None or (keep := needed(apps, otp, (*ROOTS, *plugins))) is None:
         log.debug("the applications %s needs could not all be found; the node runs from its installation", home)
         return None
     try:

@@ -167,7 +167,7 @@ class PrivateRabbitMQ(PrivateServer):
             path = str(scripts / "rabbitmq-server")
         # What the node prints before its log file is open (a config it refuses, a boot failure) goes to console.log.
         # Both files grow over restarts on this directory: a failed start quotes only what this start wrote.
-        self._log_from = {path: path.stat().st_size if path.exists() else 0 for path in self._log_files()}
+        self._log_from = {f: f.stat().st_size if f.exists() else 0 for f in self._log_files()}
         with open(self.data_dir / "console.log", "ab") as console:
             self.process = on_spawner_thread(
                 lambda: subprocess.Popen(
