@@ -85,6 +85,21 @@ def test_every_published_chunk_is_delivered_once_and_its_result_reaches_the_coor
     assert coord.stats().published == 20
 
 
+def test_a_plan_is_published_as_exactly_the_tasks_the_producer_frames_byte_for_byte(opener: Opener) -> None:
+    # Redis builds task bodies on the server (a Lua script packs the integers): they must be the bytes TaskMessage
+    # encodes, at every width msgpack packs an integer in (fixint, uint8, uint16, uint32, uint64), and only for the ids
+    # asked for (a resumed run publishes what its ledger lacks).
+    coord, a = opener(), opener("a")
+    plan = ChunkPlan(2**33, 1)
+    ids = [range(0, 2), range(126, 130), range(254, 258), range(65534, 65538), range(2**32 - 2, 2**32 + 2)]
+    coord.declare(plan.chunks)
+    assert coord.publish_plan(plan, ids) == 18
+    bodies = [d.body for d in take_all(a)]
+    want = [TaskMessage(coord.run_id, c, c, c + 1).encode() for r in ids for c in r]
+    assert sorted(bodies) == sorted(want)
+    assert coord.stats().published == 18
+
+
 def test_a_second_completion_of_a_chunk_is_returned_too_for_the_ledger_to_judge(opener: Opener) -> None:
     """A chunk id in a completion is only a claim: were a broker to drop a second one, a forged first completion (junk
     in its result) would silence the genuine one. Every result reaches the ledger, which drops and counts duplicates."""

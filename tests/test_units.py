@@ -313,6 +313,34 @@ def test_the_producer_frames_every_unrecorded_chunk_as_a_task_the_worker_accepts
     assert len(list(task_messages("r1", plan))) == plan.chunks
 
 
+def test_the_producer_publishes_the_unrecorded_chunks_as_runs_of_consecutive_ids() -> None:
+    from ttg.producer import unrecorded
+
+    plan = ChunkPlan(1_005, 100)
+    assert unrecorded(plan) == [range(11)]
+    seen = np.zeros(plan.chunks, dtype=bool)
+    assert unrecorded(plan, seen) == [range(11)]
+    seen[[0, 4, 5, 10]] = True
+    assert unrecorded(plan, seen) == [range(1, 4), range(6, 10)]
+    seen[:] = True
+    assert unrecorded(plan, seen) == []
+    seen[:] = False
+    seen[[1, 3]] = True
+    assert unrecorded(plan, seen) == [range(0, 1), range(2, 3), range(4, 11)]
+
+
+def test_a_task_is_framed_as_the_documented_msgpack_map_whatever_its_integers() -> None:
+    # TaskFrame is the one framing of a task (Redis builds bodies from it on the server): it must stay the plain map.
+    import msgpack
+
+    from ttg.messages import VERSION, TaskMessage, decode_task
+
+    for c, a, b in [(0, 0, 1), (127, 128, 255), (256, 65535, 65536), (2**32 - 1, 2**32, 2**40), (2**53, 2**53, 2**63)]:
+        msg = TaskMessage("r-" + "x" * 40, c, a, b)
+        assert msg.encode() == msgpack.packb({"v": VERSION, "k": "task", "run": msg.run_id, "c": c, "a": a, "b": b}, use_bin_type=True)
+        assert decode_task(msg.encode()) == msg
+
+
 def test_every_fault_kind_is_documented_in_the_readme_with_its_default_duration() -> None:
     from pathlib import Path
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ttg import backends
+from ttg.messages import TaskMessage
+from ttg.plan import ChunkPlan
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,14 @@ class Broker(ABC):
     @abstractmethod
     def publish_tasks(self, tasks: Iterable[tuple[int, bytes]]) -> int:
         """Publish ``(chunk_id, encoded task)`` pairs durably; returns how many were published."""
+
+    def publish_plan(self, plan: ChunkPlan, ids: Iterable[range]) -> int:
+        """Publish the tasks of ``plan``'s chunks whose ids are in ``ids`` (runs of consecutive ids); returns how many.
+
+        The base encodes each task here (:class:`ttg.messages.TaskMessage`); a backend whose server can build them
+        from the run's :class:`ttg.messages.TaskFrame` (Redis) overrides it, so publishing a plan costs the
+        coordinator a command per block of chunks, not one per chunk."""
+        return self.publish_tasks((c, TaskMessage(self.run_id, c, *plan.span(c)).encode()) for r in ids for c in r)
 
     @abstractmethod
     def read_results(self, max_count: int, timeout_s: float) -> list[bytes]:

@@ -28,6 +28,20 @@ def task_messages(run_id: str, plan: ChunkPlan, seen: np.ndarray | None = None) 
             yield c.id, task_message(run_id, c)
 
 
-def publish_plan(broker: Broker, plan: ChunkPlan, seen: np.ndarray | None = None) -> None:
-    """Publish the chunks of ``plan`` that ``seen`` does not mark as recorded, as tasks of ``broker``'s run."""
-    broker.publish_tasks(task_messages(broker.run_id, plan, seen))
+def unrecorded(plan: ChunkPlan, seen: np.ndarray | None = None) -> list[range]:
+    """The ids of ``plan``'s chunks that ``seen`` (a ledger's per-chunk flags) does not mark, as runs of consecutive ids."""
+    if seen is None:
+        return [range(plan.chunks)]
+    ids = np.flatnonzero(np.asarray(seen[: plan.chunks]) == 0)
+    if not ids.size:
+        return []
+    breaks = np.flatnonzero(np.diff(ids) != 1)
+    firsts = [int(ids[0]), *(int(x) for x in ids[breaks + 1])]
+    lasts = [*(int(x) for x in ids[breaks]), int(ids[-1])]
+    return [range(a, b + 1) for a, b in zip(firsts, lasts, strict=True)]
+
+
+def publish_plan(broker: Broker, plan: ChunkPlan, seen: np.ndarray | None = None) -> int:
+    """Publish the chunks of ``plan`` that ``seen`` does not mark as recorded, as tasks of ``broker``'s run; returns
+    how many."""
+    return broker.publish_plan(plan, unrecorded(plan, seen))

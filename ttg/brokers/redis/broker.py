@@ -72,6 +72,7 @@ class RedisStreamsBroker(CoordinatorSide, Broker):
         self._buffer: deque[Delivery] = deque()  # fetched, not yet handed to the worker
         self._done: dict[bytes, tuple[int, bytes]] = {}  # completions not yet sent: entry -> (chunk id, result)
         self._done_since = 0.0
+        self._done_bytes = 0  # the size of the results in _done, kept as they come (summing them per completion was O(batch²))
         self._batch = 1
         self.prefetch = prefetch  # the most chunks a worker fetches at once
         self._max_batch = prefetch
@@ -143,11 +144,12 @@ class RedisStreamsBroker(CoordinatorSide, Broker):
         if not self._done:
             self._done_since = time.monotonic()
         self._done[delivery.token] = (chunk_id, result)
+        self._done_bytes += len(result)
         if not self._buffer:
             # Send the batch's completions and take the next batch in one round trip, so this
             # worker always holds its next task: there is no moment when a crash orphans nothing.
             self._fetch(block_ms=0)
-        elif time.monotonic() - self._done_since >= FLUSH_AFTER_S or sum(len(r) for _, r in self._done.values()) >= _MAX_PENDING_BYTES:
+        elif time.monotonic() - self._done_since >= FLUSH_AFTER_S or self._done_bytes >= _MAX_PENDING_BYTES:
             self._flush()  # results stay visible within FLUSH_AFTER_S, for progress and for faults
 
     @translate
@@ -271,6 +273,7 @@ class RedisStreamsBroker(CoordinatorSide, Broker):
             if isinstance(reply, Exception) and not isinstance(reply, redis.exceptions.NoScriptError):
                 raise reply
         self._done.clear()
+        self._done_bytes = 0
         with self._held_lock:
             self._held.difference_update(completions)
         return replies
