@@ -286,6 +286,11 @@ def test_the_scale_benchmark_gets_its_section_table_and_figure_in_every_format(t
     top = {r["backend"]: r["chunks_per_s"] for r in doc["rows"] if r["kind"] == "ttg-ceiling"}
     for backend in raw:
         assert f"| {raw[backend]:,.0f} | {top[backend]:,.0f} | {top[backend] / raw[backend]:.2f} |" in section
+        # the shared parts' ceiling: the coordinator's drain, or the broker's limit at its CPU per chunk, whichever is lower
+        end_to_end = next(r for r in doc["rows"] if r["backend"] == backend and r["kind"] == "ttg-ceiling")
+        drain = next(r for r in doc["rows"] if r["backend"] == backend and r["kind"] == "drain")["chunks_per_s"]
+        shared = min(drain, 1000 / end_to_end["broker_cpu_ms_per_chunk"])
+        assert f"| {drain:,.0f} | {shared:,.0f} | {shared / raw[backend]:.2f} |" in section
     assert "(img/scale.png)" in section and (tmp_path / "out" / "img" / "scale.png").stat().st_size > 1000
     document = docx.Document(str(written[1]))
     cells = {c.text for t in document.tables for row in t.rows for c in row.cells}

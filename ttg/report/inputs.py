@@ -39,7 +39,7 @@ def _benchmarks(doc: dict[str, Any], source: str) -> list[dict[str, Any]]:
     return out
 
 
-SCALE_KINDS = ("ceiling", "ttg-ceiling", "ttg")
+SCALE_KINDS = ("ceiling", "ttg-ceiling", "drain", "ttg")
 
 
 def _is_scale(doc: Any) -> bool:

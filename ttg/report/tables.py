@@ -132,16 +132,27 @@ def _num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def shared_ceiling(end_to_end: dict[str, Any], drain: dict[str, Any]) -> float:
+    """The chunks per second a run's shared parts sustain when the workers have cores of their own: the lower of the
+    coordinator's drain (bench/scale: it records a backlog with the workers idle) and the broker's limit at the CPU it
+    spent per chunk in the end-to-end run (a whole run's CPU over its chunks: an upper bound on the cost)."""
+    broker_limit = 1000 / end_to_end["broker_cpu_ms_per_chunk"] if end_to_end.get("broker_cpu_ms_per_chunk") else float("inf")
+    return float(min(drain["chunks_per_s"], broker_limit))
+
+
 def ceilings(r: Report) -> Table:
-    """Per backend: the broker's raw ceiling for a chunk's operations, TTG's own on this machine, and the fraction."""
+    """Per backend: the broker's raw ceiling for a chunk's operations, TTG's end to end on this machine, the
+    coordinator's drain with the workers idle, and the shared parts' ceiling, each with its fraction of the raw one."""
     rows = []
     for backend in sorted({x["backend"] for x in r.scale}):
-        raw = next((x for x in r.scale if x["backend"] == backend and x["kind"] == "ceiling"), None)
-        top = next((x for x in r.scale if x["backend"] == backend and x["kind"] == "ttg-ceiling"), None)
-        fraction = top["chunks_per_s"] / raw["chunks_per_s"] if raw and top and raw["chunks_per_s"] else None
-        cells = (backend, str(raw.get("how", "-")) if raw else "-", _num(raw and raw["chunks_per_s"], ",.0f"), _num(top and top["chunks_per_s"], ",.0f"))
-        rows.append(((*cells, _num(fraction, ".2f")), FINE))
-    return Table(("backend", "raw ceiling measured with", "raw chunks/s", "TTG chunks/s (2 workers, no work)", "fraction"), rows)
+        raw, top, drain = (next((x for x in r.scale if x["backend"] == backend and x["kind"] == kind), None) for kind in ("ceiling", "ttg-ceiling", "drain"))
+        raw_rate = raw["chunks_per_s"] if raw else None
+        shared = shared_ceiling(top, drain) if top and drain else None
+        cells = (backend, str(raw.get("how", "-")) if raw else "-", _num(raw_rate, ",.0f"), _num(top and top["chunks_per_s"], ",.0f"))
+        cells += (_num(top["chunks_per_s"] / raw_rate if top and raw_rate else None, ".2f"), _num(drain and drain["chunks_per_s"], ",.0f"))
+        rows.append(((*cells, _num(shared, ",.0f"), _num(shared / raw_rate if shared and raw_rate else None, ".2f")), FINE))
+    header = ("backend", "raw ceiling measured with", "raw chunks/s", "TTG end to end (2 workers, no work)", "fraction")
+    return Table((*header, "coordinator's drain, workers idle", "shared parts' ceiling", "fraction"), rows)
 
 
 def scale(r: Report) -> Table:
@@ -255,7 +266,10 @@ def _scale(r: Report, t: dict[str, Table]) -> Section:
     how = (
         "Many workers, one broker, one coordinator (bench/scale): workers run --algorithm sleep, so a hundred processes load the "
         "broker and the coordinator as a hundred machines would. Lag is from a worker having a chunk's values to the coordinator "
-        "recording them. The raw ceiling is the broker driven by a minimal client doing one chunk's operations."
+        "recording them. The raw ceiling is the broker driven by a minimal client doing one chunk's operations. End to end, "
+        "TTG's workers share this machine's cores with the coordinator and the broker; the shared parts' ceiling is what those two "
+        "sustain when the workers have cores of their own: the lower of the coordinator's drain of a backlog (its workers idle) and "
+        "the broker's limit at the CPU it spent per chunk end to end, measured apart, not together."
     )
     commands = sorted({str(x.get("source", "")) for x in r.scale})
     blocks = [Block(text=how), Block(table=t["ceilings"]), *_figures(r, ("scale", "Chunks per second achieved and recording lag, by fleet size"))]
