@@ -100,6 +100,17 @@ def test_a_plan_is_published_as_exactly_the_tasks_the_producer_frames_byte_for_b
     assert coord.stats().published == 18
 
 
+def test_a_plan_past_exact_doubles_is_published_byte_for_byte_too(opener: Opener) -> None:
+    # Lua's numbers are doubles, exact only up to 2^53: Redis publishes such a plan's tasks from Python.
+    coord, a = opener(), opener("a")
+    plan = ChunkPlan(2**60 + 3, 2**40)
+    ids = [range(plan.chunks - 3, plan.chunks)]  # the last one short: [2^60, 2^60 + 3)
+    coord.declare(plan.chunks)
+    assert coord.publish_plan(plan, ids) == 3
+    want = [TaskMessage(coord.run_id, c, *plan.span(c)).encode() for c in ids[0]]
+    assert sorted(d.body for d in take_all(a)) == sorted(want)
+
+
 def test_a_second_completion_of_a_chunk_is_returned_too_for_the_ledger_to_judge(opener: Opener) -> None:
     """A chunk id in a completion is only a claim: were a broker to drop a second one, a forged first completion (junk
     in its result) would silence the genuine one. Every result reaches the ledger, which drops and counts duplicates."""

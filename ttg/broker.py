@@ -15,11 +15,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ttg import backends
-from ttg.messages import TaskMessage
-from ttg.plan import ChunkPlan
+
+if TYPE_CHECKING:  # not at run time: `import ttg` (every worker's compute child) must not load numpy and msgpack
+    from ttg.plan import ChunkPlan
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ class Broker(ABC):
         The base encodes each task here (:class:`ttg.messages.TaskMessage`); a backend whose server can build them
         from the run's :class:`ttg.messages.TaskFrame` (Redis) overrides it, so publishing a plan costs the
         coordinator a command per block of chunks, not one per chunk."""
+        from ttg.messages import TaskMessage
+
         return self.publish_tasks((c, TaskMessage(self.run_id, c, *plan.span(c)).encode()) for r in ids for c in r)
 
     @abstractmethod

@@ -25,7 +25,7 @@ from ttg.plan import ChunkPlan
 log = logging.getLogger(__name__)
 
 GROUP = "workers"  # the consumer group every worker of a run reads its tasks through
-# Chunks a PUBLISH script adds at once: about 1 ms of the server's time, so the workers' calls are not kept waiting.
+# Chunks a PUBLISH_PLAN script adds at once: about 1 ms of the server's time, so the workers' calls are not kept waiting.
 PUBLISH_BLOCK = 500
 
 
@@ -131,7 +131,7 @@ class CoordinatorSide:
 
     @translate
     def publish_plan(self, plan: ChunkPlan, ids: Iterable[range]) -> int:
-        # The server builds the bodies (redis_lua.PUBLISH): a block of chunks is one command, and the coordinator,
+        # The server builds the bodies (redis_lua.PUBLISH_PLAN): a block of chunks is one command, and the coordinator,
         # which every worker of a run shares, spends about 1 µs a chunk on publishing instead of about 14.
         if plan.params > 2**53:  # past what the script's numbers (Lua doubles) hold exactly
             return super().publish_plan(plan, ids)  # type: ignore[misc, no-any-return]
@@ -141,7 +141,7 @@ class CoordinatorSide:
             for first in range(r.start, r.stop, PUBLISH_BLOCK):
                 last = min(first + PUBLISH_BLOCK, r.stop) - 1
                 args = [frame.head, frame.before_start, frame.before_stop, plan.chunk_size, plan.params, first, last]
-                n += int(run_script(self.r, redis_lua.PUBLISH, [self.k_tasks, self.k_meta], args))
+                n += int(run_script(self.r, redis_lua.PUBLISH_PLAN, [self.k_tasks, self.k_meta], args))
         return n
 
     @translate

@@ -66,17 +66,13 @@ if done > 0 and ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[6], 'done:' .. ARG
 return 1
 """
 
-# ARGV: chunk id, task body. Forget that the chunk completed (its result could not be recorded) and queue its task again;
-# 'completed' goes down by one, so the counts stay those of the chunks (published is not raised: the task was published).
-# Only a chunk marked completed is put back: a retry after a lost reply adds no second task. (The worker's own
-# 'done:<consumer>' count, shown by ttg status, keeps the completion: which consumer sent it is not known here.)
 # Publish the tasks of chunks FIRST..LAST of a plan (KEYS[1] tasks, KEYS[2] meta): the server builds each body from
 # the run's task frame (ttg.messages.TaskFrame) and the chunk's three integers, packed by cmsgpack as msgpack-python
 # packs them (a test compares the bytes), so the coordinator sends one command per block of chunks instead of one
 # XADD each. Chunk c covers [c*K, min(c*K + K, N)) (ttg.plan); numbers are exact up to 2^53. A caller keeps a block
 # small (ttg.brokers.redis.coordinator.PUBLISH_BLOCK) so the server stays responsive between blocks.
 # ARGV: head, before_start, before_stop, K, N, FIRST, LAST.
-PUBLISH = """
+PUBLISH_PLAN = """
 local head, before_start, before_stop = ARGV[1], ARGV[2], ARGV[3]
 local k, n, first, last = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local pack = cmsgpack.pack
@@ -89,6 +85,10 @@ redis.call('HINCRBY', KEYS[2], 'published', last - first + 1)
 return last - first + 1
 """
 
+# ARGV: chunk id, task body. Forget that the chunk completed (its result could not be recorded) and queue its task again;
+# 'completed' goes down by one, so the counts stay those of the chunks (published is not raised: the task was published).
+# Only a chunk marked completed is put back: a retry after a lost reply adds no second task. (The worker's own
+# 'done:<consumer>' count, shown by ttg status, keeps the completion: which consumer sent it is not known here.)
 REOPEN = """
 if redis.call('SREM', KEYS[4], ARGV[1]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[6], 'completed', -1)
