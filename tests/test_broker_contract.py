@@ -107,7 +107,7 @@ def test_a_plan_past_exact_doubles_is_published_byte_for_byte_too(opener: Opener
     ids = [range(plan.chunks - 3, plan.chunks)]  # the last one short: [2^60, 2^60 + 3)
     coord.declare(plan.chunks)
     assert coord.publish_plan(plan, ids) == 3
-    want = [TaskMessage(coord.run_id, c, *plan.span(c)).encode() for c in ids[0]]
+    want = [TaskMessage(coord.run_id, c, plan.chunk(c).start, plan.chunk(c).stop).encode() for c in ids[0]]
     assert sorted(d.body for d in take_all(a)) == sorted(want)
 
 

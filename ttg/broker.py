@@ -124,7 +124,7 @@ class Broker(ABC):
         coordinator a command per block of chunks, not one per chunk."""
         from ttg.messages import TaskMessage
 
-        return self.publish_tasks((c, TaskMessage(self.run_id, c, *plan.span(c)).encode()) for r in ids for c in r)
+        return self.publish_tasks((c.id, TaskMessage(self.run_id, c.id, c.start, c.stop).encode()) for r in ids for c in map(plan.chunk, r))
 
     @abstractmethod
     def read_results(self, max_count: int, timeout_s: float) -> list[bytes]:

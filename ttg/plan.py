@@ -43,12 +43,6 @@ class ChunkPlan:
         start = chunk_id * self.chunk_size
         return Chunk(chunk_id, start, min(start + self.chunk_size, self.params))
 
-    def span(self, chunk_id: int) -> tuple[int, int]:
-        """``chunk(chunk_id)``'s [start, stop), for an id known to be in the plan (no check, no object: publishing
-        a plan asks it once per chunk)."""
-        start = chunk_id * self.chunk_size
-        return start, min(start + self.chunk_size, self.params)
-
     def __iter__(self) -> Iterator[Chunk]:
         return (self.chunk(i) for i in range(self.chunks))
 

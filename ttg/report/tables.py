@@ -148,8 +148,8 @@ def ceilings(r: Report) -> Table:
         raw, top, drain = (next((x for x in r.scale if x["backend"] == backend and x["kind"] == kind), None) for kind in ("ceiling", "ttg-ceiling", "drain"))
         raw_rate = raw["chunks_per_s"] if raw else None
         shared = shared_ceiling(top, drain) if top and drain else None
-        cells = (backend, str(raw.get("how", "-")) if raw else "-", _num(raw_rate, ",.0f"), _num(top and top["chunks_per_s"], ",.0f"))
-        cells += (_num(top["chunks_per_s"] / raw_rate if top and raw_rate else None, ".2f"), _num(drain and drain["chunks_per_s"], ",.0f"))
+        cells = [backend, str(raw.get("how", "-")) if raw else "-", _num(raw_rate, ",.0f"), _num(top and top["chunks_per_s"], ",.0f")]
+        cells += [_num(top["chunks_per_s"] / raw_rate if top and raw_rate else None, ".2f"), _num(drain and drain["chunks_per_s"], ",.0f")]
         rows.append(((*cells, _num(shared, ",.0f"), _num(shared / raw_rate if shared and raw_rate else None, ".2f")), FINE))
     header = ("backend", "raw ceiling measured with", "raw chunks/s", "TTG end to end (2 workers, no work)", "fraction")
     return Table((*header, "coordinator's drain, workers idle", "shared parts' ceiling", "fraction"), rows)
