@@ -46,20 +46,14 @@ class TaskFrame:
     before_stop: bytes
 
     def body(self, chunk_id: int, start: int, stop: int) -> bytes:
-        return b"".join((self.head, _int(chunk_id), self.before_start, _int(start), self.before_stop, _int(stop)))
+        return b"".join((self.head, _pack(chunk_id), self.before_start, _pack(start), self.before_stop, _pack(stop)))
 
 
 @functools.lru_cache(maxsize=8)
 def task_frame(run_id: str) -> TaskFrame:
     fields = {"v": VERSION, "k": "task", "run": run_id}
-    head = msgpack.Packer(use_bin_type=True)
-    parts = [head.pack_map_header(len(fields) + 3), *(_pack(x) for kv in fields.items() for x in kv), _pack("c")]
-    return TaskFrame(b"".join(parts), _pack("a"), _pack("b"))
-
-
-def _int(n: int) -> bytes:
-    packed: bytes = msgpack.packb(n)
-    return packed
+    header = msgpack.Packer().pack_map_header(len(fields) + 3)  # and c, a, b
+    return TaskFrame(b"".join([header, *(_pack(x) for kv in fields.items() for x in kv), _pack("c")]), _pack("a"), _pack("b"))
 
 
 @dataclass(frozen=True)

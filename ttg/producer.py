@@ -35,10 +35,9 @@ def unrecorded(plan: ChunkPlan, seen: np.ndarray | None = None) -> list[range]:
     ids = np.flatnonzero(np.asarray(seen[: plan.chunks]) == 0)
     if not ids.size:
         return []
-    breaks = np.flatnonzero(np.diff(ids) != 1)
-    firsts = [int(ids[0]), *(int(x) for x in ids[breaks + 1])]
-    lasts = [*(int(x) for x in ids[breaks]), int(ids[-1])]
-    return [range(a, b + 1) for a, b in zip(firsts, lasts, strict=True)]
+    breaks = np.flatnonzero(np.diff(ids) != 1)  # where one run of consecutive ids ends and the next begins
+    firsts, ends = np.r_[ids[0], ids[breaks + 1]], np.r_[ids[breaks], ids[-1]] + 1
+    return [range(int(a), int(b)) for a, b in zip(firsts, ends, strict=True)]
 
 
 def publish_plan(broker: Broker, plan: ChunkPlan, seen: np.ndarray | None = None) -> int:
