@@ -20,6 +20,7 @@ import pytest
 
 from ttg.broker import Broker, open_broker
 from ttg.brokers.rabbitmq.broker import RabbitMQBroker
+from ttg.brokers.rabbitmq.coordinator import MAX_TASKS_PER_MESSAGE, MESSAGES_PER_WORKER, chunks_per_message
 from ttg.brokers.rabbitmq.server import PrivateRabbitMQ
 from ttg.brokers.rabbitmq.status import _get
 from ttg.brokers.rabbitmq.wire import BATCH
@@ -61,7 +62,7 @@ def test_the_topology_is_durable_with_quorum_task_queues_and_a_ttl_retry_queue(c
 
 
 def test_a_batch_returned_by_a_crashed_worker_comes_back_as_single_chunk_messages(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
-    coord.declare(512)  # 512 chunks: two per task message
+    coord.declare(512, workers=8)  # 512 chunks for 8 workers: two per task message
     publish_plan(coord, ChunkPlan(512, 1))
     a = open_broker(rabbitmq_server.url, coord.run_id, consumer="a", prefetch=1)
     first = a.receive(2.0)
@@ -80,6 +81,19 @@ def test_a_batch_returned_by_a_crashed_worker_comes_back_as_single_chunk_message
     finally:
         b.close()
         a.close()
+
+
+def test_a_cheap_plan_for_two_workers_arrives_many_chunks_to_a_message(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
+    coord.declare(10_000, workers=2)
+    publish_plan(coord, ChunkPlan(10_000, 1))
+    w = open_broker(rabbitmq_server.url, coord.run_id, consumer="w", prefetch=1)
+    try:
+        got = [d.token for _ in range(MAX_TASKS_PER_MESSAGE) if (d := w.receive(2.0)) is not None]
+        # One message: its chunks in order, the last of them marked as its last.
+        assert [t.chunk_id for t in got] == list(range(128)) and len({(t.generation, t.tag) for t in got}) == 1
+        assert [t.last for t in got] == [False] * 127 + [True]
+    finally:
+        w.close()
 
 
 def test_a_chunk_that_kills_its_worker_every_time_is_dead_lettered_after_max_deliveries(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
@@ -185,3 +199,21 @@ def test_a_message_whose_rejection_the_broker_refuses_comes_back_and_the_worker_
         with contextlib.suppress(urllib.error.HTTPError):  # deleted already, unless an assertion failed first
             _policy(rabbitmq_server, policy, None)
         w.close()
+
+
+@pytest.mark.parametrize(
+    ("chunks", "workers", "per_message"),
+    [
+        (10_000, 2, 128),  # a cheap 10M sweep at chunk 1,000: 79 messages, not 10,000
+        (1_000, 2, 15),  # 67 messages: each worker still gets 32 or more
+        (10_000, 100, 3),  # many workers: every one of them starts with work
+        (5_000, 100, 1),
+        (40, 2, 1),  # too few chunks to batch: one a message
+        (10**12, 1, 128),  # capped, however large the plan
+        (100, 0, 3),  # a worker count of 0 (none known) is taken as one
+    ],
+)
+def test_task_messages_are_sized_by_the_plan_and_the_workers_that_share_it(chunks: int, workers: int, per_message: int) -> None:
+    per = chunks_per_message(chunks, workers)
+    assert per == per_message
+    assert -(-chunks // per) >= min(chunks, MESSAGES_PER_WORKER * max(1, workers)) or per == MAX_TASKS_PER_MESSAGE

@@ -109,8 +109,9 @@ class Broker(ABC):
 
     # -- coordinator side ---------------------------------------------------
     @abstractmethod
-    def declare(self, chunks: int) -> None:
-        """Create this run's topology idempotently and record the planned chunk count."""
+    def declare(self, chunks: int, *, workers: int = 1) -> None:
+        """Create this run's topology idempotently and record the planned chunk count, and how many workers will share
+        the chunks (a backend that packs several chunks into a message sizes its messages by both)."""
 
     @abstractmethod
     def publish_tasks(self, tasks: Iterable[tuple[int, bytes]]) -> int:

@@ -288,7 +288,7 @@ class Run:
         claims = None if readable is None else Reader(readable)
         reopens = 0 if self.cfg.mode == "static" else REOPENS
         self.ledger = Ledger(self.plan, self.run_id, self.run_dir / "results.npy", resume=self.resuming, claims=claims, reopens=reopens)
-        self.broker.declare(self.plan.chunks)
+        self.broker.declare(self.plan.chunks, workers=self.cfg.workers)
         if self.resuming:
             self.resumed_at = self.ledger.completed
             log.warning("resuming run %s with %d of %d chunks recorded", self.run_id, self.ledger.completed, self.plan.chunks)

@@ -20,8 +20,8 @@ broker, which requeues them at once (crash) or after the heartbeat timeout
 (partition).
 
 Batching, so that 10,000 small chunks do not cost 10,000 round trips: the
-producer packs up to ``coordinator.MAX_TASKS_PER_MESSAGE`` consecutive chunks into one task
-message (header ``x-ttg-batch``); the adapter hands them to the worker one by
+producer packs consecutive chunks into one task message (header
+``x-ttg-batch``; how many: ``coordinator.chunks_per_message``); the adapter hands them to the worker one by
 one and acks the message when all of its chunks are settled. A worker sends its
 results in batches too (one confirmed message every ``FLUSH_AFTER_S`` or
 ``FLUSH_BYTES``), without waiting for the confirm. A batch that comes back
@@ -88,7 +88,7 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         self._control: topo.Control | None = None
         self._closed = False
         # coordinator state
-        self._chunks = 0
+        self._chunks_per_message = 1  # what the coordinator packs in a task message (declare sets it)
         self._published = 0
         self._results_seen = 0
         self._results: queue.Queue[tuple[int, int, bytes]] = queue.Queue()

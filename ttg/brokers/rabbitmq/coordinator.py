@@ -21,8 +21,25 @@ from ttg.errors import BrokerError, RunConflict
 
 log = logging.getLogger(__name__)
 
-MAX_TASKS_PER_MESSAGE = 32
+MAX_TASKS_PER_MESSAGE = 128
+MESSAGES_PER_WORKER = 32  # at least this many task messages for each worker, where the plan has the chunks for it
 RESULTS_PREFETCH = 128  # result messages the coordinator holds unacked; it takes at most half per read (see read_results)
+
+
+def chunks_per_message(chunks: int, workers: int) -> int:
+    """How many consecutive chunks of a plan of ``chunks`` go into one task message, for ``workers`` workers.
+
+    A message costs about a millisecond of CPU whatever it carries: its task's enqueue, delivery and settlement in the
+    quorum queue, its results' publish, confirm and delivery, and pika's frames and thread wake-ups at both ends. At
+    chunk 1,000 of a 60M sweep, 1,875 messages took 0.63 s more of the broker's CPU than 469 did, 0.55 s more of the
+    workers' and 0.28 s more of the coordinator's: a cheap chunk's own cost is a tenth of that. So cheap chunks go many
+    to a message, up to ``MAX_TASKS_PER_MESSAGE``.
+
+    A message is also what a worker holds and finishes alone. Each worker gets ``MESSAGES_PER_WORKER`` of them or more,
+    so every worker starts with work, and the last message a worker finishes (while the others may have none left) is
+    at most a 32nd of its share of the sweep, however slow its chunks are.
+    """
+    return max(1, min(MAX_TASKS_PER_MESSAGE, chunks // (MESSAGES_PER_WORKER * max(1, workers))))
 
 
 class CoordinatorSide:
@@ -37,7 +54,7 @@ class CoordinatorSide:
     q: topo.QueueNames
     _client: AmqpClient | None
     _control: topo.Control | None
-    _chunks: int
+    _chunks_per_message: int
     _published: int
     _results_seen: int
     _results: queue.Queue[tuple[int, int, bytes]]
@@ -82,12 +99,12 @@ class CoordinatorSide:
         return self.control.exists()
 
     # -- coordinator side ---------------------------------------------------
-    def declare(self, chunks: int) -> None:
-        self._chunks = chunks
+    def declare(self, chunks: int, *, workers: int = 1) -> None:
+        self._chunks_per_message = chunks_per_message(chunks, workers)
         self.control.declare(retry_delay_ms=self.retry_delay_ms)
 
     def publish_tasks(self, tasks: Iterable[tuple[int, bytes]]) -> int:
-        per_message = max(1, min(MAX_TASKS_PER_MESSAGE, self._chunks // 256))
+        per_message = self._chunks_per_message
         messages: list[tuple[bytes, dict[str, Any]]] = []
         batch: list[tuple[int, bytes]] = []
         n = 0

@@ -105,7 +105,8 @@ class CoordinatorSide:
 
     # -- coordinator side ---------------------------------------------------
     @translate
-    def declare(self, chunks: int) -> None:
+    def declare(self, chunks: int, *, workers: int = 1) -> None:
+        del workers  # one stream entry a chunk: a worker takes as many at once as its pace asks for
         try:
             self.r.xgroup_create(self.k_tasks, GROUP, id="0", mkstream=True)
         except redis.ResponseError as e:
