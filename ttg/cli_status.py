@@ -132,7 +132,7 @@ def status_table(runs: list[Any], rates: dict[str, Any], url: str, ended: dict[s
     if not runs:
         notes.append("no TTG runs on this broker")
     if any(r.unit != "chunks" for r in runs):
-        notes.append("RabbitMQ counts task messages (up to 32 chunks each) in queued and flight")
+        notes.append("RabbitMQ counts task messages (up to 128 chunks each) in queued and flight")
     rejected = sum(r.rejected for r in runs)
     if rejected:
         notes.append(f"{rejected:,} message(s) rejected as not tasks of a run")
