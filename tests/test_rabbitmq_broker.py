@@ -201,6 +201,82 @@ def test_a_message_whose_rejection_the_broker_refuses_comes_back_and_the_worker_
         w.close()
 
 
+def _slow_worker(server: PrivateRabbitMQ, run_id: str) -> RabbitMQBroker:
+    """A worker that holds one task message at a time and gives back what would keep it more than 0.5 s."""
+    return RabbitMQBroker(server.url, run_id, consumer="slow", prefetch=1, hold_limit_s=0.5)
+
+
+def _drain(server: PrivateRabbitMQ, run_id: str, seen: dict[int, list[int]]) -> None:
+    """Take and complete chunks on a fast worker until none comes for 2 s, noting each in ``seen`` (id -> deliveries of
+    each take)."""
+    fast = open_broker(server.url, run_id, consumer="fast")
+    try:
+        while (d := fast.receive(2.0)) is not None:
+            seen.setdefault(d.token.chunk_id, []).append(d.deliveries)
+            fast.complete(d, d.token.chunk_id, b"r")
+    finally:
+        fast.close()
+
+
+def test_a_worker_whose_chunks_are_slow_gives_back_the_rest_of_a_message_packed_for_fast_ones(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
+    # 32 chunks a message; a chunk takes the slow worker 0.2 s, so a message would keep it 6 s, past its 0.5 s limit.
+    coord.declare(1024, workers=1)
+    publish_plan(coord, ChunkPlan(1024, 1))
+    slow = _slow_worker(rabbitmq_server, coord.run_id)
+    try:
+        d0 = slow.receive(3.0)
+        assert d0 is not None and d0.token.chunk_id == 0
+        time.sleep(0.2)
+        slow.complete(d0, 0, b"r")
+        d1 = slow.receive(3.0)  # it knows its pace now: chunks 2 to 31 go back to the queue
+        assert d1 is not None and d1.token.chunk_id == 1 and d1.token.last, d1
+        slow.complete(d1, 1, b"r")
+        # Prefetch 1: the next message comes only once the first is acked, its two chunks done and 30 given back.
+        d32 = slow.receive(5.0)
+        assert d32 is not None and d32.token.chunk_id == 32, d32
+        slow.complete(d32, 32, b"r")
+    finally:
+        slow.close()
+    seen: dict[int, list[int]] = {0: [1], 1: [1], 32: [1]}
+    _drain(rabbitmq_server, coord.run_id, seen)
+    assert sorted(seen) == list(range(1024)), "no chunk lost"
+    assert all(len(v) == 1 for v in seen.values()), {c: v for c, v in seen.items() if len(v) > 1}
+    # Giving work back is no delivery: the chunks given back come with the count they had.
+    assert all(seen[c] == [1] for c in [*range(2, 32), *range(33, 64)]), seen
+
+
+def test_chunks_whose_giving_back_the_broker_refuses_come_again_with_their_message(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
+    assert isinstance(coord, RabbitMQBroker)
+    coord.declare(1024, workers=1)  # 32 chunks a message
+    publish_plan(coord, ChunkPlan(1024, 1))
+    policy = f"full-{coord.run_id}"
+    slow = _slow_worker(rabbitmq_server, coord.run_id)
+    try:
+        d0 = slow.receive(3.0)
+        assert d0 is not None and d0.token.chunk_id == 0
+        _policy(rabbitmq_server, policy, {"pattern": f"^{coord.q.tasks}$", "definition": {"max-length": 0, "overflow": "reject-publish"}, "apply-to": "queues"})
+        time.sleep(1.0)  # the policy takes effect on the queue
+        slow.complete(d0, 0, b"r")
+        d1 = slow.receive(3.0)  # gives back chunks 2 to 31: refused, so the whole message goes back instead
+        assert d1 is not None and d1.token.chunk_id == 1
+        _policy(rabbitmq_server, policy, None)
+        slow.complete(d1, 1, b"r")
+        # The message went back at once, not when its worker closed: its one prefetch slot is free, and work comes again.
+        assert slow.receive(5.0) is not None
+    finally:
+        with contextlib.suppress(urllib.error.HTTPError):
+            _policy(rabbitmq_server, policy, None)
+        slow.close()
+    seen: dict[int, list[int]] = {0: [1], 1: [1]}
+    _drain(rabbitmq_server, coord.run_id, seen)
+    assert sorted(seen) == list(range(1024)), "no chunk lost"
+    # The first message came back whole, split into single chunks (its first two a second time, and any piece the broker
+    # took before it refused the rest: duplicates, which the ledger drops). The slow worker took at most one message
+    # more before it closed; the rest were never touched.
+    assert all(max(seen[c]) >= 2 for c in range(32)), sorted(seen.items())[:40]
+    assert all(seen[c] == [1] for c in range(64, 1024)), [(c, v) for c, v in seen.items() if c >= 64 and v != [1]]
+
+
 @pytest.mark.parametrize(
     ("chunks", "workers", "per_message"),
     [

@@ -33,11 +33,13 @@ one task, as any producer may publish.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -60,13 +62,23 @@ FLUSH_BYTES = 4 << 20
 DEFAULT_PREFETCH = 2  # task messages a worker holds at first: one being computed, one ready
 MAX_PREFETCH = 16
 WINDOW_TARGET_S = 0.05  # work a worker holds once it knows its speed: enough to cover a confirm's round trip
+# A task message whose chunks not yet started would keep its worker longer than this gives them back (see receive()).
+HOLD_LIMIT_S = 30.0
 
 
 class RabbitMQBroker(CoordinatorSide, Broker):
     """One connection's view of a run: the coordinator's calls (:class:`CoordinatorSide`) or a worker's (below)."""
 
     def __init__(
-        self, url: str, run_id: str, *, consumer: str | None = None, max_deliveries: int = 3, reclaim_after_s: float = 3.0, prefetch: int | None = None
+        self,
+        url: str,
+        run_id: str,
+        *,
+        consumer: str | None = None,
+        max_deliveries: int = 3,
+        reclaim_after_s: float = 3.0,
+        prefetch: int | None = None,
+        hold_limit_s: float = HOLD_LIMIT_S,
     ) -> None:
         self.url = url
         self.run_id = run_id
@@ -77,6 +89,7 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         self.prefetch = prefetch or DEFAULT_PREFETCH
         self.adaptive = prefetch is None
         self._chunk_s: float | None = None  # moving average of the worker's time per chunk
+        self.hold_limit_s = hold_limit_s
         self._handed_out_at: dict[Token, float] = {}  # per delivery: a worker keeps two chunks in its compute child
         self._per_message = 1  # chunks in the latest task message
         self._widened = False
@@ -95,7 +108,8 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         self._results_consuming = False
         self._unacked: dict[int, list[int]] = {}  # result deliveries returned by the last read_results, acked by the next
         # worker state
-        self._inbox: queue.Queue[Delivery] = queue.Queue()
+        self._inbox: queue.Queue[list[Delivery]] = queue.Queue()  # a task message's chunks, put by the I/O thread
+        self._current: deque[Delivery] = deque()  # the chunks of the message being handed out (main thread only)
         self._consuming = False
         self._lock = threading.Lock()
         self._open: dict[tuple[int, int], int] = {}  # (generation, tag) -> chunks of that message not yet settled
@@ -125,19 +139,28 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         while True:
             if self._run_ended():
                 return None  # stop taking work; close() returns what is held to the queue
-            try:
-                delivery = self._inbox.get_nowait()
-            except queue.Empty:
-                # Nothing in hand: send what is done, so its acks free the prefetch window.
-                self._flush()
+            if not self._current:
                 try:
-                    delivery = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+                    self._current.extend(self._inbox.get_nowait())
                 except queue.Empty:
-                    return None
-            if delivery.token.generation == self.client.generation:
-                self._handed_out_at[delivery.token] = time.monotonic()
-                return delivery
-            # That connection is gone and the broker requeued the message: computing it now would only duplicate.
+                    # Nothing in hand: send what is done, so its acks free the prefetch window.
+                    self._flush()
+                    try:
+                        self._current.extend(self._inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+                    except queue.Empty:
+                        return None
+            delivery = self._current.popleft()
+            if delivery.token.generation != self.client.generation or (delivery.token.generation, delivery.token.tag) not in self._open:
+                continue  # its message is back in the queue (a lost connection, or given back whole): computing it would duplicate
+            if self._current and self._chunk_s is not None and len(self._current) * self._chunk_s > self.hold_limit_s:
+                # Slow chunks in a message packed for fast ones: give back the ones not started, so that no worker
+                # holds more work than the others could share at the end of the sweep, and no message stays
+                # unacknowledged past RabbitMQ's consumer_timeout (30 min by default), which would close the channel.
+                self._hand_back(list(self._current))
+                self._current.clear()
+                delivery = dataclasses.replace(delivery, token=dataclasses.replace(delivery.token, last=True))  # its results go at once
+            self._handed_out_at[delivery.token] = time.monotonic()
+            return delivery
 
     def _run_ended(self) -> bool:
         """Whether the coordinator ended the run, looked up without blocking every ``end_check_every_s``.
@@ -179,8 +202,7 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         with self._lock:
             self._open[(generation, tag)] = len(items)
         self._per_message = len(items)
-        for i, (chunk, part) in enumerate(items):
-            self._inbox.put(Delivery(body=part, deliveries=deliveries, token=Token(generation, tag, chunk, i == len(items) - 1)))
+        self._inbox.put([Delivery(part, deliveries, Token(generation, tag, chunk, i == len(items) - 1)) for i, (chunk, part) in enumerate(items)])
 
     def _settle_after(self, generation: int, tag: int, messages: list[tuple[str, bytes, dict[str, Any]]]) -> None:
         """Publish replacement messages, and ack the original once all are confirmed (I/O thread)."""
@@ -206,8 +228,12 @@ class RabbitMQBroker(CoordinatorSide, Broker):
 
     def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> None:
         token = delivery.token if delivery is not None else Token(-1, 0, chunk_id, last=False)
-        if delivery is not None and self.adaptive:
-            self._adapt_prefetch(time.monotonic() - self._handed_out_at.pop(token, time.monotonic()))
+        if delivery is not None:
+            # From handing out to completion: with two chunks in the compute child, up to twice a chunk's own time.
+            took_s = time.monotonic() - self._handed_out_at.pop(token, time.monotonic())
+            self._chunk_s = took_s if self._chunk_s is None else 0.8 * self._chunk_s + 0.2 * took_s
+            if self.adaptive:
+                self._adapt_prefetch(self._chunk_s)
         with self._lock:  # the I/O thread puts back results whose publish failed
             if not self._pending:
                 self._pending_since = time.monotonic()
@@ -218,11 +244,10 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         if token.last or self._pending_bytes >= FLUSH_BYTES or time.monotonic() - self._pending_since >= FLUSH_AFTER_S:
             self._flush()
 
-    def _adapt_prefetch(self, took_s: float) -> None:
+    def _adapt_prefetch(self, chunk_s: float) -> None:
         if self._widened:
             return
-        self._chunk_s = took_s if self._chunk_s is None else 0.8 * self._chunk_s + 0.2 * took_s
-        per_message_s = max(self._chunk_s * self._per_message, 1e-6)
+        per_message_s = max(chunk_s * self._per_message, 1e-6)
         want = min(MAX_PREFETCH, math.ceil(WINDOW_TARGET_S / per_message_s) + 1)
         if want > self.prefetch + 1:
             # A consumer's prefetch is fixed when it subscribes (quorum queues have no channel-wide QoS), and
@@ -261,6 +286,31 @@ class RabbitMQBroker(CoordinatorSide, Broker):
             self._give_back(delivery.token)
             return
         self._settle([delivery.token])
+
+    def _hand_back(self, rest: list[Delivery]) -> None:
+        """Publish ``rest``, the chunks of a task message not started, to the task queue one a message (keeping their
+        delivery counts: giving work back is no delivery), and count them settled once all are confirmed; the original
+        is acked when its started chunks are settled too. A refused publish gives the whole message back instead: its
+        chunks come again, some twice (a duplicate, dropped by the ledger), none lost."""
+        log.debug("slow chunks: giving back %d of a task message", len(rest), extra={"event": "handed_back"})
+        tokens = [d.token for d in rest]
+        futures = self.client.publish(self.q.tasks, [(d.body, {CHUNK: d.token.chunk_id, PRIOR: d.deliveries - 1}) for d in rest])
+        remaining = [len(futures)]
+
+        def confirmed(f: Future[None]) -> None:
+            self._in_flight.discard(f)
+            if f.exception() is not None:
+                if remaining[0] > 0:
+                    remaining[0] = -1  # once, however many of the publishes fail
+                    self._give_back(tokens[0])
+                return
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._settle(tokens)
+
+        for f in futures:
+            self._in_flight.add(f)
+            f.add_done_callback(confirmed)
 
     def _give_back(self, token: Token) -> None:
         """Requeue the task message ``token`` came in, whole: its other chunks, settled or not, come again too."""
