@@ -37,7 +37,8 @@ def chunks_per_message(chunks: int, workers: int) -> int:
 
     A message is also what a worker holds and finishes alone. Each worker gets ``MESSAGES_PER_WORKER`` of them or more,
     so every worker starts with work, and the last message a worker finishes (while the others may have none left) is
-    at most a 32nd of its share of the sweep, however slow its chunks are.
+    at most a 32nd of its share of the sweep. Packed before anyone knows how long a chunk takes, a message of chunks
+    that prove slow is given back in part by its worker (``RabbitMQBroker.receive``, past ``HOLD_LIMIT_S``).
     """
     return max(1, min(MAX_TASKS_PER_MESSAGE, chunks // (MESSAGES_PER_WORKER * max(1, workers))))
 
