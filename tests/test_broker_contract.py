@@ -15,7 +15,7 @@ import pytest
 
 from ttg.broker import Broker, Delivery, open_broker
 from ttg.errors import RunConflict
-from ttg.messages import TaskMessage
+from ttg.messages import TaskMessage, decode_task
 from ttg.plan import ChunkPlan
 from ttg.producer import publish_plan
 
@@ -55,9 +55,12 @@ def publish(coord: Broker, chunks: int) -> None:
 
 
 def take_all(worker: Broker, wait_s: float = 1.0) -> list[Delivery]:
+    """Every delivery until none comes for ``wait_s``, each completed (a RabbitMQ worker takes no more than its
+    prefetch of task messages until it settles them)."""
     got = []
     while (d := worker.receive(wait_s)) is not None:
         got.append(d)
+        worker.complete(d, decode_task(d.body).chunk_id, b"r")
     return got
 
 

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 
 from ttg.broker import Broker, open_broker
@@ -243,6 +244,66 @@ def test_a_worker_whose_chunks_are_slow_gives_back_the_rest_of_a_message_packed_
     assert all(len(v) == 1 for v in seen.values()), {c: v for c, v in seen.items() if len(v) > 1}
     # Giving work back is no delivery: the chunks given back come with the count they had.
     assert all(seen[c] == [1] for c in [*range(2, 32), *range(33, 64)]), seen
+
+
+def test_a_slow_worker_also_gives_back_the_message_waiting_behind_the_one_in_hand(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
+    # Prefetch 2: the second message (chunks 32 to 63) waits in the worker while it computes the first. Once the worker
+    # knows its chunks are slow, that one goes back too, none of it started, rather than wait out the first message.
+    coord.declare(1024, workers=1)  # 32 chunks a message
+    publish_plan(coord, ChunkPlan(1024, 1))
+    slow = RabbitMQBroker(rabbitmq_server.url, coord.run_id, consumer="slow", prefetch=2, hold_limit_s=0.5)
+    try:
+        d0 = slow.receive(3.0)
+        assert d0 is not None and d0.token.chunk_id == 0
+        time.sleep(0.2)
+        slow.complete(d0, 0, b"r")
+        d1 = slow.receive(3.0)
+        assert d1 is not None and d1.token.chunk_id == 1 and d1.token.last, d1
+        slow.complete(d1, 1, b"r")
+    finally:
+        slow.close()  # whatever came after is returned now, counted as a delivery
+    seen: dict[int, list[int]] = {0: [1], 1: [1]}
+    _drain(rabbitmq_server, coord.run_id, seen)
+    assert sorted(seen) == list(range(1024)), "no chunk lost"
+    # Handed back, not returned by the close: each chunk of both messages came once more, with its count unchanged.
+    assert all(seen[c] == [1] for c in range(2, 64)), [(c, seen[c]) for c in range(2, 64) if seen[c] != [1]]
+
+
+def test_a_worker_that_closes_mid_message_hands_back_what_it_has_not_started(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
+    # A SIGTERM's drain: the worker finishes what it started and closes holding the rest of one message and a second
+    # one prefetched. Those come again once each with their delivery counts unchanged; the finished chunk is not redone.
+    coord.declare(1024, workers=1)  # 32 chunks a message
+    publish_plan(coord, ChunkPlan(1024, 1))
+    w = RabbitMQBroker(rabbitmq_server.url, coord.run_id, consumer="leaving", prefetch=2)
+    d0 = w.receive(3.0)
+    assert d0 is not None and d0.token.chunk_id == 0
+    time.sleep(0.3)  # the second message arrives
+    w.complete(d0, 0, b"r")
+    w.close()
+    seen: dict[int, list[int]] = {0: [1]}
+    _drain(rabbitmq_server, coord.run_id, seen)
+    assert sorted(seen) == list(range(1024)), "no chunk lost"
+    assert all(seen[c] == [1] for c in range(64)), [(c, seen[c]) for c in range(64) if seen[c] != [1]]
+
+
+def test_a_resumed_run_that_publishes_a_few_chunks_still_spreads_them_over_many_messages(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
+    # Sized by what is published: 200 unrecorded chunks of a 10,000-chunk plan for 2 workers go 3 to a message,
+    # not 128 (the plan's size), which would leave one worker with everything.
+    plan = ChunkPlan(10_000, 1)
+    seen = np.ones(plan.chunks, dtype=bool)
+    seen[::50] = False
+    coord.declare(plan.chunks, workers=2)
+    assert publish_plan(coord, plan, seen) == 200
+    w = open_broker(rabbitmq_server.url, coord.run_id, consumer="w", prefetch=1)
+    try:
+        first: list[int] = []
+        while (d := w.receive(2.0)) is not None:
+            first.append(d.token.chunk_id)
+            if d.token.last:
+                break
+        assert first == [0, 50, 100]
+    finally:
+        w.close()
 
 
 def test_chunks_whose_giving_back_the_broker_refuses_come_again_with_their_message(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:

@@ -327,6 +327,9 @@ def test_the_producer_publishes_the_unrecorded_chunks_as_runs_of_consecutive_ids
     seen[:] = False
     seen[[1, 3]] = True
     assert unrecorded(plan, seen) == [range(0, 1), range(2, 3), range(4, 11)]
+    wider = np.zeros(20, dtype=np.uint8)  # a ledger's flags may outlast a smaller plan; only the plan's ids count
+    wider[[3, 15]] = 1
+    assert unrecorded(plan, wider) == [range(0, 3), range(4, 11)]
 
 
 def test_a_task_is_framed_as_the_documented_msgpack_map_whatever_its_integers() -> None:

@@ -3,7 +3,7 @@
 Each backend package has its own reader (``ttg.brokers.redis.status``,
 ``ttg.brokers.rabbitmq.status``), picked by URL scheme; both return
 :class:`RunStatus`. Redis counts chunks; RabbitMQ counts task messages (a task
-message carries up to 128 consecutive chunks), and the ``unit`` field says which.
+message carries up to 128 chunks), and the ``unit`` field says which.
 """
 
 from __future__ import annotations

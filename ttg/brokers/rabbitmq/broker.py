@@ -20,7 +20,7 @@ broker, which requeues them at once (crash) or after the heartbeat timeout
 (partition).
 
 Batching, so that 10,000 small chunks do not cost 10,000 round trips: the
-producer packs consecutive chunks into one task message (header
+producer packs the chunks it publishes into task messages (header
 ``x-ttg-batch``; how many: ``coordinator.chunks_per_message``); the adapter hands them to the worker one by
 one and acks the message when all of its chunks are settled. A worker sends its
 results in batches too (one confirmed message every ``FLUSH_AFTER_S`` or
@@ -92,6 +92,7 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         self.hold_limit_s = hold_limit_s
         self._handed_out_at: dict[Token, float] = {}  # per delivery: a worker keeps two chunks in its compute child
         self._per_message = 1  # chunks in the latest task message
+        self._largest_message = 1  # chunks in the largest task message received
         self._widened = False
         self.q = topo.QueueNames(run_id)
         self.retry_delay_ms = max(10, min(1000, int(reclaim_after_s * 300)))
@@ -101,7 +102,7 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         self._control: topo.Control | None = None
         self._closed = False
         # coordinator state
-        self._chunks_per_message = 1  # what the coordinator packs in a task message (declare sets it)
+        self._workers = 1  # how many workers share what the coordinator publishes (declare sets it)
         self._published = 0
         self._results_seen = 0
         self._results: queue.Queue[tuple[int, int, bytes]] = queue.Queue()
@@ -139,6 +140,7 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         while True:
             if self._run_ended():
                 return None  # stop taking work; close() returns what is held to the queue
+            self._hand_back_waiting()
             if not self._current:
                 try:
                     self._current.extend(self._inbox.get_nowait())
@@ -150,9 +152,9 @@ class RabbitMQBroker(CoordinatorSide, Broker):
                     except queue.Empty:
                         return None
             delivery = self._current.popleft()
-            if delivery.token.generation != self.client.generation or (delivery.token.generation, delivery.token.tag) not in self._open:
+            if not self._held(delivery.token):
                 continue  # its message is back in the queue (a lost connection, or given back whole): computing it would duplicate
-            if self._current and self._chunk_s is not None and len(self._current) * self._chunk_s > self.hold_limit_s:
+            if self._current and self._holds_too_long(len(self._current)):
                 # Slow chunks in a message packed for fast ones: give back the ones not started, so that no worker
                 # holds more work than the others could share at the end of the sweep, and no message stays
                 # unacknowledged past RabbitMQ's consumer_timeout (30 min by default), which would close the channel.
@@ -161,6 +163,53 @@ class RabbitMQBroker(CoordinatorSide, Broker):
                 delivery = dataclasses.replace(delivery, token=dataclasses.replace(delivery.token, last=True))  # its results go at once
             self._handed_out_at[delivery.token] = time.monotonic()
             return delivery
+
+    def _held(self, token: Token) -> bool:
+        """Whether the task message ``token`` came in is still this worker's: not requeued by a lost connection or
+        given back whole."""
+        return token.generation == self.client.generation and (token.generation, token.tag) in self._open
+
+    def _holds_too_long(self, chunks: int) -> bool:
+        """Whether ``chunks`` not started, at this worker's time per chunk, would keep their message past the hold limit."""
+        return self._chunk_s is not None and chunks * self._chunk_s > self.hold_limit_s
+
+    def _hand_back_waiting(self) -> None:
+        """Hand back the task messages waiting behind the one in hand whose chunks, now known to be slow, would keep
+        them unacknowledged past the hold limit. None of their chunks has started, so all go back; a message waits
+        here at most a chunk's time once the worker knows its speed, as a single chunk's message would."""
+        if self._chunk_s is None or self._inbox.empty() or not self._holds_too_long(self._largest_message):
+            return
+        kept: list[list[Delivery]] = []
+        while True:
+            try:
+                waiting = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if len(waiting) > 1 and self._holds_too_long(len(waiting)):  # one chunk given back would only come back
+                if live := [d for d in waiting if self._held(d.token)]:
+                    self._hand_back(live)
+            else:
+                kept.append(waiting)
+        for waiting in kept:  # a message the I/O thread put meanwhile may now come first: order is no promise
+            self._inbox.put(waiting)
+
+    def _hand_back_held(self) -> None:
+        """On close (a SIGTERM's drain, a pod's deletion): hand back the chunks not started, so that they come again
+        with their delivery counts unchanged, and the messages they came in are acked once their started chunks'
+        results are confirmed. Left to the connection's close, each message would come back whole, counted as one
+        more delivery (a ``--max-deliveries 1`` run would dead-letter it) and with its finished chunks to redo."""
+        assert self._client is not None
+        held: list[list[Delivery]] = [list(self._current)]
+        self._current.clear()
+        while True:
+            try:
+                held.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        generation = self._client.generation
+        for message in held:
+            if live := [d for d in message if d.token.generation == generation and (d.token.generation, d.token.tag) in self._open]:
+                self._hand_back(live)
 
     def _run_ended(self) -> bool:
         """Whether the coordinator ended the run, looked up without blocking every ``end_check_every_s``.
@@ -202,6 +251,7 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         with self._lock:
             self._open[(generation, tag)] = len(items)
         self._per_message = len(items)
+        self._largest_message = max(self._largest_message, len(items))
         self._inbox.put([Delivery(part, deliveries, Token(generation, tag, chunk, i == len(items) - 1)) for i, (chunk, part) in enumerate(items)])
 
     def _settle_after(self, generation: int, tag: int, messages: list[tuple[str, bytes, dict[str, Any]]]) -> None:
@@ -382,6 +432,8 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         self._closed = True
         try:
             if self.consumer and self._client is not None:
+                if not self._ended:
+                    self._hand_back_held()
                 self._flush()
                 deadline = time.monotonic() + 5.0
                 while self._in_flight and time.monotonic() < deadline:

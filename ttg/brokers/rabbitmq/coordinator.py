@@ -27,7 +27,7 @@ RESULTS_PREFETCH = 128  # result messages the coordinator holds unacked; it take
 
 
 def chunks_per_message(chunks: int, workers: int) -> int:
-    """How many consecutive chunks of a plan of ``chunks`` go into one task message, for ``workers`` workers.
+    """How many chunks go into one task message when ``chunks`` are published at once for ``workers`` workers.
 
     A message costs about a millisecond of CPU whatever it carries: its task's enqueue, delivery and settlement in the
     quorum queue, its results' publish, confirm and delivery, and pika's frames and thread wake-ups at both ends. At
@@ -36,10 +36,10 @@ def chunks_per_message(chunks: int, workers: int) -> int:
     to a message, up to ``MAX_TASKS_PER_MESSAGE``.
 
     A message is also what a worker holds and finishes alone. Each worker gets ``MESSAGES_PER_WORKER`` of them or more,
-    so every worker starts with work, and the last message a worker finishes (while the others may have none left) is
-    at most a 32nd of its share of the sweep. Packed before anyone knows how long a chunk takes, a message of chunks
-    that prove slow is given back in part by its worker (``RabbitMQBroker.receive``, past ``HOLD_LIMIT_S``).
-    """
+    so every worker starts with work, and what a worker holds at the end (while the others may have none left), two
+    messages at the default prefetch, is at most a 16th of its share of the sweep. Packed before anyone knows how long
+    a chunk takes, messages of chunks that prove slow are given back in part by their worker (``RabbitMQBroker.receive``,
+    past ``HOLD_LIMIT_S``)."""
     return max(1, min(MAX_TASKS_PER_MESSAGE, chunks // (MESSAGES_PER_WORKER * max(1, workers))))
 
 
@@ -55,7 +55,7 @@ class CoordinatorSide:
     q: topo.QueueNames
     _client: AmqpClient | None
     _control: topo.Control | None
-    _chunks_per_message: int
+    _workers: int
     _published: int
     _results_seen: int
     _results: queue.Queue[tuple[int, int, bytes]]
@@ -101,26 +101,19 @@ class CoordinatorSide:
 
     # -- coordinator side ---------------------------------------------------
     def declare(self, chunks: int, *, workers: int = 1) -> None:
-        self._chunks_per_message = chunks_per_message(chunks, workers)
+        self._workers = workers
         self.control.declare(retry_delay_ms=self.retry_delay_ms)
 
     def publish_tasks(self, tasks: Iterable[tuple[int, bytes]]) -> int:
-        per_message = self._chunks_per_message
-        messages: list[tuple[bytes, dict[str, Any]]] = []
-        batch: list[tuple[int, bytes]] = []
-        n = 0
-        for task in tasks:
-            batch.append(task)
-            n += 1
-            if len(batch) == per_message:
-                messages.append(self._task_message(batch))
-                batch = []
-        if batch:
-            messages.append(self._task_message(batch))
+        # Sized by what is published, not by the plan: a resumed run that republishes 200 scattered chunks of a
+        # 10,000-chunk plan must still give each worker its share of messages.
+        todo = list(tasks)
+        per_message = chunks_per_message(len(todo), self._workers)
+        messages = [self._task_message(todo[i : i + per_message]) for i in range(0, len(todo), per_message)]
         # All in flight at once; one fsync on the broker confirms many.
         await_confirms(self.client.publish(self.q.tasks, messages), f"{len(messages)} task message(s)")
-        self._published += n
-        return n
+        self._published += len(todo)
+        return len(todo)
 
     @staticmethod
     def _task_message(batch: list[tuple[int, bytes]]) -> tuple[bytes, dict[str, Any]]:
