@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from ttg.broker import Broker, open_broker
+from ttg.brokers.redis.broker import RedisStreamsBroker
 from ttg.brokers.redis.server import PrivateRedis
 from ttg.errors import BrokerUnavailable
 from ttg.plan import ChunkPlan
@@ -189,5 +191,27 @@ def test_an_orphan_past_its_max_deliveries_is_dead_lettered_when_adopted(redis_u
     finally:
         a.close()
         b.close()
+        coord.delete_run()
+        coord.close()
+
+
+def test_a_resume_of_many_scattered_chunks_is_published_once_each_even_when_the_server_forgot_its_scripts(
+    redis_url: str, run_id: str, redis_client: redis.Redis
+) -> None:
+    # A resumed run's ledger may leave thousands of short runs of ids: their PUBLISH_PLAN calls go 64 to a round trip.
+    # A server that lost its scripts (a restart) answers NOSCRIPT to a whole pipeline; each of those calls runs again
+    # once, none twice, none never.
+    coord = open_broker(redis_url, run_id)
+    try:
+        plan = ChunkPlan(1_000, 1)
+        ids = [range(c, c + 1) for c in range(0, 400, 2)] + [range(600, 1_000)]  # 200 single ids, then one run of 400
+        coord.declare(plan.chunks)
+        redis_client.script_flush()
+        assert coord.publish_plan(plan, ids) == 600
+        assert isinstance(coord, RedisStreamsBroker)
+        published = [int(f[b"c"]) for _, f in redis_client.xrange(coord.k_tasks)]
+        assert sorted(published) == [*range(0, 400, 2), *range(600, 1_000)]
+        assert coord.stats().published == 600
+    finally:
         coord.delete_run()
         coord.close()

@@ -57,6 +57,23 @@ def run_script(client: redis.Redis, source: str, keys: list[str], args: list[Any
         return client.evalsha(redis_lua.sha(source), len(keys), *keys, *args)
 
 
+def run_scripts(client: redis.Redis, source: str, keys: list[str], calls: list[list[Any]]) -> list[Any]:
+    """One EVALSHA of ``source`` per argument list in ``calls``, all in one round trip; their replies in order.
+
+    A call that met NOSCRIPT (first use, or a restart) did not run: the script is loaded and those calls alone run
+    again, so each call runs exactly once whatever the server knew."""
+    pipe = client.pipeline(transaction=False)
+    for args in calls:
+        pipe.evalsha(redis_lua.sha(source), len(keys), *keys, *args)
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    for i, reply in enumerate(replies):
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            replies[i] = run_script(client, source, keys, calls[i])
+        elif isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 def check_url(url: str) -> None:
     """ConfigError when redis-py cannot read ``url`` (it would fail only at the first connection, with a traceback)."""
     try:
