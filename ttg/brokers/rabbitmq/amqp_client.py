@@ -56,6 +56,7 @@ class _Consumer:
     on_message: OnMessage
     registered: Future[None]
     arguments: dict[str, Any] | None = None
+    tag: str | None = None  # on the current channel
 
 
 class QueueMissing(BrokerError):
@@ -125,6 +126,13 @@ class AmqpClient:
         consumer = _Consumer(queue, prefetch, on_message, Future(), arguments)
         self._call(lambda: self._add_consumer(consumer))
         return consumer.registered
+
+    def stop_consuming(self) -> Future[None]:
+        """Cancel every consumer, now and for good (no reconnect registers them again); resolves once the broker has
+        said cancel-ok for each: it sends those consumers nothing after that."""
+        done: Future[None] = Future()
+        self._call(lambda: self._stop_consuming(done))
+        return done
 
     def counts(self, queue: str) -> Future[tuple[int, int]]:
         """(ready messages, consumers) of ``queue``, by a passive declare."""
@@ -286,7 +294,35 @@ class AmqpClient:
                 consumer.registered.set_result(None)
 
         self._ch.basic_qos(prefetch_count=consumer.prefetch)
-        self._ch.basic_consume(consumer.queue, deliver, arguments=consumer.arguments, callback=consuming)
+        consumer.tag = self._ch.basic_consume(consumer.queue, deliver, arguments=consumer.arguments, callback=consuming)
+
+    def _stop_consuming(self, done: Future[None]) -> None:
+        consumers, self._consumers = self._consumers, []
+        ch = self._ch
+        tags = [c.tag for c in consumers if c.tag is not None]
+        if ch is None or not ch.is_open or not tags:
+            done.set_result(None)
+            return
+
+        # One at a time: pika keys a cancel-ok's callback by channel alone, so two waiting at once would both fire on
+        # the first cancel-ok.
+        def cancel(rest: list[str]) -> None:
+            if not rest or not ch.is_open:
+                if not done.done():
+                    done.set_result(None)
+                return
+            tag, later = rest[0], rest[1:]
+            ch.basic_cancel(tag, callback=lambda _frame: cancel(later))  # a new function each time: pika dedupes equal ones
+            # pika rejects (requeues) what the broker delivers to a consumer between basic.cancel and its cancel-ok, and
+            # a reject raises a quorum queue's delivery count. The caller settles those itself (it is closing, and hands
+            # them back with their counts), so let them through to its callback as before the cancel; pika clears the
+            # rest of the consumer's state at cancel-ok. Should this private set go, such a delivery comes again with
+            # one delivery more: never lost.
+            cancelling = getattr(ch, "_cancelled", None)
+            if isinstance(cancelling, set):
+                cancelling.discard(tag)
+
+        cancel(tags)
 
     def _counts(self, queue: str, fut: Future[tuple[int, int]]) -> None:
         if self._conn is None or not self.ready.is_set():

@@ -348,15 +348,19 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         remaining = [len(futures)]
 
         def confirmed(f: Future[None]) -> None:
-            self._in_flight.discard(f)
-            if f.exception() is not None:
-                if remaining[0] > 0:
-                    remaining[0] = -1  # once, however many of the publishes fail
-                    self._give_back(tokens[0])
-                return
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                self._settle(tokens)
+            try:
+                if f.exception() is not None:
+                    if remaining[0] > 0:
+                        remaining[0] = -1  # once, however many of the publishes fail
+                        self._give_back(tokens[0])
+                    return
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    self._settle(tokens)
+            finally:
+                # Only once the ack is queued: close() waits for in-flight publishes, then queues the connection's
+                # shutdown behind whatever this queued; the other way round the message came back whole.
+                self._in_flight.discard(f)
 
         for f in futures:
             self._in_flight.add(f)
@@ -382,13 +386,15 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         tokens = [t for t, _ in pending]
 
         def confirmed(f: Future[None]) -> None:
-            self._in_flight.discard(f)
-            if f.exception() is None:
-                self._settle(tokens)
-            else:  # the results are still good: send them again with the next batch
-                with self._lock:
-                    self._pending.extend(pending)
-                    self._pending_bytes += sum(len(r) for _, r in pending)
+            try:
+                if f.exception() is None:
+                    self._settle(tokens)
+                else:  # the results are still good: send them again with the next batch
+                    with self._lock:
+                        self._pending.extend(pending)
+                        self._pending_bytes += sum(len(r) for _, r in pending)
+            finally:
+                self._in_flight.discard(f)  # after the ack is queued (see _hand_back)
 
         fut.add_done_callback(confirmed)
 
@@ -432,7 +438,10 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         self._closed = True
         try:
             if self.consumer and self._client is not None:
-                if not self._ended:
+                if not self._ended and self._consuming:
+                    # No more deliveries first: every ack below frees prefetch, which the broker would refill.
+                    with contextlib.suppress(FutureTimeout):
+                        self._client.stop_consuming().result(timeout=2.0)
                     self._hand_back_held()
                 self._flush()
                 deadline = time.monotonic() + 5.0
