@@ -271,9 +271,9 @@ def test_a_slow_worker_also_gives_back_the_message_waiting_behind_the_one_in_han
 
 def test_a_worker_that_closes_mid_message_hands_back_what_it_has_not_started(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:
     # A SIGTERM's drain: the worker finishes what it started and closes holding the rest of one message and a second
-    # one prefetched. Those come again once each with their delivery counts unchanged; the finished chunk is not redone.
-    # And the acks that settle them take no new messages with them: the worker stops consuming first, so the broker
-    # refills no prefetch that the closing connection would then return, each message one delivery more.
+    # one prefetched. Those come again once each, this delivery counted (as a closed connection's return counts it);
+    # the finished chunk is not redone. And the acks that settle them take no new messages with them: the worker stops
+    # consuming first, so the broker refills no prefetch that the closing connection would then return.
     coord.declare(1024, workers=1)  # 32 chunks a message
     publish_plan(coord, ChunkPlan(1024, 1))
     w = RabbitMQBroker(rabbitmq_server.url, coord.run_id, consumer="leaving", prefetch=2)
@@ -284,8 +284,10 @@ def test_a_worker_that_closes_mid_message_hands_back_what_it_has_not_started(coo
     w.close()
     seen: dict[int, list[int]] = {0: [1]}
     _drain(rabbitmq_server, coord.run_id, seen)
+    assert seen[0] == [1], "a finished chunk is not redone"
     assert sorted(seen) == list(range(1024)), "no chunk lost"
-    assert all(v == [1] for v in seen.values()), [(c, v) for c, v in seen.items() if v != [1]][:5]
+    assert all(seen[c] == [2] for c in range(1, 64)), [(c, seen[c]) for c in range(64) if seen[c] != [2]]
+    assert all(seen[c] == [1] for c in range(64, 1024)), [(c, seen[c]) for c in range(64, 1024) if seen[c] != [1]][:5]
 
 
 def test_a_resumed_run_that_publishes_a_few_chunks_still_spreads_them_over_many_messages(coord: Broker, rabbitmq_server: PrivateRabbitMQ) -> None:

@@ -194,10 +194,13 @@ class RabbitMQBroker(CoordinatorSide, Broker):
             self._inbox.put(waiting)
 
     def _hand_back_held(self) -> None:
-        """On close (a SIGTERM's drain, a pod's deletion): hand back the chunks not started, so that they come again
-        with their delivery counts unchanged, and the messages they came in are acked once their started chunks'
-        results are confirmed. Left to the connection's close, each message would come back whole, counted as one
-        more delivery (a ``--max-deliveries 1`` run would dead-letter it) and with its finished chunks to redo."""
+        """On close (a SIGTERM's drain, a pod's deletion): hand back the chunks not started, and ack the messages they
+        came in once their started chunks' results are confirmed. Left to the connection's close, each message would
+        come back whole, its finished chunks to be redone.
+
+        Each chunk handed back here counts one delivery, as the connection's close would have counted it, and as Redis
+        counts a stopped worker's chunks that another adopts: the delivery count is also what tells the run's fault
+        record that a chunk came back after its worker stopped (its recovery time)."""
         assert self._client is not None
         held: list[list[Delivery]] = [list(self._current)]
         self._current.clear()
@@ -209,7 +212,7 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         generation = self._client.generation
         for message in held:
             if live := [d for d in message if d.token.generation == generation and (d.token.generation, d.token.tag) in self._open]:
-                self._hand_back(live)
+                self._hand_back(live, spent=True)
 
     def _run_ended(self) -> bool:
         """Whether the coordinator ended the run, looked up without blocking every ``end_check_every_s``.
@@ -337,14 +340,15 @@ class RabbitMQBroker(CoordinatorSide, Broker):
             return
         self._settle([delivery.token])
 
-    def _hand_back(self, rest: list[Delivery]) -> None:
-        """Publish ``rest``, the chunks of a task message not started, to the task queue one a message (keeping their
-        delivery counts: giving work back is no delivery), and count them settled once all are confirmed; the original
-        is acked when its started chunks are settled too. A refused publish gives the whole message back instead: its
-        chunks come again, some twice (a duplicate, dropped by the ledger), none lost."""
-        log.debug("slow chunks: giving back %d of a task message", len(rest), extra={"event": "handed_back"})
+    def _hand_back(self, rest: list[Delivery], *, spent: bool = False) -> None:
+        """Publish ``rest``, the chunks of a task message not started, to the task queue one a message, and count them
+        settled once all are confirmed; the original is acked when its started chunks are settled too. Their delivery
+        counts stay as they are (a worker giving back slow chunks is no failed delivery), or, ``spent``, count this
+        delivery. A refused publish gives the whole message back instead: its chunks come again, some twice (a
+        duplicate, dropped by the ledger), none lost."""
+        log.debug("giving back %d chunk(s) of a task message", len(rest), extra={"event": "handed_back", "closing": spent})
         tokens = [d.token for d in rest]
-        futures = self.client.publish(self.q.tasks, [(d.body, {CHUNK: d.token.chunk_id, PRIOR: d.deliveries - 1}) for d in rest])
+        futures = self.client.publish(self.q.tasks, [(d.body, {CHUNK: d.token.chunk_id, PRIOR: d.deliveries - (0 if spent else 1)}) for d in rest])
         remaining = [len(futures)]
 
         def confirmed(f: Future[None]) -> None:
@@ -440,8 +444,10 @@ class RabbitMQBroker(CoordinatorSide, Broker):
             if self.consumer and self._client is not None:
                 if not self._ended and self._consuming:
                     # No more deliveries first: every ack below frees prefetch, which the broker would refill.
-                    with contextlib.suppress(FutureTimeout):
+                    try:
                         self._client.stop_consuming().result(timeout=2.0)
+                    except FutureTimeout:
+                        log.warning("RabbitMQ did not confirm the consumers' cancel within 2 s: what it delivers meanwhile comes again")
                     self._hand_back_held()
                 self._flush()
                 deadline = time.monotonic() + 5.0
