@@ -111,7 +111,8 @@ class Broker(ABC):
     @abstractmethod
     def declare(self, chunks: int, *, workers: int = 1) -> None:
         """Create this run's topology idempotently and record the planned chunk count, and how many workers will share
-        the chunks (a backend that packs several chunks into a message sizes its messages by both)."""
+        the chunks (a backend that packs several chunks into a message sizes its messages by the workers and by how
+        many chunks each publish carries)."""
 
     @abstractmethod
     def publish_tasks(self, tasks: Iterable[tuple[int, bytes]]) -> int:
