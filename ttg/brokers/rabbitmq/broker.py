@@ -103,6 +103,7 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         self._closed = False
         # coordinator state
         self._workers = 1  # how many workers share what the coordinator publishes (declare sets it)
+        self._publishing: int | None = None
         self._published = 0
         self._results_seen = 0
         self._results: queue.Queue[tuple[int, int, bytes]] = queue.Queue()

@@ -18,6 +18,7 @@ from ttg.brokers.rabbitmq import topology as topo
 from ttg.brokers.rabbitmq.amqp_client import AmqpClient
 from ttg.brokers.rabbitmq.wire import BATCH, CHUNK, await_confirms, pack_batch, unpack_batch, wait_registered
 from ttg.errors import BrokerError, RunConflict
+from ttg.plan import ChunkPlan
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class CoordinatorSide:
     _client: AmqpClient | None
     _control: topo.Control | None
     _workers: int
+    _publishing: int | None  # chunks the publish_plan under way publishes
     _published: int
     _results_seen: int
     _results: queue.Queue[tuple[int, int, bytes]]
@@ -106,14 +108,37 @@ class CoordinatorSide:
 
     def publish_tasks(self, tasks: Iterable[tuple[int, bytes]]) -> int:
         # Sized by what is published, not by the plan: a resumed run that republishes 200 scattered chunks of a
-        # 10,000-chunk plan must still give each worker its share of messages.
-        todo = list(tasks)
-        per_message = chunks_per_message(len(todo), self._workers)
-        messages = [self._task_message(todo[i : i + per_message]) for i in range(0, len(todo), per_message)]
+        # 10,000-chunk plan must still give each worker its share of messages. publish_plan knows the count from its
+        # runs of ids; anyone else's tasks are counted here.
+        if self._publishing is None:
+            tasks = list(tasks)
+            total = len(tasks)
+        else:
+            total = self._publishing
+        per_message = chunks_per_message(total, self._workers)
+        messages: list[tuple[bytes, dict[str, Any]]] = []
+        batch: list[tuple[int, bytes]] = []
+        n = 0
+        for task in tasks:
+            batch.append(task)
+            n += 1
+            if len(batch) == per_message:
+                messages.append(self._task_message(batch))
+                batch = []
+        if batch:
+            messages.append(self._task_message(batch))
         # All in flight at once; one fsync on the broker confirms many.
         await_confirms(self.client.publish(self.q.tasks, messages), f"{len(messages)} task message(s)")
-        self._published += len(todo)
-        return len(todo)
+        self._published += n
+        return n
+
+    def publish_plan(self, plan: ChunkPlan, ids: Iterable[range]) -> int:
+        runs = list(ids)
+        self._publishing = sum(len(r) for r in runs)  # so publish_tasks need not hold every task to count them
+        try:
+            return super().publish_plan(plan, runs)  # type: ignore[misc, no-any-return]
+        finally:
+            self._publishing = None
 
     @staticmethod
     def _task_message(batch: list[tuple[int, bytes]]) -> tuple[bytes, dict[str, Any]]:
