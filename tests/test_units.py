@@ -355,3 +355,15 @@ def test_every_fault_kind_is_documented_in_the_readme_with_its_default_duration(
         assert f"`{kind.name}`" in readme, f"{kind.name} is not in the README"
         if kind.duration_s is not None:
             assert f"(default {kind.duration_s:g})" in rows[kind.name], f"the README's {kind.name} row gives another default duration"
+
+
+def test_a_plans_publish_calls_are_grouped_into_round_trips_that_keep_redis_responsive() -> None:
+    # At most 500 chunks a call; a round trip carries up to 64 calls but about 500 chunks at most, since Redis runs a
+    # pipeline's calls back to back and workers wait meanwhile.
+    from ttg.brokers.redis.coordinator import _round_trips
+
+    assert list(_round_trips([range(1_200)])) == [[(0, 499)], [(500, 999)], [(1_000, 1_199)]]
+    singles = list(_round_trips([range(c, c + 1) for c in range(0, 400, 2)]))
+    assert [len(b) for b in singles] == [64, 64, 64, 8] and singles[0][:2] == [(0, 0), (2, 2)]
+    assert list(_round_trips([range(0, 1), range(2, 500), range(600, 602)])) == [[(0, 0), (2, 499)], [(600, 601)]]
+    assert list(_round_trips([])) == []

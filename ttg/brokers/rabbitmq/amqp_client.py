@@ -299,7 +299,10 @@ class AmqpClient:
     def _stop_consuming(self, done: Future[None]) -> None:
         consumers, self._consumers = self._consumers, []
         ch = self._ch
-        tags = [c.tag for c in consumers if c.tag is not None]
+        # Only the channel's live consumers: pika skips a tag it does not know (one the broker cancelled itself, or
+        # one of a connection being replaced) without ever calling back, which would stall the chain below.
+        live = ch.consumer_tags if ch is not None else []
+        tags = [c.tag for c in consumers if c.tag is not None and c.tag in live]
         if ch is None or not ch.is_open or not tags:
             done.set_result(None)
             return

@@ -40,6 +40,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -261,24 +262,41 @@ class RabbitMQBroker(CoordinatorSide, Broker):
     def _settle_after(self, generation: int, tag: int, messages: list[tuple[str, bytes, dict[str, Any]]]) -> None:
         """Publish replacement messages, and ack the original once all are confirmed (I/O thread)."""
         assert self._client is not None
-        futures = [f for q, body, headers in messages for f in self._client.publish(q, [(body, headers)])]
+        client = self._client
+        futures = [f for q, body, headers in messages for f in client.publish(q, [(body, headers)])]
+        # Refused, not acked: the original must come back and be handled again. A lost connection returns it by itself;
+        # a refused publish (basic.nack: a full queue, a resource alarm) leaves the connection up, and the original
+        # would sit unacknowledged, a chunk nobody finishes, until the connection closed.
+        self._when_confirmed(futures, lambda: client.ack(generation, [tag]), lambda: client.requeue(generation, tag))
+
+    def _when_confirmed(self, futures: list[Future[None]], confirmed: Callable[[], None], refused: Callable[[], None]) -> None:
+        """Call ``confirmed`` once every publish of ``futures`` is confirmed, or ``refused`` once when any fails (on
+        pika's I/O thread, or at once). Until their callbacks have run the publishes count as in flight: close() waits
+        for them, so the acks these queue go out before the connection's shutdown."""
+        if not futures:
+            confirmed()
+            return
         remaining = [len(futures)]
 
-        def confirmed(f: Future[None]) -> None:
-            if f.exception() is not None:
-                # Not acked: the original must come back and be handled again. A lost connection returns it by itself;
-                # a refused publish (basic.nack: a full queue, a resource alarm) leaves the connection up, and the
-                # original would sit unacknowledged, a chunk nobody finishes, until the connection closed.
-                if remaining[0] > 0 and self._client is not None:
-                    remaining[0] = -1  # once, however many of the replacements fail
-                    self._client.requeue(generation, tag)
-                return
-            remaining[0] -= 1
-            if remaining[0] == 0 and self._client is not None:
-                self._client.ack(generation, [tag])
+        def settled(f: Future[None]) -> None:
+            try:
+                then: Callable[[], None] | None
+                with self._lock:  # a future done already runs this on the caller's thread, beside the I/O thread's
+                    if remaining[0] <= 0:
+                        return  # one of them failed before: handled once
+                    if f.exception() is not None:
+                        remaining[0], then = -1, refused
+                    else:
+                        remaining[0] -= 1
+                        then = confirmed if remaining[0] == 0 else None
+                if then is not None:
+                    then()
+            finally:
+                self._in_flight.discard(f)
 
         for f in futures:
-            f.add_done_callback(confirmed)
+            self._in_flight.add(f)
+            f.add_done_callback(settled)
 
     def complete(self, delivery: Delivery | None, chunk_id: int, result: bytes) -> None:
         token = delivery.token if delivery is not None else Token(-1, 0, chunk_id, last=False)
@@ -350,26 +368,7 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         log.debug("giving back %d chunk(s) of a task message", len(rest), extra={"event": "handed_back", "closing": spent})
         tokens = [d.token for d in rest]
         futures = self.client.publish(self.q.tasks, [(d.body, {CHUNK: d.token.chunk_id, PRIOR: d.deliveries - (0 if spent else 1)}) for d in rest])
-        remaining = [len(futures)]
-
-        def confirmed(f: Future[None]) -> None:
-            try:
-                if f.exception() is not None:
-                    if remaining[0] > 0:
-                        remaining[0] = -1  # once, however many of the publishes fail
-                        self._give_back(tokens[0])
-                    return
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    self._settle(tokens)
-            finally:
-                # Only once the ack is queued: close() waits for in-flight publishes, then queues the connection's
-                # shutdown behind whatever this queued; the other way round the message came back whole.
-                self._in_flight.discard(f)
-
-        for f in futures:
-            self._in_flight.add(f)
-            f.add_done_callback(confirmed)
+        self._when_confirmed(futures, lambda: self._settle(tokens), lambda: self._give_back(tokens[0]))
 
     def _give_back(self, token: Token) -> None:
         """Requeue the task message ``token`` came in, whole: its other chunks, settled or not, come again too."""
@@ -386,22 +385,14 @@ class RabbitMQBroker(CoordinatorSide, Broker):
                 return
             pending, self._pending, self._pending_bytes = self._pending, [], 0
         body = pack_batch([r for _, r in pending])
-        (fut,) = self.client.publish(self.q.results, [(body, {BATCH: len(pending)})])
-        self._in_flight.add(fut)
         tokens = [t for t, _ in pending]
 
-        def confirmed(f: Future[None]) -> None:
-            try:
-                if f.exception() is None:
-                    self._settle(tokens)
-                else:  # the results are still good: send them again with the next batch
-                    with self._lock:
-                        self._pending.extend(pending)
-                        self._pending_bytes += sum(len(r) for _, r in pending)
-            finally:
-                self._in_flight.discard(f)  # after the ack is queued (see _hand_back)
+        def refused() -> None:  # the results are still good: send them again with the next batch
+            with self._lock:
+                self._pending.extend(pending)
+                self._pending_bytes += sum(len(r) for _, r in pending)
 
-        fut.add_done_callback(confirmed)
+        self._when_confirmed(self.client.publish(self.q.results, [(body, {BATCH: len(pending)})]), lambda: self._settle(tokens), refused)
 
     def _settle(self, tokens: list[Token]) -> None:
         """Count chunks off their task messages; ack each message whose chunks are all settled."""

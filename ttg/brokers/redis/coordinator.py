@@ -6,11 +6,10 @@ run's keys) and the worker's half.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import cast
 
 import redis
@@ -28,7 +27,10 @@ log = logging.getLogger(__name__)
 GROUP = "workers"  # the consumer group every worker of a run reads its tasks through
 # Chunks a PUBLISH_PLAN script adds at once: about 1 ms of the server's time, so the workers' calls are not kept waiting.
 PUBLISH_BLOCK = 500
-PIPELINE_BLOCKS = 64  # PUBLISH_PLAN calls sent in one round trip: up to 32,000 chunks of a fresh plan
+# PUBLISH_PLAN calls sent in one round trip: a resume's ledger may leave many short runs of ids, each a call. Redis runs
+# a pipeline's calls back to back, so a round trip also stops at PIPELINE_CHUNKS: workers wait no longer than before.
+PIPELINE_BLOCKS = 64
+PIPELINE_CHUNKS = PUBLISH_BLOCK
 
 
 class CoordinatorSide:
@@ -140,10 +142,8 @@ class CoordinatorSide:
             return super().publish_plan(plan, ids)  # type: ignore[misc, no-any-return]
         frame = task_frame(self.run_id)
         head = [frame.head, frame.before_start, frame.before_stop, plan.chunk_size, plan.params]
-        # Blocks of consecutive ids; a resume's ledger may leave many short runs, so they go PIPELINE_BLOCKS to a round trip.
-        blocks = ((first, min(first + PUBLISH_BLOCK, r.stop) - 1) for r in ids for first in range(r.start, r.stop, PUBLISH_BLOCK))
         n = 0
-        while batch := list(itertools.islice(blocks, PIPELINE_BLOCKS)):
+        for batch in _round_trips(ids):
             replies = run_scripts(self.r, redis_lua.PUBLISH_PLAN, [self.k_tasks, self.k_meta], [[*head, first, last] for first, last in batch])
             n += sum(int(reply) for reply in replies)
         return n
@@ -218,3 +218,20 @@ class CoordinatorSide:
     @translate
     def delete_run(self) -> None:
         self.r.delete(*self._keys)  # the lease stays until release(): nobody may start this run id meanwhile
+
+
+def _round_trips(ids: Iterable[range]) -> Iterator[list[tuple[int, int]]]:
+    """The (first, last) ids of the PUBLISH_PLAN calls for ``ids``, grouped into round trips: at most PUBLISH_BLOCK
+    chunks a call, and at most PIPELINE_BLOCKS calls or about PIPELINE_CHUNKS chunks a round trip."""
+    batch: list[tuple[int, int]] = []
+    chunks = 0
+    for r in ids:
+        for first in range(r.start, r.stop, PUBLISH_BLOCK):
+            last = min(first + PUBLISH_BLOCK, r.stop) - 1
+            if batch and (len(batch) == PIPELINE_BLOCKS or chunks + last - first + 1 > PIPELINE_CHUNKS):
+                yield batch
+                batch, chunks = [], 0
+            batch.append((first, last))
+            chunks += last - first + 1
+    if batch:
+        yield batch
