@@ -169,7 +169,8 @@ class RabbitMQBroker(CoordinatorSide, Broker):
     def _held(self, token: Token) -> bool:
         """Whether the task message ``token`` came in is still this worker's: not requeued by a lost connection or
         given back whole."""
-        return token.generation == self.client.generation and (token.generation, token.tag) in self._open
+        assert self._client is not None
+        return token.generation == self._client.generation and (token.generation, token.tag) in self._open
 
     def _holds_too_long(self, chunks: int) -> bool:
         """Whether ``chunks`` not started, at this worker's time per chunk, would keep their message past the hold limit."""
@@ -182,11 +183,7 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         if self._chunk_s is None or self._inbox.empty() or not self._holds_too_long(self._largest_message):
             return
         kept: list[list[Delivery]] = []
-        while True:
-            try:
-                waiting = self._inbox.get_nowait()
-            except queue.Empty:
-                break
+        for waiting in self._take_inbox():
             if len(waiting) > 1 and self._holds_too_long(len(waiting)):  # one chunk given back would only come back
                 if live := [d for d in waiting if self._held(d.token)]:
                     self._hand_back(live)
@@ -203,18 +200,19 @@ class RabbitMQBroker(CoordinatorSide, Broker):
         Each chunk handed back here counts one delivery, as the connection's close would have counted it, and as Redis
         counts a stopped worker's chunks that another adopts: the delivery count is also what tells the run's fault
         record that a chunk came back after its worker stopped (its recovery time)."""
-        assert self._client is not None
-        held: list[list[Delivery]] = [list(self._current)]
+        held = [list(self._current), *self._take_inbox()]
         self._current.clear()
-        while True:
-            try:
-                held.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
-        generation = self._client.generation
         for message in held:
-            if live := [d for d in message if d.token.generation == generation and (d.token.generation, d.token.tag) in self._open]:
+            if live := [d for d in message if self._held(d.token)]:
                 self._hand_back(live, spent=True)
+
+    def _take_inbox(self) -> list[list[Delivery]]:
+        """Every task message waiting in the inbox, taken out of it."""
+        taken: list[list[Delivery]] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                taken.append(self._inbox.get_nowait())
+        return taken
 
     def _run_ended(self) -> bool:
         """Whether the coordinator ended the run, looked up without blocking every ``end_check_every_s``.
